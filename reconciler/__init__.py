@@ -1,0 +1,3 @@
+"""reconciler: GitOps for Oystehr Project settings."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The local Oystehr Project Service (to be built: issue 3)."""

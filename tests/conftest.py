@@ -1,0 +1,1 @@
+"""Shared fixtures: tests talk to a real emulator over a real socket."""
