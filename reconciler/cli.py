@@ -7,6 +7,7 @@ Exit codes are an API (SPEC section 4): 0 ok, 1 any error or usage error,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from collections.abc import Callable
 import click
 
 from reconciler import __version__
-from reconciler.errors import ReconcilerError
+from reconciler.errors import ConfigError, ReconcilerError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -81,7 +82,7 @@ fleet_options = _stack(
         "project_filters",
         multiple=True,
         metavar="ID_OR_STEM",
-        help="Only this Project (exact id or file stem); repeatable. Every file is still validated.",
+        help="Only this Project (exact id or file stem); repeatable. All files still validate.",
     ),
     click.option(
         "--shard",
@@ -146,6 +147,188 @@ def validate(paths: tuple[str, ...], fmt: str) -> None:
         )
         raise SystemExit(EXIT_ERROR)
     click.echo(f"{_count(files, 'file')} valid.", err=True)
+
+
+def _plan_command(fn: Callable) -> Callable:
+    return _stack(paths_argument, api_options, fleet_options)(fn)
+
+
+@cli.command()
+@_plan_command
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+    help="text for a terminal, markdown for a PR comment, json for machines.",
+)
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also save the plan as JSON, for `apply --plan`.")
+@click.option("--detailed-exitcode", is_flag=True,
+              help="Exit 2 when the plan succeeded and something would change.")
+def plan(paths, fmt, out, detailed_exitcode, **options) -> None:
+    """Show what apply would change: files vs the live Project settings.
+
+    Validates every file first (any problem stops before a request), reads
+    each Project once, and prints the changes. Exit 0 ok, 1 any error,
+    2 with --detailed-exitcode when something would change.
+
+    \b
+      reconciler plan
+      reconciler plan --format markdown --out plan.json
+      reconciler plan --project sandbox --detailed-exitcode
+    """
+    from reconciler.render import render_json, render_markdown, render_text
+
+    run = Run(options)
+    the_plan = run.read_plan(paths)
+    if out:
+        _write_plan_file(the_plan, out)
+    renderers = {
+        "text": lambda fh: render_text(the_plan, fh, colour=run.colour, verbose=run.verbose),
+        "markdown": lambda fh: render_markdown(the_plan, fh),
+        "json": lambda fh: render_json(the_plan, fh),
+    }
+    renderers[fmt](sys.stdout)
+    run.step_summary(lambda fh: render_markdown(the_plan, fh))
+    if the_plan.errors:
+        raise SystemExit(EXIT_ERROR)
+    if detailed_exitcode and the_plan.changed:
+        raise SystemExit(EXIT_CHANGES)
+
+
+@cli.command()
+@_plan_command
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+    help="text for a terminal, markdown for an issue, json for machines.",
+)
+def drift(paths, fmt, **options) -> None:
+    """Report Projects whose live settings no longer match their files (read-only).
+
+    Exit 0 no drift, 2 drift, 1 any error (an error wins over drift; the
+    report still prints).
+
+    \b
+      reconciler drift --format markdown > drift.md
+    """
+    from reconciler.render import render_json, render_markdown, render_text
+
+    run = Run(options)
+    the_plan = run.read_plan(paths)
+    renderers = {
+        "text": lambda fh: render_text(the_plan, fh, colour=run.colour, drift=True,
+                                       verbose=run.verbose),
+        "markdown": lambda fh: render_markdown(the_plan, fh, drift=True),
+        "json": lambda fh: render_json(the_plan, fh),
+    }
+    renderers[fmt](sys.stdout)
+    run.step_summary(lambda fh: render_markdown(the_plan, fh, drift=True))
+    if the_plan.errors:
+        raise SystemExit(EXIT_ERROR)
+    if the_plan.changed:
+        raise SystemExit(EXIT_CHANGES)
+
+
+class Run:
+    """What every API command shares: options, environment, output settings, the client."""
+
+    def __init__(self, options: dict) -> None:
+        self.options = options
+        self.env = os.environ
+        self.verbose = options.get("verbose", False)
+        self.quiet = options.get("quiet", False)
+        self.colour = (
+            not options.get("no_color")
+            and not os.environ.get("NO_COLOR")
+            and sys.stdout.isatty()
+        )
+        if self.verbose:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger = logging.getLogger("reconciler")
+            logger.addHandler(handler)
+            logger.setLevel(logging.DEBUG)
+
+    def api(self):
+        from reconciler.client import ProjectApi
+
+        return ProjectApi(
+            self.options["api_url"],
+            auth_url=self.options["auth_url"],
+            timeout=self.options["timeout"],
+            retries=self.options["retries"],
+            max_connections=self.options.get("concurrency", 8),
+        )
+
+    def load(self, paths: tuple[str, ...]):
+        """Validate every file; any problem stops here, before a request."""
+        from reconciler.files import load_projects
+        from reconciler.fleet import parse_shard, select
+
+        shard = parse_shard(self.options.get("shard"))
+        result = load_projects(paths or ("projects",), self.env)
+        if result.problems:
+            for problem in result.problems:
+                click.echo(str(problem), err=True)
+            count = len(result.problems)
+            raise ConfigError(
+                f"{_count(count, 'problem')} in the project files; nothing was read or written"
+            )
+        return select(result.projects, self.options.get("project_filters", ()), shard)
+
+    def read_plan(self, paths: tuple[str, ...]):
+        from reconciler.fleet import plan_projects
+
+        projects = self.load(paths)
+        with self.api() as api:
+            return plan_projects(
+                projects,
+                api,
+                self.env,
+                concurrency=self.options.get("concurrency", 8),
+                progress=self.progress("Reading", len(projects)),
+            )
+
+    def progress(self, verb: str, total: int):
+        """A progress line on stderr, only on a terminal and only for longer runs."""
+        if self.quiet or total < 20 or not sys.stderr.isatty():
+            return None
+
+        def show(done: int, total: int) -> None:
+            end = "\n" if done == total else ""
+            click.echo(f"\r{verb} {done}/{total} Projects…", nl=False, err=True)
+            if end:
+                click.echo("", err=True)
+
+        return show
+
+    def step_summary(self, write: Callable) -> None:
+        """Append markdown to the GitHub Actions job summary when there is one."""
+        path = os.environ.get("GITHUB_STEP_SUMMARY")
+        if not path:
+            return
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                write(fh)
+                fh.write("\n")
+        except OSError as exc:
+            click.echo(f"Warning: could not write GITHUB_STEP_SUMMARY ({exc.strerror})", err=True)
+
+
+def _write_plan_file(the_plan, out: str) -> None:
+    from reconciler.render import render_json
+
+    try:
+        with open(out, "w", encoding="utf-8") as fh:
+            render_json(the_plan, fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot write plan file {out}: {exc.strerror}") from None
 
 
 @cli.command()
@@ -214,3 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as exc:
         code = exc.code
     sys.exit(code if isinstance(code, int) else 0)
+
+
+from reconciler.github import github  # noqa: E402
+
+cli.add_command(github)

@@ -1,0 +1,320 @@
+"""The Oystehr Project API over httpx: credentials, tokens, headers, retries, errors.
+
+Everything that leaves this module as an exception is one of ours (errors.py),
+its message free of tokens and client secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from reconciler import __version__
+from reconciler.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    CredentialsError,
+    TransportError,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_URL = "https://project-api.zapehr.com/v1"
+DEFAULT_AUTH_URL = "https://auth.zapehr.com/oauth/token"
+AUDIENCE = "https://api.zapehr.com"
+
+RETRYABLE_STATUS = frozenset({408, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 30.0
+MAX_RATE_LIMITED_IN_A_ROW = 10
+BACKOFF_BASE = 0.25
+BACKOFF_CAP = 8.0
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """A bearer token given directly (a Developer token, or one minted elsewhere)."""
+
+    token: str = field(repr=False)
+    source: str = "OYSTEHR_ACCESS_TOKEN"
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """An M2M client: exchanged for a token once per (auth URL, client id) per run."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+
+
+Credentials = AccessToken | ClientCredentials
+
+
+def resolve_credentials(auth: Mapping[str, str] | None, env: Mapping[str, str]) -> Credentials:
+    """The credentials a Project's file points at; a name the file gives must be set.
+
+    Without an `auth` block: OYSTEHR_ACCESS_TOKEN, else OYSTEHR_CLIENT_ID + OYSTEHR_CLIENT_SECRET.
+    """
+    if auth:
+        missing = [name for name in auth.values() if not env.get(name)]
+        if missing:
+            names = ", ".join(missing)
+            raise CredentialsError(f"auth names environment variable(s) that are not set: {names}")
+        if "accessTokenEnv" in auth:
+            return AccessToken(env[auth["accessTokenEnv"]], source=auth["accessTokenEnv"])
+        return ClientCredentials(env[auth["clientIdEnv"]], env[auth["clientSecretEnv"]])
+    if env.get("OYSTEHR_ACCESS_TOKEN"):
+        return AccessToken(env["OYSTEHR_ACCESS_TOKEN"])
+    if env.get("OYSTEHR_CLIENT_ID") and env.get("OYSTEHR_CLIENT_SECRET"):
+        return ClientCredentials(env["OYSTEHR_CLIENT_ID"], env["OYSTEHR_CLIENT_SECRET"])
+    raise CredentialsError(
+        "no credentials: set OYSTEHR_ACCESS_TOKEN, or OYSTEHR_CLIENT_ID and "
+        "OYSTEHR_CLIENT_SECRET, or name variables in the file's auth block"
+    )
+
+
+def same_url(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+class ProjectApi:
+    """One run's connection to the Project API; safe to share between threads."""
+
+    def __init__(
+        self,
+        api_url: str = DEFAULT_API_URL,
+        *,
+        auth_url: str = DEFAULT_AUTH_URL,
+        timeout: float = 30.0,
+        retries: int = 4,
+        max_connections: int = 16,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.auth_url = auth_url
+        self.retries = retries
+        self._sleep = sleep
+        self._http = httpx.Client(
+            transport=transport,
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            headers={"user-agent": f"reconciler/{__version__}"},
+        )
+        self._tokens: dict[tuple[str, str], str] = {}
+        self._token_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._secrets: set[str] = set()
+
+    def __enter__(self) -> ProjectApi:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # The Project API --------------------------------------------------------------
+
+    def get_project(self, project_id: str, credentials: Credentials) -> dict[str, Any]:
+        return self._call("GET", "/project", project_id, credentials)
+
+    def patch_project(
+        self, project_id: str, credentials: Credentials, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return self._call("PATCH", "/project", project_id, credentials, body=dict(body))
+
+    def list_roles(self, project_id: str, credentials: Credentials) -> list[dict[str, Any]]:
+        roles = self._call("GET", "/iam/role", project_id, credentials)
+        if not isinstance(roles, list):
+            raise TransportError(f"GET {self.api_url}/iam/role did not answer with a list")
+        return roles
+
+    # Plumbing ---------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        project_id: str,
+        credentials: Credentials,
+        *,
+        body: Any = None,
+    ) -> Any:
+        """One API call; a 401 with an M2M token fetches a fresh token once."""
+        for fresh_token in (False, True):
+            token = self._token(credentials, fresh=fresh_token)
+            headers = {
+                "authorization": f"Bearer {token}",
+                "x-oystehr-project-id": project_id,
+                "x-zapehr-project-id": project_id,
+                "content-type": "application/json",
+            }
+            response = self._send(method, self.api_url + path, headers=headers, json=body)
+            expired = response.status_code == 401 and isinstance(credentials, ClientCredentials)
+            if expired and not fresh_token:
+                continue
+            return self._decode(response, f"{method} {path}")
+        raise AssertionError("unreachable")
+
+    def _token(self, credentials: Credentials, *, fresh: bool = False) -> str:
+        if isinstance(credentials, AccessToken):
+            self._remember_secret(credentials.token)
+            return credentials.token
+        self._remember_secret(credentials.client_secret)
+        if same_url(self.auth_url, DEFAULT_AUTH_URL) and not same_url(
+            self.api_url, DEFAULT_API_URL
+        ):
+            raise ConfigError(
+                f"refusing to send an M2M client secret to {DEFAULT_AUTH_URL} while the API is "
+                f"{self.api_url}: pass --auth-url (or OYSTEHR_AUTH_URL) for that API"
+            )
+        key = (self.auth_url, credentials.client_id)
+        with self._locks_guard:
+            lock = self._token_locks.setdefault(key, threading.Lock())
+        # One fetch per client even when many Projects ask at once: the others wait here.
+        with lock:
+            if fresh:
+                self._tokens.pop(key, None)
+            if key not in self._tokens:
+                self._tokens[key] = self._fetch_token(credentials)
+            return self._tokens[key]
+
+    def _fetch_token(self, credentials: ClientCredentials) -> str:
+        body = {
+            "grant_type": "client_credentials",
+            "client_id": credentials.client_id,
+            "client_secret": credentials.client_secret,
+            "audience": AUDIENCE,
+        }
+        response = self._send(
+            "POST", self.auth_url, headers={"content-type": "application/json"}, json=body
+        )
+        if response.status_code in (400, 401, 403):
+            message = self._message(response)
+            raise AuthError(
+                f"token request for client {credentials.client_id!r} refused "
+                f"({response.status_code}): {message}",
+                status=response.status_code,
+            )
+        doc = self._decode(response, "POST token")
+        token = doc.get("access_token") if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not token:
+            raise TransportError(f"{self.auth_url} answered without an access_token")
+        self._remember_secret(token)
+        return token
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """Send with retries: backoff with jitter on 408/5xx and connection errors,
+        Retry-After on 429 (not counted against --retries, at most 10 in a row)."""
+        headers = kwargs.pop("headers")
+        attempt = 0
+        rate_limited = 0
+        while True:
+            request_id = str(uuid.uuid4())
+            started = time.monotonic()
+            try:
+                response = self._http.request(
+                    method, url, headers={**headers, "x-oystehr-request-id": request_id}, **kwargs
+                )
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                if attempt >= self.retries:
+                    raise TransportError(
+                        f"{method} {url}: {self._redact(str(exc)) or type(exc).__name__} "
+                        f"(after {attempt + 1} attempts)"
+                    ) from None
+                attempt += 1
+                self._backoff(attempt, f"{method} {url}: {type(exc).__name__}")
+                continue
+            except httpx.HTTPError as exc:
+                raise TransportError(f"{method} {url}: {self._redact(str(exc))}") from None
+            log.debug(
+                "%s %s -> %s in %.0f ms (request %s)",
+                method,
+                url,
+                response.status_code,
+                (time.monotonic() - started) * 1000,
+                request_id,
+            )
+            if response.status_code == 429 and rate_limited < MAX_RATE_LIMITED_IN_A_ROW:
+                rate_limited += 1
+                wait = _retry_after(response.headers.get("retry-after"))
+                log.debug("rate limited: waiting %.1f s", wait)
+                self._sleep(wait)
+                continue
+            rate_limited = 0
+            if response.status_code in RETRYABLE_STATUS and attempt < self.retries:
+                attempt += 1
+                self._backoff(attempt, f"{method} {url}: {response.status_code}")
+                continue
+            return response
+
+    def _backoff(self, attempt: int, why: str) -> None:
+        # Full jitter: a fleet retrying in lockstep would hit the API in waves.
+        delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
+        log.debug("%s; retry %d of %d in %.2f s", why, attempt, self.retries, delay)
+        self._sleep(delay)
+
+    def _decode(self, response: httpx.Response, what: str) -> Any:
+        status = response.status_code
+        if status >= 400:
+            message = self._message(response)
+            error = AuthError if status in (401, 403) else ApiError
+            code = _json_or_none(response)
+            raise error(
+                f"{what} answered {status}: {message}",
+                status=status,
+                code=code.get("code") if isinstance(code, dict) else None,
+            )
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            kind = response.headers.get("content-type", "no content type")
+            raise TransportError(
+                f"{what} answered {status} with non-JSON ({kind}); is the API URL right?"
+            ) from None
+
+    def _message(self, response: httpx.Response) -> str:
+        doc = _json_or_none(response)
+        if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+            text = doc["message"]
+        else:
+            text = response.text[:200].strip() or response.reason_phrase
+        return self._redact(text)
+
+    def _remember_secret(self, secret: str) -> None:
+        if secret and secret not in self._secrets:
+            with self._locks_guard:
+                self._secrets.add(secret)
+
+    def _redact(self, text: str) -> str:
+        for secret in list(self._secrets):
+            text = text.replace(secret, "***")
+        return text
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        seconds = float(value) if value is not None else 1.0
+    except ValueError:
+        seconds = 1.0
+    return max(0.0, min(seconds, MAX_RETRY_AFTER))

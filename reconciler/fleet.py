@@ -1,0 +1,187 @@
+"""Many Projects at once: choosing them (--project, --shard), running them concurrently
+(--concurrency), stopping cleanly on Ctrl-C or SIGTERM, and reading their live state
+into a Plan.
+
+Each Project's own requests stay in order inside one worker; an error in one
+Project becomes that Project's status and never stops the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, TypeVar
+
+from reconciler.client import ProjectApi, resolve_credentials
+from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.files import ProjectFile
+from reconciler.plan import Plan, ProjectPlan, diff, needs_role_lookup, normalise_live, now_utc
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'I/N' -> (I, N), 1-based; None when no shard was asked for."""
+    if text is None:
+        return None
+    try:
+        index_text, count_text = text.split("/")
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        raise ConfigError(f"--shard must look like I/N (e.g. 2/4), not {text!r}") from None
+    if count < 1 or not 1 <= index <= count:
+        raise ConfigError(f"--shard {text}: need 1 <= I <= N")
+    return index, count
+
+
+def shard_of(project_id: str, count: int) -> int:
+    """The 1-based shard a Project id falls in: int(sha256(id), 16) % N + 1."""
+    return int(hashlib.sha256(project_id.encode()).hexdigest(), 16) % count + 1
+
+
+def select(
+    projects: Sequence[ProjectFile],
+    filters: Iterable[str] = (),
+    shard: tuple[int, int] | None = None,
+) -> list[ProjectFile]:
+    """The Projects a run covers. A --project value matching no file is an error."""
+    filters = list(filters)
+    chosen = list(projects)
+    if filters:
+        unmatched = [f for f in filters if not any(f in (p.id, p.stem) for p in projects)]
+        if unmatched:
+            raise ConfigError(
+                "--project matches no project file (by id or file stem): " + ", ".join(unmatched)
+            )
+        chosen = [p for p in chosen if p.id in filters or p.stem in filters]
+    if shard:
+        index, count = shard
+        chosen = [p for p in chosen if shard_of(p.id, count) == index]
+    return chosen
+
+
+class Stopper:
+    """Set by Ctrl-C or SIGTERM: no new work starts, work in flight finishes."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: Any = None
+
+    def __enter__(self) -> Stopper:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if not self.event.is_set():
+            print(
+                "Stopping: no new Projects will start; waiting for those in flight.",
+                file=sys.stderr,
+            )
+        self.event.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self.event.is_set()
+
+
+def run_each(
+    items: Sequence[T],
+    work: Callable[[T], R],
+    *,
+    concurrency: int,
+    stopper: Stopper | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[R | None]:
+    """work(item) for every item, `concurrency` at a time; results in item order.
+
+    Items not started because the run was stopped get None.
+    """
+    results: list[R | None] = [None] * len(items)
+    if not items:
+        return results
+    done = 0
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(items))) as pool:
+        pending: dict[Future, int] = {}
+        next_index = 0
+
+        def refill() -> None:
+            nonlocal next_index
+            while (
+                next_index < len(items)
+                and len(pending) < concurrency
+                and not (stopper and stopper.stopped)
+            ):
+                pending[pool.submit(work, items[next_index])] = next_index
+                next_index += 1
+
+        refill()
+        while pending:
+            try:
+                finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                if stopper is None:
+                    raise
+                stopper.stop()
+                continue
+            for future in finished:
+                results[pending.pop(future)] = future.result()
+                done += 1
+            if progress:
+                progress(done, len(items))
+            refill()
+    return results
+
+
+def plan_projects(
+    projects: Sequence[ProjectFile],
+    api: ProjectApi,
+    env: Mapping[str, str],
+    *,
+    concurrency: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> Plan:
+    """Read each Project's live settings (and roles only where needed) and diff them."""
+
+    def plan_one(project: ProjectFile) -> ProjectPlan:
+        try:
+            credentials = resolve_credentials(project.auth, env)
+            live = api.get_project(project.id, credentials)
+            if not isinstance(live, dict):
+                raise ConfigError("GET /project did not answer with an object")
+            roles = None
+            if needs_role_lookup(project.data, normalise_live(live)):
+                roles = api.list_roles(project.id, credentials)
+            return diff(
+                project.path,
+                project.data,
+                live,
+                roles,
+                auth=project.auth,
+                locate=lambda key: _where(project, key),
+            )
+        except ReconcilerError as exc:
+            return ProjectPlan.failed(project.path, project.id, str(exc), project.auth)
+
+    plans = run_each(projects, plan_one, concurrency=concurrency, progress=progress)
+    return Plan(api_url=api.api_url, projects=tuple(p for p in plans if p), created_at=now_utc())
+
+
+def _where(project: ProjectFile, key: str) -> str:
+    line, column = project.location(key)
+    return f"{project.path}:{line}:{column}"

@@ -1,0 +1,344 @@
+"""Plans as plain data: Change, ProjectPlan and Plan, and diff(desired, live).
+
+Pure: no I/O. The live settings come in as the API returned them; the desired
+settings as the project file holds them after ${VAR} substitution. Live is
+normalised to the file's shape (roles as {id, name} or None), role names in the
+file are resolved against the live Project (and, only when needed, its role
+list), and DeepDiff says which managed keys differ. A key absent from the file
+is unmanaged: it never enters the diff, the patch or the fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from reconciler import __version__
+
+FORMAT_VERSION = 1
+
+# The keys a project file can manage, in canonical order (the order of export and of changes).
+MANAGED_KEYS = (
+    "name",
+    "description",
+    "signupEnabled",
+    "defaultPatientRole",
+    "defaultSSOUserRole",
+    "fhirVersion",
+)
+# Role fields: the file's key -> the key PATCH takes (GET returns {id, name}, PATCH takes an id).
+ROLE_FIELDS = {
+    "defaultPatientRole": "defaultPatientRoleId",
+    "defaultSSOUserRole": "defaultSSOUserRoleId",
+}
+# Asserted, never written.
+IMMUTABLE_KEYS = ("fhirVersion",)
+
+UNCHANGED, CHANGED, ERROR = "unchanged", "changed", "error"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One managed key whose live value differs from the file's."""
+
+    field: str
+    before: Any
+    after: Any
+
+    def to_dict(self) -> dict:
+        return {"field": self.field, "before": self.before, "after": self.after}
+
+
+@dataclass(frozen=True)
+class ProjectPlan:
+    """What would happen to one Project: unchanged, changed (with the PATCH) or error."""
+
+    file: str
+    project_id: str
+    status: str
+    changes: tuple[Change, ...] = ()
+    patch: Mapping[str, Any] = field(default_factory=dict)
+    auth: Mapping[str, str] | None = None
+    live_fingerprint: str | None = None
+    managed_keys: tuple[str, ...] = ()
+    name: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def failed(
+        cls, file: str, project_id: str, error: str, auth: Mapping[str, str] | None = None
+    ) -> ProjectPlan:
+        return cls(file=file, project_id=project_id, status=ERROR, auth=auth, error=error)
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.file,
+            "projectId": self.project_id,
+            "name": self.name,
+            "status": self.status,
+            "changes": [change.to_dict() for change in self.changes],
+            "patch": dict(self.patch),
+            "auth": dict(self.auth) if self.auth else None,
+            "managedKeys": list(self.managed_keys),
+            "liveFingerprint": self.live_fingerprint,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> ProjectPlan:
+        return cls(
+            file=doc["file"],
+            project_id=doc["projectId"],
+            status=doc["status"],
+            changes=tuple(
+                Change(c["field"], c["before"], c["after"]) for c in doc.get("changes") or ()
+            ),
+            patch=dict(doc.get("patch") or {}),
+            auth=doc.get("auth"),
+            live_fingerprint=doc.get("liveFingerprint"),
+            managed_keys=tuple(doc.get("managedKeys") or ()),
+            name=doc.get("name"),
+            error=doc.get("error"),
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every Project's plan, in file order, for one API."""
+
+    api_url: str
+    projects: tuple[ProjectPlan, ...]
+    created_at: str = ""
+    tool: str = f"reconciler {__version__}"
+
+    @property
+    def summary(self) -> dict[str, int]:
+        counts = {CHANGED: 0, UNCHANGED: 0, "errors": 0}
+        for project in self.projects:
+            counts["errors" if project.status == ERROR else project.status] += 1
+        return counts
+
+    @property
+    def changed(self) -> list[ProjectPlan]:
+        return [p for p in self.projects if p.status == CHANGED]
+
+    @property
+    def errors(self) -> list[ProjectPlan]:
+        return [p for p in self.projects if p.status == ERROR]
+
+    def to_dict(self) -> dict:
+        """The plan file of SPEC section 4, checksum included."""
+        doc = {
+            "formatVersion": FORMAT_VERSION,
+            "tool": self.tool,
+            "createdAt": self.created_at,
+            "apiUrl": self.api_url,
+            "summary": self.summary,
+            "projects": [project.to_dict() for project in self.projects],
+        }
+        doc["checksum"] = checksum(doc)
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Plan:
+        return cls(
+            api_url=doc["apiUrl"],
+            projects=tuple(ProjectPlan.from_dict(p) for p in doc["projects"]),
+            created_at=doc.get("createdAt", ""),
+            tool=doc.get("tool", ""),
+        )
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sha256_of(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def checksum(doc: Mapping[str, Any]) -> str:
+    """sha256 over the plan document without its "checksum" key."""
+    return _sha256_of({k: v for k, v in doc.items() if k != "checksum"})
+
+
+def fingerprint(live: Mapping[str, Any], keys: Iterable[str]) -> str:
+    """sha256 over the normalised live values of the keys a file manages."""
+    return _sha256_of({key: live.get(key) for key in keys})
+
+
+def normalise_live(project: Mapping[str, Any]) -> dict[str, Any]:
+    """The API's Project in the file's shape: every managed key, roles as {id, name} or None."""
+    live: dict[str, Any] = {}
+    for key in MANAGED_KEYS:
+        value = project.get(key)
+        if key in ROLE_FIELDS:
+            value = {"id": value.get("id"), "name": value.get("name")} if value else None
+        live[key] = value
+    return live
+
+
+def managed_keys(desired: Mapping[str, Any]) -> tuple[str, ...]:
+    """The keys the file manages, in canonical order (id and auth are not settings)."""
+    return tuple(key for key in MANAGED_KEYS if key in desired)
+
+
+def _role_request(value: Any) -> tuple[str | None, str | None]:
+    """(id, name) asked for by a file's role value; a bare string is always a name."""
+    if isinstance(value, str):
+        return None, value
+    return value.get("id"), value.get("name")
+
+
+def role_needs_lookup(desired: Any, live: Mapping[str, Any] | None) -> bool:
+    """Whether a file's role value can only be checked against the Project's role list.
+
+    A name the live role already has, or an id the live role already has, needs no
+    look-up; null never does.
+    """
+    if desired is None:
+        return False
+    role_id, role_name = _role_request(desired)
+    if live is None:
+        return True
+    if role_id is not None:
+        return role_id != live["id"]
+    return role_name != live["name"]
+
+
+def needs_role_lookup(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+    return any(role_needs_lookup(desired[key], live[key]) for key in ROLE_FIELDS if key in desired)
+
+
+def resolve_role(
+    key: str,
+    desired: Any,
+    live: Mapping[str, Any] | None,
+    roles: Sequence[Mapping[str, Any]] | None,
+) -> dict[str, Any] | None:
+    """The {id, name} a file's role value means, or None; ValueError says why it means nothing."""
+    if desired is None:
+        return None
+    role_id, role_name = _role_request(desired)
+    if live is not None and not role_needs_lookup(desired, live):
+        if role_name is not None and live["name"] != role_name:
+            raise ValueError(f"{key}: role {role_id} is named {live['name']!r}, not {role_name!r}")
+        return {"id": live["id"], "name": live["name"]}
+    available = ", ".join(sorted({str(r.get("name")) for r in roles or ()})) or "(none)"
+    if role_id is not None:
+        match = [r for r in roles or () if r.get("id") == role_id]
+        if not match:
+            raise ValueError(
+                f"{key}: no role with id {role_id} in this Project (roles: {available})"
+            )
+        found = match[0]
+        if role_name is not None and found.get("name") != role_name:
+            raise ValueError(
+                f"{key}: role {role_id} is named {found.get('name')!r}, not {role_name!r}"
+            )
+        return {"id": found["id"], "name": found.get("name")}
+    named = [r for r in roles or () if r.get("name") == role_name]
+    if not named:
+        raise ValueError(f"{key}: no role named {role_name!r} in this Project (roles: {available})")
+    if len(named) > 1:
+        ids = ", ".join(sorted(r["id"] for r in named))
+        raise ValueError(
+            f"{key}: {len(named)} roles are named {role_name!r} ({ids}); "
+            "give the role as {id: ...}"
+        )
+    return {"id": named[0]["id"], "name": named[0].get("name")}
+
+
+def diff(
+    file: str,
+    desired: Mapping[str, Any],
+    live_project: Mapping[str, Any],
+    roles: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    auth: Mapping[str, str] | None = None,
+    locate: Any = None,
+) -> ProjectPlan:
+    """Compare a file's settings with the live Project's and say what to PATCH.
+
+    `desired` is the file's document (id, auth and unmanaged keys are ignored);
+    `roles` is the Project's role list when role fields needed a look-up;
+    `locate(key)` may return "FILE:LINE:COL" to prefix error messages.
+    """
+    project_id = str(desired.get("id"))
+    live = normalise_live(live_project)
+    keys = managed_keys(desired)
+    live_managed = {key: live[key] for key in keys}
+    live_print = fingerprint(live, keys)
+    problems: list[str] = []
+
+    def fail(key: str, message: str) -> None:
+        where = locate(key) if locate else None
+        problems.append(f"{where}: {message}" if where else message)
+
+    wanted: dict[str, Any] = {}
+    for key in keys:
+        value = desired[key]
+        if key in ROLE_FIELDS:
+            try:
+                value = resolve_role(key, value, live[key], roles)
+            except ValueError as exc:
+                fail(key, str(exc))
+                continue
+        elif key in IMMUTABLE_KEYS and value != live[key]:
+            fail(key, f"{key} is immutable: live {live[key]}, desired {value}")
+            continue
+        wanted[key] = value
+
+    common = dict(file=file, project_id=project_id, auth=auth, name=live.get("name"))
+    if problems:
+        return ProjectPlan(
+            status=ERROR,
+            error="; ".join(problems),
+            live_fingerprint=live_print,
+            managed_keys=keys,
+            **common,
+        )
+    changed = _changed_keys({k: live_managed[k] for k in wanted}, wanted)
+    changes = tuple(Change(key, live[key], wanted[key]) for key in keys if key in changed)
+    patch = {ROLE_FIELDS.get(c.field, c.field): _patch_value(c.field, c.after) for c in changes}
+    return ProjectPlan(
+        status=CHANGED if changes else UNCHANGED,
+        changes=changes,
+        patch=patch,
+        live_fingerprint=live_print,
+        managed_keys=keys,
+        **common,
+    )
+
+
+def _changed_keys(live: Mapping[str, Any], wanted: Mapping[str, Any]) -> set[str]:
+    """The root keys DeepDiff finds different (DeepDiff is only imported when something is)."""
+    if live == wanted:
+        return set()
+    from deepdiff import DeepDiff
+
+    return {str(key) for key in DeepDiff(dict(live), dict(wanted)).affected_root_keys}
+
+
+def _patch_value(key: str, value: Any) -> Any:
+    if key in ROLE_FIELDS:
+        return value["id"] if value else None
+    return value
+
+
+def unconverged(plan: ProjectPlan, live_project: Mapping[str, Any]) -> list[str]:
+    """The changed keys whose value in the API's answer to a PATCH is not the one asked for."""
+    live = normalise_live(live_project)
+    missed = []
+    for change in plan.changes:
+        got, want = live.get(change.field), change.after
+        if change.field in ROLE_FIELDS:
+            got, want = (got or {}).get("id"), (want or {}).get("id")
+        if got != want:
+            missed.append(change.field)
+    return missed

@@ -1,0 +1,287 @@
+"""Renderers: a Plan (or an apply result) in, text written to a file handle. Nothing else.
+
+- text: Terraform-like blocks for a terminal, colour optional.
+- markdown: a pull-request comment (or issue body), capped at 65,000 characters.
+- json: the plan file of SPEC section 4.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from reconciler.plan import CHANGED, ERROR, UNCHANGED, Plan, ProjectPlan
+
+PLAN_MARKER = "<!-- reconciler-plan -->"
+DRIFT_MARKER = "<!-- reconciler-drift -->"
+APPLY_MARKER = "<!-- reconciler-apply -->"
+MARKDOWN_LIMIT = 65_000
+
+APPLIED, FAILED, SKIPPED = "applied", "failed", "skipped"
+
+_COLOURS = {"~": "33", "!": "31", "+": "32", "=": "2", "bold": "1"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What apply did to one Project."""
+
+    file: str
+    project_id: str
+    status: str  # applied | unchanged | failed | skipped
+    error: str | None = None
+    name: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.file,
+            "projectId": self.project_id,
+            "name": self.name,
+            "status": self.status,
+            "error": self.error,
+        }
+
+
+def apply_summary(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    counts = {APPLIED: 0, UNCHANGED: 0, FAILED: 0, SKIPPED: 0}
+    for outcome in outcomes:
+        counts[outcome.status] += 1
+    return counts
+
+
+# Values ---------------------------------------------------------------------------
+
+
+def format_value(value: Any) -> str:
+    """A value as a person reads it: roles as `Name (id)`, strings quoted, null as null."""
+    if isinstance(value, Mapping) and "id" in value:
+        return f"{value.get('name')} ({value['id']})" if value.get("name") else str(value["id"])
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _paint(text: str, style: str, colour: bool) -> str:
+    return f"\x1b[{_COLOURS[style]}m{text}\x1b[0m" if colour else text
+
+
+def _title(project: ProjectPlan) -> str:
+    return f"{project.name} ({project.project_id})" if project.name else project.project_id
+
+
+# Text -----------------------------------------------------------------------------
+
+
+def render_text(
+    plan: Plan, fh: TextIO, *, colour: bool = False, drift: bool = False, verbose: bool = False
+) -> None:
+    """Terraform-like: one block per changed or failed Project, then the summary line."""
+    for project in plan.projects:
+        if project.status == CHANGED:
+            fh.write(_paint(f"~ {_title(project)}", "~", colour) + f"  {project.file}\n")
+            for change in project.changes:
+                line = (
+                    f"    ~ {change.field}: {format_value(change.before)} -> "
+                    f"{format_value(change.after)}"
+                )
+                fh.write(_paint(line, "~", colour) + "\n")
+            fh.write("\n")
+        elif project.status == ERROR:
+            fh.write(_paint(f"! {_title(project)}", "!", colour) + f"  {project.file}\n")
+            fh.write(_paint(f"    error: {project.error}", "!", colour) + "\n\n")
+        elif verbose:
+            fh.write(_paint(f"= {_title(project)}  {project.file}: unchanged", "=", colour) + "\n")
+    summary = plan.summary
+    if drift:
+        line = (
+            f"Drift: {summary[CHANGED]} drifted, {summary[UNCHANGED]} in sync, "
+            f"{summary['errors']} errors."
+        )
+    else:
+        line = (
+            f"Plan: {summary[CHANGED]} to change, {summary[UNCHANGED]} unchanged, "
+            f"{summary['errors']} errors."
+        )
+    fh.write(_paint(line, "bold", colour) + "\n")
+
+
+def render_apply_text(outcomes: Sequence[Outcome], fh: TextIO, *, colour: bool = False) -> None:
+    marks = {APPLIED: ("+", "+"), FAILED: ("!", "!"), SKIPPED: ("-", "="), UNCHANGED: ("=", "=")}
+    for outcome in outcomes:
+        if outcome.status == UNCHANGED:
+            continue
+        mark, style = marks[outcome.status]
+        name = f"{outcome.name} ({outcome.project_id})" if outcome.name else outcome.project_id
+        line = f"{mark} {name}  {outcome.file}: {outcome.status}"
+        if outcome.error:
+            line += f": {outcome.error}"
+        fh.write(_paint(line, style, colour) + "\n")
+    counts = apply_summary(outcomes)
+    line = (
+        f"Apply: {counts[APPLIED]} applied, {counts[UNCHANGED]} unchanged, {counts[FAILED]} failed."
+    )
+    if counts[SKIPPED]:
+        line = line[:-1] + f", {counts[SKIPPED]} skipped."
+    fh.write(_paint(line, "bold", colour) + "\n")
+
+
+# JSON -----------------------------------------------------------------------------
+
+
+def render_json(plan: Plan, fh: TextIO) -> None:
+    json.dump(plan.to_dict(), fh, indent=2, ensure_ascii=False)
+    fh.write("\n")
+
+
+def render_apply_json(outcomes: Sequence[Outcome], fh: TextIO) -> None:
+    doc = {
+        "summary": apply_summary(outcomes),
+        "projects": [outcome.to_dict() for outcome in outcomes],
+    }
+    json.dump(doc, fh, indent=2, ensure_ascii=False)
+    fh.write("\n")
+
+
+# Markdown -------------------------------------------------------------------------
+
+_MD_ESCAPES = {
+    "\\": "\\\\",
+    "|": "\\|",
+    "<": "&lt;",
+    ">": "&gt;",
+    "&": "&amp;",
+    "`": "&#96;",
+    "*": "\\*",
+    "_": "\\_",
+    "[": "\\[",
+    "]": "\\]",
+    "#": "\\#",
+    "\r": "",
+    "\n": "<br>",
+}
+
+
+def md_escape(text: str) -> str:
+    """Escape text for a markdown table cell, so a live value can neither break the table
+    nor inject markup or HTML into the comment."""
+    return "".join(_MD_ESCAPES.get(ch, ch) for ch in text)
+
+
+def _md_value(value: Any) -> str:
+    return md_escape(format_value(value))
+
+
+def render_markdown(
+    plan: Plan, fh: TextIO, *, drift: bool = False, limit: int = MARKDOWN_LIMIT
+) -> None:
+    """A PR comment (or drift issue body): marker, summary table, a <details> per change."""
+    summary = plan.summary
+    marker = DRIFT_MARKER if drift else PLAN_MARKER
+    if drift:
+        heading = (
+            f"### reconciler drift: {summary[CHANGED]} drifted, {summary[UNCHANGED]} in sync, "
+            f"{summary['errors']} errors"
+        )
+    else:
+        heading = (
+            f"### reconciler plan: {summary[CHANGED]} to change, {summary[UNCHANGED]} unchanged, "
+            f"{summary['errors']} errors"
+        )
+    head = [marker, heading, ""]
+    if plan.projects:
+        head += ["| Project | File | Status |", "| --- | --- | --- |"]
+        status_text = {
+            CHANGED: "drifted" if drift else "to change",
+            UNCHANGED: "in sync" if drift else "unchanged",
+            ERROR: "error",
+        }
+        icons = {CHANGED: "🟡", UNCHANGED: "⚪", ERROR: "🔴"}
+        rows = [
+            f"| {md_escape(_title(p))} | {md_escape(p.file)} | "
+            f"{icons[p.status]} {status_text[p.status]}"
+            + (f" ({len(p.changes)})" if p.status == CHANGED else "")
+            + " |"
+            for p in sorted(plan.projects, key=_attention_first)
+        ]
+    else:
+        rows = []
+    blocks = [_md_block(p) for p in plan.projects if p.status in (CHANGED, ERROR)]
+    footer = [f"<sub>{md_escape(plan.tool)} · {md_escape(plan.api_url)} · {plan.created_at}</sub>"]
+    fh.write(_fit(head, rows, blocks, footer, limit))
+
+
+def _attention_first(project: ProjectPlan) -> int:
+    return {ERROR: 0, CHANGED: 1, UNCHANGED: 2}[project.status]
+
+
+def _md_block(project: ProjectPlan) -> str:
+    if project.status == ERROR:
+        return (
+            f"<details open><summary>🔴 {md_escape(_title(project))} — error</summary>\n\n"
+            f"{md_escape(project.file)}: {md_escape(project.error or '')}\n\n</details>"
+        )
+    lines = [
+        f"<details><summary>🟡 {md_escape(_title(project))} — "
+        f"{len(project.changes)} change{'s' if len(project.changes) != 1 else ''} "
+        f"({md_escape(project.file)})</summary>",
+        "",
+        "| Field | Before | After |",
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| {change.field} | {_md_value(change.before)} | {_md_value(change.after)} |"
+        for change in project.changes
+    ]
+    lines += ["", "</details>"]
+    return "\n".join(lines)
+
+
+def _fit(head: list[str], rows: list[str], blocks: list[str], footer: list[str], limit: int) -> str:
+    """Join the parts, dropping table rows and detail blocks from the end (with a visible
+    notice) until the whole fits in `limit` characters. The marker always stays."""
+
+    def join(rows_kept: int, blocks_kept: int) -> str:
+        parts = head + rows[:rows_kept]
+        omitted_rows, omitted_blocks = len(rows) - rows_kept, len(blocks) - blocks_kept
+        if omitted_rows or omitted_blocks:
+            parts.append("")
+            parts.append(
+                f"> **Truncated** to fit a comment: {omitted_rows} more table rows and "
+                f"{omitted_blocks} more Projects' details are not shown. "
+                "The full plan is in the JSON plan artifact."
+            )
+        parts.append("")
+        parts += blocks[:blocks_kept]
+        parts += ["", *footer]
+        return "\n".join(parts) + "\n"
+
+    text = join(len(rows), len(blocks))
+    if len(text) <= limit:
+        return text
+    rows_kept, blocks_kept = len(rows), len(blocks)
+    # Details go first (the table says which Projects change), then rows.
+    while blocks_kept and len(join(rows_kept, blocks_kept)) > limit:
+        blocks_kept = max(0, blocks_kept - max(1, (blocks_kept // 8)))
+    while rows_kept and len(join(rows_kept, blocks_kept)) > limit:
+        rows_kept = max(0, rows_kept - max(1, (rows_kept // 8)))
+    text = join(rows_kept, blocks_kept)
+    return text[:limit] if len(text) > limit else text
+
+
+def render_apply_markdown(outcomes: Sequence[Outcome], fh: TextIO) -> None:
+    counts = apply_summary(outcomes)
+    lines = [
+        APPLY_MARKER,
+        f"### reconciler apply: {counts[APPLIED]} applied, {counts[UNCHANGED]} unchanged, "
+        f"{counts[FAILED]} failed" + (f", {counts[SKIPPED]} skipped" if counts[SKIPPED] else ""),
+        "",
+    ]
+    shown = [o for o in outcomes if o.status != UNCHANGED]
+    if shown:
+        lines += ["| Project | File | Result |", "| --- | --- | --- |"]
+        for outcome in shown:
+            name = f"{outcome.name} ({outcome.project_id})" if outcome.name else outcome.project_id
+            result = outcome.status + (f": {outcome.error}" if outcome.error else "")
+            lines.append(f"| {md_escape(name)} | {md_escape(outcome.file)} | {md_escape(result)} |")
+    text = "\n".join(lines) + "\n"
+    fh.write(text[:MARKDOWN_LIMIT])
