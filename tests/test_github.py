@@ -1,0 +1,468 @@
+"""`reconciler github comment` and `drift-issue` against a local fake of GitHub's REST API.
+
+The fake holds comments and issues in memory and pages lists two items at a
+time, so following `Link: rel="next"` is exercised on every listing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from click.testing import CliRunner
+
+from reconciler import __version__
+from reconciler.cli import cli, main
+from reconciler.github import GITHUB_BODY_LIMIT, PLAN_MARKER, TRUNCATED_NOTICE, fit_body
+
+TOKEN = "ghs_secretTOKEN0123456789"
+REPO = "acme/settings"
+PAGE_SIZE = 2
+BOT = {"login": "github-actions[bot]"}
+HUMAN = {"login": "alice"}
+
+
+@dataclass
+class FakeGitHub:
+    """In-memory issues and comments behind the endpoints reconciler uses."""
+
+    url: str = ""
+    issues: dict[int, dict[str, Any]] = field(default_factory=dict)
+    comments: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    fail_with: tuple[int, dict[str, Any]] | None = None
+    _next_id: int = 1000
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def add_issue(self, *, labels: list[str], pull_request: bool = False, **fields: Any) -> int:
+        number = len(self.issues) + 1
+        issue = {"number": number, "state": "open", "title": "", "body": "", **fields}
+        issue["labels"] = [{"name": name} for name in labels]
+        if pull_request:
+            issue["pull_request"] = {"url": f"{self.url}/repos/{REPO}/pulls/{number}"}
+        self.issues[number] = issue
+        self.comments.setdefault(number, [])
+        return number
+
+    def add_comment(self, number: int, body: str, user: dict[str, str] = HUMAN) -> int:
+        comment = {"id": self.new_id(), "body": body, "user": user}
+        self.comments.setdefault(number, []).append(comment)
+        return comment["id"]
+
+    def marked(self, number: int, marker: str = PLAN_MARKER) -> list[dict[str, Any]]:
+        return [c for c in self.comments.get(number, []) if marker in c["body"]]
+
+    def open_drift_issues(self) -> list[dict[str, Any]]:
+        return [
+            issue
+            for issue in self.issues.values()
+            if issue["state"] == "open"
+            and "pull_request" not in issue
+            and {"name": "drift"} in issue["labels"]
+        ]
+
+    # The HTTP side ---------------------------------------------------------
+
+    def handle(self, method: str, target: str, body: Any) -> tuple[int, Any, dict[str, str]]:
+        with self._lock:
+            self.requests.append(f"{method} {target}")
+            if self.fail_with is not None:
+                status, payload = self.fail_with
+                return status, payload, {}
+            parts = urlsplit(target)
+            query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+            prefix = f"/repos/{REPO}/issues"
+            path = parts.path
+            if not path.startswith(prefix):
+                return 404, {"message": "Not Found"}, {}
+            rest = path[len(prefix) :]
+            if match := re.fullmatch(r"/(\d+)/comments", rest):
+                number = int(match[1])
+                if number not in self.comments:
+                    return 404, {"message": "Not Found"}, {}
+                if method == "GET":
+                    return self.page(path, query, self.comments[number])
+                if method == "POST":
+                    comment_id = self.add_comment(number, body["body"], BOT)
+                    return 201, self.comment_by_id(comment_id), {}
+            if (match := re.fullmatch(r"/comments/(\d+)", rest)) and method == "PATCH":
+                comment = self.comment_by_id(int(match[1]))
+                if comment is None:
+                    return 404, {"message": "Not Found"}, {}
+                comment["body"] = body["body"]
+                return 200, comment, {}
+            if rest == "" and method == "GET":
+                wanted = set(filter(None, query.get("labels", "").split(",")))
+                found = [
+                    issue
+                    for issue in sorted(self.issues.values(), key=lambda i: i["number"])
+                    if issue["state"] == query.get("state", "open")
+                    and wanted <= {label["name"] for label in issue["labels"]}
+                ]
+                if query.get("direction") != "asc":
+                    found.reverse()
+                return self.page(path, query, found)
+            if rest == "" and method == "POST":
+                number = self.add_issue(
+                    labels=body.get("labels", []), title=body["title"], body=body["body"]
+                )
+                return 201, self.issues[number], {}
+            if (match := re.fullmatch(r"/(\d+)", rest)) and method == "PATCH":
+                issue = self.issues.get(int(match[1]))
+                if issue is None:
+                    return 404, {"message": "Not Found"}, {}
+                issue.update(body)
+                return 200, issue, {}
+            return 404, {"message": "Not Found"}, {}
+
+    def page(
+        self, path: str, query: dict[str, str], items: list[dict[str, Any]]
+    ) -> tuple[int, Any, dict[str, str]]:
+        page = int(query.get("page", "1"))
+        start = (page - 1) * PAGE_SIZE
+        headers = {}
+        if start + PAGE_SIZE < len(items):
+            following = {**query, "page": str(page + 1)}
+            link = f"{self.url}{path}?" + "&".join(f"{k}={v}" for k, v in following.items())
+            headers["Link"] = f'<{link}>; rel="next"'
+        return 200, items[start : start + PAGE_SIZE], headers
+
+    def comment_by_id(self, comment_id: int) -> dict[str, Any] | None:
+        for comments in self.comments.values():
+            for comment in comments:
+                if comment["id"] == comment_id:
+                    return comment
+        return None
+
+
+def _handler_for(fake: FakeGitHub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            fake.headers.append(dict(self.headers))
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                self._reply(401, {"message": "Bad credentials"}, {})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            self._reply(*fake.handle(self.command, self.path, body))
+
+        do_GET = do_POST = do_PATCH = _serve
+
+        def _reply(self, status: int, payload: Any, headers: dict[str, str]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep test output quiet
+
+    return Handler
+
+
+@pytest.fixture
+def fake_github() -> Iterator[FakeGitHub]:
+    fake = FakeGitHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(fake))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _env(fake: FakeGitHub | None, **extra: str | None) -> dict[str, str | None]:
+    # Unset what a GitHub Actions runner would leak into the test run.
+    env: dict[str, str | None] = {
+        "GITHUB_TOKEN": TOKEN,
+        "GITHUB_API_URL": fake.url if fake else None,
+        "GITHUB_REPOSITORY": REPO,
+        "GITHUB_EVENT_PATH": None,
+        "GITHUB_SERVER_URL": None,
+        "GITHUB_RUN_ID": None,
+    }
+    env.update(extra)
+    return env
+
+
+def _invoke(fake: FakeGitHub | None, args: list[str], **env: str | None):
+    return CliRunner().invoke(cli, ["github", *args], env=_env(fake, **env))
+
+
+def _comment(fake, tmp_path, text: str, pr: int = 7, **env: str | None):
+    body = tmp_path / "plan.md"
+    body.write_text(text, encoding="utf-8")
+    return _invoke(fake, ["comment", "--pr", str(pr), "--body-file", str(body)], **env)
+
+
+def _drift(fake, tmp_path, code: int, report: str = "", **env: str | None):
+    path = tmp_path / "drift.md"
+    path.write_text(report, encoding="utf-8")
+    args = ["drift-issue", "--exit-code", str(code), "--report-file", str(path)]
+    return _invoke(fake, args, **env)
+
+
+# The sticky plan comment ------------------------------------------------------
+
+
+def test_comment_is_created_once_then_updated_in_place(fake_github, tmp_path):
+    pr = fake_github.add_issue(labels=[], pull_request=True)
+    for text in ("LGTM", "needs a plan", "ping"):
+        fake_github.add_comment(pr, text)
+
+    first = _comment(fake_github, tmp_path, f"{PLAN_MARKER}\nPlan: 1 to change", pr)
+    assert first.exit_code == 0, first.output
+    (ours,) = fake_github.marked(pr)
+    assert first.output == f"created comment {ours['id']}\n"
+
+    fake_github.requests.clear()
+    second = _comment(fake_github, tmp_path, f"{PLAN_MARKER}\nPlan: 2 to change", pr)
+    assert second.exit_code == 0, second.output
+    assert second.output == f"updated comment {ours['id']}\n"
+    # Ours is the 4th comment: it is only found by following the link to page 2.
+    assert [r.split("?")[0] for r in fake_github.requests] == [
+        f"GET /repos/{REPO}/issues/{pr}/comments",
+        f"GET /repos/{REPO}/issues/{pr}/comments",
+        f"PATCH /repos/{REPO}/issues/comments/{ours['id']}",
+    ]
+    assert "page=2" in fake_github.requests[1]
+    assert fake_github.marked(pr) == [ours]
+    assert ours["body"] == f"{PLAN_MARKER}\nPlan: 2 to change"
+    others = [c["body"] for c in fake_github.comments[pr] if c is not ours]
+    assert others == ["LGTM", "needs a plan", "ping"]
+
+
+def test_comment_adds_the_marker_when_the_body_lacks_it(fake_github, tmp_path):
+    pr = fake_github.add_issue(labels=[], pull_request=True)
+    assert _comment(fake_github, tmp_path, "plan failed: see the log", pr).exit_code == 0
+    assert _comment(fake_github, tmp_path, "still failing", pr).exit_code == 0
+    (ours,) = fake_github.marked(pr)
+    assert ours["body"] == f"{PLAN_MARKER}\nstill failing"
+
+
+def test_comment_marker_is_configurable(fake_github, tmp_path):
+    pr = fake_github.add_issue(labels=[], pull_request=True)
+    fake_github.add_comment(pr, f"{PLAN_MARKER}\nthe production plan", BOT)
+    body = tmp_path / "sandbox.md"
+    body.write_text("the sandbox plan", encoding="utf-8")
+    args = ["comment", "--pr", str(pr), "--body-file", str(body), "--marker", "<!-- sandbox -->"]
+    assert _invoke(fake_github, args).output.startswith("created comment")
+    assert len(fake_github.marked(pr)) == 1
+    assert len(fake_github.marked(pr, "<!-- sandbox -->")) == 1
+
+
+def test_comment_sends_the_github_headers(fake_github, tmp_path):
+    pr = fake_github.add_issue(labels=[], pull_request=True)
+    assert _comment(fake_github, tmp_path, "hi", pr).exit_code == 0
+    headers = fake_github.headers[-1]
+    assert headers["Accept"] == "application/vnd.github+json"
+    assert headers["X-GitHub-Api-Version"] == "2022-11-28"
+    assert headers["User-Agent"] == f"reconciler/{__version__}"
+
+
+def test_comment_too_long_is_truncated_and_keeps_the_marker(fake_github, tmp_path):
+    pr = fake_github.add_issue(labels=[], pull_request=True)
+    result = _comment(fake_github, tmp_path, f"{PLAN_MARKER}\n" + "x" * 70_000, pr)
+    assert result.exit_code == 0, result.output
+    (ours,) = fake_github.marked(pr)
+    assert len(ours["body"]) == GITHUB_BODY_LIMIT
+    assert ours["body"].startswith(PLAN_MARKER)
+    assert ours["body"].endswith(TRUNCATED_NOTICE)
+
+
+def test_fit_body_moves_a_marker_that_would_be_cut_off():
+    body = "x" * 70_000 + PLAN_MARKER
+    fitted = fit_body(body, PLAN_MARKER)
+    assert len(fitted) <= GITHUB_BODY_LIMIT
+    assert fitted.startswith(f"{PLAN_MARKER}\n")
+    assert fit_body("short", PLAN_MARKER) == f"{PLAN_MARKER}\nshort"
+    assert fit_body(f"a {PLAN_MARKER} b", PLAN_MARKER) == f"a {PLAN_MARKER} b"
+
+
+def test_comment_takes_the_pr_from_the_event(fake_github, tmp_path):
+    pr = fake_github.add_issue(labels=[], pull_request=True)
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"number": pr}}), encoding="utf-8")
+    body = tmp_path / "plan.md"
+    body.write_text("plan", encoding="utf-8")
+    result = _invoke(
+        fake_github, ["comment", "--body-file", str(body)], GITHUB_EVENT_PATH=str(event)
+    )
+    assert result.exit_code == 0, result.output
+    assert len(fake_github.marked(pr)) == 1
+
+
+def test_comment_without_a_pr_is_one_line_error(fake_github, tmp_path):
+    result = _invoke(fake_github, ["comment", "--body-file", str(tmp_path / "plan.md")])
+    assert result.exit_code == 1
+    assert result.output == "Error: --pr is required outside a pull_request event\n"
+    assert fake_github.requests == []
+
+
+# The drift issue ----------------------------------------------------------------
+
+
+def test_drift_issue_is_created_updated_then_closed(fake_github, tmp_path):
+    unrelated = fake_github.add_issue(labels=["bug"], title="Something else")
+
+    created = _drift(fake_github, tmp_path, 2, "## Drift\n- SANDBOX: signupEnabled")
+    assert created.exit_code == 0, created.output
+    (issue,) = fake_github.open_drift_issues()
+    assert created.output == f"created issue #{issue['number']}\n"
+    assert issue["title"] == "Drift detected in Oystehr Project settings"
+    assert issue["body"].startswith("## Drift\n- SANDBOX: signupEnabled\n\n_Last checked ")
+
+    updated = _drift(
+        fake_github,
+        tmp_path,
+        2,
+        "## Drift\n- SANDBOX: name",
+        GITHUB_SERVER_URL="https://github.com",
+        GITHUB_RUN_ID="42",
+    )
+    assert updated.exit_code == 0, updated.output
+    assert updated.output == f"updated issue #{issue['number']}\n"
+    assert fake_github.open_drift_issues() == [issue]
+    assert issue["body"].startswith("## Drift\n- SANDBOX: name\n")
+    assert f"(https://github.com/{REPO}/actions/runs/42)" in issue["body"]
+
+    closed = _drift(fake_github, tmp_path, 0)
+    assert closed.exit_code == 0, closed.output
+    assert closed.output == f"closed issue #{issue['number']}\n"
+    assert issue["state"] == "closed"
+    (note,) = fake_github.comments[issue["number"]]
+    assert re.fullmatch(r"No drift as of \d{4}-\d\d-\d\d \d\d:\d\d UTC; closing\.", note["body"])
+    assert fake_github.issues[unrelated]["state"] == "open"
+
+    fake_github.requests.clear()
+    again = _drift(fake_github, tmp_path, 0)
+    assert again.exit_code == 0
+    assert again.output == "no drift and no open drift issue: nothing to do\n"
+    assert all(request.startswith("GET ") for request in fake_github.requests)
+
+
+def test_drift_issue_found_on_a_later_page_and_never_duplicated(fake_github, tmp_path):
+    # Pull requests come back from the issues endpoint too: they fill page 1.
+    for _ in range(3):
+        fake_github.add_issue(labels=["drift"], pull_request=True)
+    existing = fake_github.add_issue(labels=["drift"], title="Drift (opened by hand)")
+
+    result = _drift(fake_github, tmp_path, 2, "report")
+    assert result.output == f"updated issue #{existing}\n"
+    assert [i["number"] for i in fake_github.open_drift_issues()] == [existing]
+    assert all(
+        "report" not in i["body"] for i in fake_github.issues.values() if i.get("pull_request")
+    )
+
+
+def test_drift_issue_with_another_label(fake_github, tmp_path):
+    report = tmp_path / "drift.md"
+    report.write_text("report", encoding="utf-8")
+    args = ["drift-issue", "--exit-code", "2", "--report-file", str(report)]
+    result = _invoke(fake_github, [*args, "--label", "oystehr-drift", "--title", "Prod drift"])
+    assert result.exit_code == 0, result.output
+    (issue,) = fake_github.issues.values()
+    assert issue["labels"] == [{"name": "oystehr-drift"}] and issue["title"] == "Prod drift"
+
+
+@pytest.mark.parametrize("code", [1, 3, 130])
+def test_failed_drift_run_touches_no_issue_and_exits_1(fake_github, tmp_path, code):
+    number = fake_github.add_issue(labels=["drift"], body="old report")
+    result = _drift(fake_github, tmp_path, code, "partial report")
+    assert result.exit_code == 1
+    assert f"reconciler drift exited {code}" in result.output
+    assert fake_github.requests == []
+    assert fake_github.issues[number]["body"] == "old report"
+
+
+# Errors: one line, exit 1, never the token -------------------------------------
+
+
+def test_api_error_is_one_line_with_githubs_message(fake_github, tmp_path):
+    fake_github.fail_with = (403, {"message": "Resource not accessible by integration"})
+    result = _drift(fake_github, tmp_path, 2, "report")
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: GitHub API GET /repos/{REPO}/issues: 403 Resource not accessible by "
+        "integration - does the job grant the permission this needs?\n"
+    )
+
+
+def test_validation_error_details_are_shown(fake_github, tmp_path):
+    fake_github.add_issue(labels=[], pull_request=True)
+    fake_github.fail_with = (
+        422,
+        {
+            "message": "Validation Failed",
+            "errors": [{"code": "custom", "message": "body is too long"}],
+        },
+    )
+    result = _comment(fake_github, tmp_path, "plan", 1)
+    assert result.exit_code == 1
+    assert result.output.endswith("422 Validation Failed (body is too long)\n")
+
+
+def test_bad_token_is_never_echoed(fake_github, tmp_path):
+    wrong = "ghs_wrongTOKENthatMustNotLeak"
+    result = _comment(fake_github, tmp_path, "plan", 1, GITHUB_TOKEN=wrong)
+    assert result.exit_code == 1
+    assert (
+        result.output
+        == f"Error: GitHub API GET /repos/{REPO}/issues/1/comments: 401 Bad credentials\n"
+    )
+    assert wrong not in result.output and TOKEN not in result.output
+
+
+def test_missing_token(fake_github, tmp_path):
+    result = _comment(fake_github, tmp_path, "plan", 1, GITHUB_TOKEN=None)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: GITHUB_TOKEN is not set")
+    assert fake_github.requests == []
+
+
+def test_unreachable_api_is_one_line(tmp_path):
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = _comment(None, tmp_path, "plan", 1, GITHUB_API_URL=f"http://127.0.0.1:{port}")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: GitHub API GET /repos/{REPO}/issues/1/comments: ")
+    assert result.output.count("\n") == 1 and TOKEN not in result.output
+
+
+def test_errors_through_the_console_script_entry_point(fake_github, tmp_path, monkeypatch, capsys):
+    for name, value in _env(fake_github).items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    fake_github.fail_with = (404, {"message": "Not Found"})
+    report = tmp_path / "drift.md"
+    report.write_text("report", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["github", "drift-issue", "--exit-code", "2", "--report-file", str(report)])
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"Error: GitHub API GET /repos/{REPO}/issues: 404 Not Found\n"
