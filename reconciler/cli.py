@@ -15,7 +15,7 @@ from collections.abc import Callable
 import click
 
 from reconciler import __version__
-from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.errors import ConfigError, ReconcilerError, RefusedError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -93,7 +93,30 @@ fleet_options = _stack(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class ReconcilerGroup(click.Group):
+    """Exit codes as SPEC section 4 wants them: usage errors exit 1 (never 2, which means
+    "changes"), and our errors print one `Error: ...` line and exit 1, never a traceback."""
+
+    def main(self, *args, **kwargs):  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            code = EXIT_ERROR
+        except click.exceptions.ClickException as exc:
+            exc.show()
+            code = EXIT_ERROR
+        except ReconcilerError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            code = EXIT_ERROR
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            code = 130
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+@click.group(cls=ReconcilerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="reconciler")
 def cli() -> None:
     """GitOps for Oystehr Project settings.
@@ -116,7 +139,7 @@ def cli() -> None:
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
-    help="text: one FILE:LINE:COL line per problem; json: {\"problems\": [...]}.",
+    help='text: one FILE:LINE:COL line per problem; json: {"problems": [...]}.',
 )
 def validate(paths: tuple[str, ...], fmt: str) -> None:
     """Check project files offline: YAML, duplicate keys, ${VAR}, schema, duplicate ids.
@@ -163,10 +186,17 @@ def _plan_command(fn: Callable) -> Callable:
     show_default=True,
     help="text for a terminal, markdown for a PR comment, json for machines.",
 )
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Also save the plan as JSON, for `apply --plan`.")
-@click.option("--detailed-exitcode", is_flag=True,
-              help="Exit 2 when the plan succeeded and something would change.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also save the plan as JSON, for `apply --plan`.",
+)
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 2 when the plan succeeded and something would change.",
+)
 def plan(paths, fmt, out, detailed_exitcode, **options) -> None:
     """Show what apply would change: files vs the live Project settings.
 
@@ -222,8 +252,9 @@ def drift(paths, fmt, **options) -> None:
     run = Run(options)
     the_plan = run.read_plan(paths)
     renderers = {
-        "text": lambda fh: render_text(the_plan, fh, colour=run.colour, drift=True,
-                                       verbose=run.verbose),
+        "text": lambda fh: render_text(
+            the_plan, fh, colour=run.colour, drift=True, verbose=run.verbose
+        ),
         "markdown": lambda fh: render_markdown(the_plan, fh, drift=True),
         "json": lambda fh: render_json(the_plan, fh),
     }
@@ -235,6 +266,148 @@ def drift(paths, fmt, **options) -> None:
         raise SystemExit(EXIT_CHANGES)
 
 
+@cli.command()
+@_plan_command
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Apply this saved plan (from `plan --out`) instead of planning PATHS.",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask; needed when there is no terminal.")
+@click.option(
+    "--max-changes",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Refuse, before any write, to change more than N Projects.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Format of the result: per Project applied, unchanged, failed or skipped.",
+)
+def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
+    """Plan, show the plan, then PATCH what changed.
+
+    Asks `Apply? [y/N]` on a terminal; --yes skips the question; without a
+    terminal and without --yes it refuses and writes nothing. With --plan it
+    applies a reviewed plan, refusing before any PATCH if the file was
+    edited, has errors, was made for another API, or any changed Project was
+    changed since (stale). Exit 0 all applied (or nothing to do), 1 anything
+    failed, refused or interrupted.
+
+    \b
+      reconciler apply --yes
+      reconciler plan --out plan.json && reconciler apply --plan plan.json --yes
+    """
+    from reconciler.apply import apply_plan, read_plan_file, refusals
+    from reconciler.fleet import Stopper
+    from reconciler.render import (
+        FAILED,
+        SKIPPED,
+        render_apply_json,
+        render_apply_markdown,
+        render_apply_text,
+        render_text,
+    )
+
+    run = Run(options)
+    if plan_file and paths:
+        raise click.UsageError("give either --plan or PATHS, not both")
+    if plan_file:
+        the_plan = read_plan_file(plan_file)
+        shard = options.get("shard")
+        if options.get("project_filters") or shard:
+            raise click.UsageError("--project and --shard apply to PATHS, not to a saved plan")
+        refusals(the_plan, api_url=options["api_url"], max_changes=max_changes, saved=True)
+    else:
+        the_plan = run.read_plan(paths)
+        refusals(the_plan, max_changes=max_changes)
+    show = sys.stderr if fmt == "json" else sys.stdout
+    render_text(the_plan, show, colour=run.colour and show is sys.stdout)
+    if the_plan.changed and not yes:
+        if not (sys.stdin.isatty() and show.isatty()):
+            raise RefusedError(
+                "refusing to apply without --yes: there is no terminal to ask on; "
+                "nothing was applied"
+            )
+        if not click.confirm("Apply?", default=False, err=show is sys.stderr):
+            raise RefusedError("not confirmed; nothing was applied")
+    with Stopper() as stopper, run.api() as api:
+        outcomes = apply_plan(
+            the_plan,
+            api,
+            run.env,
+            concurrency=options.get("concurrency", 8),
+            verify_fresh=bool(plan_file),
+            stopper=stopper,
+            progress=run.progress("Applying", len(the_plan.changed)),
+        )
+    if fmt == "json":
+        render_apply_json(outcomes, sys.stdout)
+    else:
+        render_apply_text(outcomes, sys.stdout, colour=run.colour)
+    run.step_summary(lambda fh: render_apply_markdown(outcomes, fh))
+    if any(o.status in (FAILED, SKIPPED) for o in outcomes):
+        raise SystemExit(EXIT_ERROR)
+
+
+@cli.command()
+@click.option("--project-id", required=True, help="The Project to export.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write here instead of stdout.",
+)
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@api_options
+def export(project_id, output, force, **options) -> None:
+    """Write a project file from a Project's live settings (bring it under management).
+
+    Uses OYSTEHR_ACCESS_TOKEN, or OYSTEHR_CLIENT_ID + OYSTEHR_CLIENT_SECRET.
+    Planning the exported file shows no change.
+
+    \b
+      reconciler export --project-id fd9b1113-... --output projects/sandbox.yaml
+    """
+    from pathlib import Path
+
+    from reconciler.client import resolve_credentials
+    from reconciler.export import project_file_text, schema_ref_for
+    from reconciler.plan import ROLE_FIELDS
+
+    target = Path(output) if output else None
+    if target and target.exists() and not force:
+        raise ConfigError(f"{output} exists; pass --force to overwrite it")
+    run = Run(options)
+    credentials = resolve_credentials(None, run.env)
+    with run.api() as api:
+        live = api.get_project(project_id, credentials)
+        if not isinstance(live, dict) or "id" not in live:
+            raise ConfigError("GET /project did not answer with a Project")
+        # Roles are listed only to tell whether a role's name is shared (then it goes by id).
+        roles = (
+            api.list_roles(project_id, credentials) if any(live.get(k) for k in ROLE_FIELDS) else []
+        )
+    text = project_file_text(live, roles, schema_ref=schema_ref_for(target))
+    if target is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
+    if not run.quiet:
+        click.echo(f"Wrote {output}.", err=True)
+
+
 class Run:
     """What every API command shares: options, environment, output settings, the client."""
 
@@ -244,9 +417,7 @@ class Run:
         self.verbose = options.get("verbose", False)
         self.quiet = options.get("quiet", False)
         self.colour = (
-            not options.get("no_color")
-            and not os.environ.get("NO_COLOR")
-            and sys.stdout.isatty()
+            not options.get("no_color") and not os.environ.get("NO_COLOR") and sys.stdout.isatty()
         )
         if self.verbose:
             handler = logging.StreamHandler(sys.stderr)
@@ -345,19 +516,44 @@ def schema() -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="Port; 0 picks a free one.")
-@click.option("--db", type=click.Path(dir_okay=False), default=None,
-              help="SQLite file that survives restarts (default: in memory).")
-@click.option("--seed", type=click.Path(dir_okay=False), default=None,
-              help="YAML of Projects, roles, M2M clients and Developers to load.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port; 0 picks a free one.",
+)
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="SQLite file that survives restarts (default: in memory).",
+)
+@click.option(
+    "--seed",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML of Projects, roles, M2M clients and Developers to load.",
+)
 @click.option("--quiet", is_flag=True, help="No request log on stderr.")
-@click.option("--latency-ms", type=click.IntRange(min=0), default=0,
-              help="Added to every /v1 and /oauth request.")
-@click.option("--error-rate", type=click.FloatRange(0.0, 1.0), default=0.0,
-              help="Share of /v1 and /oauth requests answered 503.")
-@click.option("--rate-limit-every", type=click.IntRange(min=0), default=0,
-              help="Every Nth /v1 or /oauth request answers 429 with Retry-After: 1.")
+@click.option(
+    "--latency-ms",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Added to every /v1 and /oauth request.",
+)
+@click.option(
+    "--error-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    help="Share of /v1 and /oauth requests answered 503.",
+)
+@click.option(
+    "--rate-limit-every",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Every Nth /v1 or /oauth request answers 429 with Retry-After: 1.",
+)
 @click.option("--fault-seed", type=int, default=None, help="Seed that makes faults repeatable.")
 def emulator(**options) -> None:
     """Run a local Oystehr Project Service (the emulator).
@@ -377,26 +573,8 @@ def _count(n: int, noun: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: usage errors exit 1 (never 2), ours print one line and exit 1."""
-    if os.environ.get("NO_COLOR"):
-        os.environ.setdefault("RECONCILER_NO_COLOR", "1")
-    try:
-        code = cli.main(args=argv, prog_name="reconciler", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        code = EXIT_ERROR
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        code = EXIT_ERROR
-    except ReconcilerError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        code = EXIT_ERROR
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        code = 130
-    except SystemExit as exc:
-        code = exc.code
-    sys.exit(code if isinstance(code, int) else 0)
+    """Entry point of the console script and of `python -m reconciler`."""
+    cli.main(args=argv, prog_name="reconciler")
 
 
 from reconciler.github import github  # noqa: E402
