@@ -337,10 +337,10 @@ def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
             )
         if not click.confirm("Apply?", default=False, err=show is sys.stderr):
             raise RefusedError("not confirmed; nothing was applied")
-    with Stopper() as stopper, run.api() as api:
+    with Stopper() as stopper:
         outcomes = apply_plan(
             the_plan,
-            api,
+            run.api(),
             run.env,
             concurrency=options.get("concurrency", 8),
             verify_fresh=bool(plan_file),
@@ -387,14 +387,13 @@ def export(project_id, output, force, **options) -> None:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
     run = Run(options)
     credentials = resolve_credentials(None, run.env)
-    with run.api() as api:
-        live = api.get_project(project_id, credentials)
-        if not isinstance(live, dict) or "id" not in live:
-            raise ConfigError("GET /project did not answer with a Project")
-        # Roles are listed only to tell whether a role's name is shared (then it goes by id).
-        roles = (
-            api.list_roles(project_id, credentials) if any(live.get(k) for k in ROLE_FIELDS) else []
-        )
+    api = run.api()
+    live = api.get_project(project_id, credentials)
+    if not isinstance(live, dict) or "id" not in live:
+        raise ConfigError("GET /project did not answer with a Project")
+    # Roles are listed only to tell whether a role's name is shared (then it goes by id).
+    has_role = any(live.get(key) for key in ROLE_FIELDS)
+    roles = api.list_roles(project_id, credentials) if has_role else []
     text = project_file_text(live, roles, schema_ref=schema_ref_for(target))
     if target is None:
         click.echo(text, nl=False)
@@ -416,6 +415,7 @@ class Run:
         self.env = os.environ
         self.verbose = options.get("verbose", False)
         self.quiet = options.get("quiet", False)
+        self._api = None
         self.colour = (
             not options.get("no_color") and not os.environ.get("NO_COLOR") and sys.stdout.isatty()
         )
@@ -427,15 +427,19 @@ class Run:
             logger.setLevel(logging.DEBUG)
 
     def api(self):
-        from reconciler.client import ProjectApi
+        """The run's one client, so tokens are fetched once per M2M client per run."""
+        if self._api is None:
+            from reconciler.client import ProjectApi
 
-        return ProjectApi(
-            self.options["api_url"],
-            auth_url=self.options["auth_url"],
-            timeout=self.options["timeout"],
-            retries=self.options["retries"],
-            max_connections=self.options.get("concurrency", 8),
-        )
+            self._api = ProjectApi(
+                self.options["api_url"],
+                auth_url=self.options["auth_url"],
+                timeout=self.options["timeout"],
+                retries=self.options["retries"],
+                max_connections=self.options.get("concurrency", 8),
+            )
+            click.get_current_context().call_on_close(self._api.close)
+        return self._api
 
     def load(self, paths: tuple[str, ...]):
         """Validate every file; any problem stops here, before a request."""
@@ -457,14 +461,13 @@ class Run:
         from reconciler.fleet import plan_projects
 
         projects = self.load(paths)
-        with self.api() as api:
-            return plan_projects(
-                projects,
-                api,
-                self.env,
-                concurrency=self.options.get("concurrency", 8),
-                progress=self.progress("Reading", len(projects)),
-            )
+        return plan_projects(
+            projects,
+            self.api(),
+            self.env,
+            concurrency=self.options.get("concurrency", 8),
+            progress=self.progress("Reading", len(projects)),
+        )
 
     def progress(self, verb: str, total: int):
         """A progress line on stderr, only on a terminal and only for longer runs."""
