@@ -407,6 +407,22 @@ def export(project_id, output, force, **options) -> None:
         click.echo(f"Wrote {output}.", err=True)
 
 
+@cli.command()
+def demo() -> None:
+    """Show the whole job on an embedded emulator: validate, plan, apply, drift.
+
+    Starts an emulator on a free port with bundled example Projects, copies
+    the example project files to a temporary folder and runs the real
+    commands against it. Touches nothing else; needs no account.
+
+    \b
+      reconciler demo
+    """
+    from reconciler.demo import run_demo
+
+    raise SystemExit(run_demo())
+
+
 class Run:
     """What every API command shares: options, environment, output settings, the client."""
 

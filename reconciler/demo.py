@@ -1,0 +1,120 @@
+"""`reconciler demo`: the whole job in one command, on an embedded emulator.
+
+Starts an emulator on a free port seeded with bundled example data, copies the
+bundled example project files to a temporary folder, and runs the real
+commands in-process: validate -> plan -> apply -> drift, then a hand edit that
+drift catches. Nothing outside the temporary folder is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from reconciler.emulator import serve
+
+# The emulator's own credentials for the demo's Projects (see data/demo/seed.yaml).
+DEMO_ENV = {
+    "SANDBOX_CLIENT_ID": "sandbox-ci",
+    "SANDBOX_CLIENT_SECRET": "demo-sandbox-secret",
+    "PRODUCTION_CLIENT_ID": "production-ci",
+    "PRODUCTION_CLIENT_SECRET": "demo-production-secret",
+    "STAGING_ACCESS_TOKEN": "demo-staging-token",
+}
+STAGING = "31f7e0b1-b7ae-439d-a141-27b4e09ba6a1"
+
+# (heading, command line, exit code that means the step went as the demo expects)
+STEPS = [
+    (
+        "Validate the project files (offline: YAML, schema, ${VAR}, duplicate ids)",
+        ["validate", "projects"],
+        0,
+    ),
+    ("Plan: what would change, Project by Project", ["plan", "--out", "plan.json"], 0),
+    (
+        "Apply the reviewed plan (re-reads only the changed Projects, refuses a stale plan)",
+        ["apply", "--plan", "plan.json", "--yes"],
+        0,
+    ),
+    ("Drift check: live settings now match the files", ["drift"], 0),
+]
+HAND_EDIT_STEP = (
+    "Someone turns off self-signup in staging by hand; drift catches it (exit 2)",
+    ["drift", "--format", "text"],
+    2,
+)
+
+
+def run_demo(echo=click.echo) -> int:
+    """Run every step and return 0 when each exited as expected."""
+    from reconciler.cli import cli
+
+    data = resources.files("reconciler") / "data" / "demo"
+    with tempfile.TemporaryDirectory(prefix="reconciler-demo-") as folder:
+        work = Path(folder)
+        shutil.copytree(str(data / "projects"), work / "projects")
+        with resources.as_file(data / "seed.yaml") as seed, serve(seed) as emu:
+            env = {
+                **DEMO_ENV,
+                "OYSTEHR_PROJECT_API_URL": emu.api_url,
+                "OYSTEHR_AUTH_URL": emu.auth_url,
+            }
+            echo(f"Emulator: {emu.url} (3 example Projects; credentials are the emulator's)")
+            echo(f"Project files: {work / 'projects'}")
+            ok = True
+            with _environment(env), _cwd(work):
+                for number, (heading, args, expected) in enumerate(STEPS, start=1):
+                    ok &= _step(cli, number, heading, args, expected, echo)
+                emu.store.set_project_fields(STAGING, {"signupEnabled": False})
+                heading, args, expected = HAND_EDIT_STEP
+                ok &= _step(cli, len(STEPS) + 1, heading, args, expected, echo)
+    echo("")
+    echo("Done: every step behaved as expected." if ok else "A step did not behave as expected.")
+    return 0 if ok else 1
+
+
+def _step(cli, number: int, heading: str, args: list[str], expected: int, echo) -> bool:
+    echo("")
+    echo(click.style(f"== {number}. {heading}", bold=True))
+    echo(f"$ reconciler {' '.join(args)}")
+    sys.stdout.flush()  # keep the command's stderr lines in order with its stdout
+    try:
+        cli.main(args=args, prog_name="reconciler")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    echo(f"(exit {code})")
+    sys.stdout.flush()
+    return code == expected
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
