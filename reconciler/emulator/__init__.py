@@ -1,1 +1,31 @@
-"""The local Oystehr Project Service (to be built: issue 3)."""
+"""The local Oystehr Project Service (SPEC section 6): a WSGI app over SQLite, served over HTTP.
+
+    from reconciler.emulator import serve, Faults
+
+    with serve("seed.yaml", faults=Faults(latency_ms=20)) as emu:
+        emu.url, emu.api_url, emu.auth_url    # http://127.0.0.1:PORT[/v1|/oauth/token]
+        emu.stats(); emu.reset_stats()        # the counts of GET /_emulator/stats
+        emu.store.set_project_fields(pid, {"name": "edited by hand"})
+
+Modules: `seed` checks the seed, `store` keeps the state in SQLite, `faults`
+injects latency/503/429 and counts requests, `app` is the WSGI app,
+`server` serves it (`serve()` in a thread, `run_cli()` in the foreground).
+"""
+
+from reconciler.emulator.app import EmulatorApp, make_app
+from reconciler.emulator.faults import Faults
+from reconciler.emulator.seed import Seed, load_seed
+from reconciler.emulator.server import RunningEmulator, run_cli, serve
+from reconciler.emulator.store import Store
+
+__all__ = [
+    "EmulatorApp",
+    "Faults",
+    "RunningEmulator",
+    "Seed",
+    "Store",
+    "load_seed",
+    "make_app",
+    "run_cli",
+    "serve",
+]
