@@ -74,8 +74,35 @@ def load_schema() -> dict:
 
 @cache
 def validator() -> Draft202012Validator:
-    """One compiled validator, built on first use and reused for every file."""
-    return Draft202012Validator(load_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    """One compiled validator, built on first use and reused for every file.
+
+    It validates against the schema with its ``$ref``s inlined: the schema is
+    not recursive, and resolving a reference for every value of every file
+    costs more than a third of validation time (validate must beat
+    check-jsonschema on 1,000 files).
+    """
+    schema = load_schema()
+    return Draft202012Validator(
+        inline_refs(schema, schema.get("$defs", {})),
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+
+
+def inline_refs(node: Any, defs: Mapping[str, Any]) -> Any:
+    """``node`` with each ``{"$ref": "#/$defs/x", ...}`` replaced by ``$defs/x`` merged with
+    its siblings (the siblings win: they only add descriptions here). ``$defs`` is dropped."""
+    if isinstance(node, list):
+        return [inline_refs(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    merged = {key: inline_refs(value, defs) for key, value in node.items() if key not in _INLINED}
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        merged = {**inline_refs(defs[ref.removeprefix("#/$defs/")], defs), **merged}
+    return merged
+
+
+_INLINED = ("$ref", "$defs")
 
 
 def check(data: Mapping[str, Any]) -> list[Finding]:

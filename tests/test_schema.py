@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 
 from reconciler.cli import cli
 from reconciler.files import load_projects
-from reconciler.schema import Finding, check, load_schema, schema_text
+from reconciler.schema import Finding, check, inline_refs, load_schema, schema_text, validator
 
 REPO = Path(__file__).resolve().parent.parent
 ID = "0b7a1f7e-5a52-4a5e-9b1c-2f0c8f1d4e01"
@@ -211,3 +211,24 @@ def test_a_pasted_secret_is_never_echoed():
 def test_long_values_are_shortened():
     (message,) = messages(signupEnabled="x" * 500)
     assert message == "signupEnabled: expected a boolean, got string '" + "x" * 59 + "…'"
+
+
+def test_inlining_refs_keeps_every_rule():
+    # The validator runs on the inlined schema: it must accept and reject the same documents.
+    schema = load_schema()
+    inlined = inline_refs(schema, schema["$defs"])
+    assert "$ref" not in json.dumps(inlined)
+    assert inlined["properties"]["id"]["pattern"] == schema["$defs"]["uuid"]["pattern"]
+    assert inlined["properties"]["id"]["description"] == schema["properties"]["id"]["description"]
+    plain = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    documents = [
+        {"id": ID, "defaultPatientRole": {"id": "x", "nme": 1}, "auth": {"clientIdEnv": "a b"}},
+        {"id": "nope", "name": "", "defaultSSOUserRole": 3, "sandbox": False},
+        {"id": ID, "defaultPatientRole": "Patient", "auth": {"accessTokenEnv": "T"}},
+    ]
+    for document in documents:
+        expected = sorted((list(e.absolute_path), e.validator) for e in plain.iter_errors(document))
+        got = sorted(
+            (list(e.absolute_path), e.validator) for e in validator().iter_errors(document)
+        )
+        assert got == expected
