@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from reconciler import __version__
+from reconciler.transport import default_transport
 from reconciler.errors import (
     ApiError,
     AuthError,
@@ -105,7 +106,7 @@ class ProjectApi:
         self.retries = retries
         self._sleep = sleep
         self._http = httpx.Client(
-            transport=transport,
+            transport=transport if transport is not None else default_transport(),
             timeout=timeout,
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
