@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 
 from reconciler import __version__
-from reconciler.transport import default_transport
 from reconciler.errors import (
     ApiError,
     AuthError,
@@ -27,6 +26,7 @@ from reconciler.errors import (
     CredentialsError,
     TransportError,
 )
+from reconciler.transport import default_transport
 
 log = logging.getLogger(__name__)
 
