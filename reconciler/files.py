@@ -253,7 +253,7 @@ def parse_project(
         return None, [Problem(path, 1, 1, "invalid YAML: nested too deeply")]
     project = ProjectFile(path, data, builder.locations, builder.key_locations)
     problems = builder.problems
-    for finding in schema.check(data):
+    for finding in schema.check(data, builder.written):
         if any(finding.path[:i] in builder.reported for i in range(len(finding.path) + 1)):
             continue  # already said something about this value (e.g. an unset ${VAR})
         if finding.at_key:
@@ -373,6 +373,7 @@ class _Builder:
         self.key_locations: dict[Path, Location] = {}
         self.problems: list[Problem] = []
         self.reported: set[Path] = set()  # paths whose schema findings would repeat a problem
+        self.written: dict[Path, str] = {}  # the file's text where ${VAR} put in another value
         self._seen: set[int] = set()
 
     def build(self, node: Node, path: Path) -> Any:
@@ -438,6 +439,8 @@ class _Builder:
 
     def _string(self, text: str, path: Path) -> str:
         value, problems = substitute(text, self.env)
+        if value != text:
+            self.written[path] = text
         field_prefix = f"{schema.field_name(path)}: " if path else ""
         for message in problems:
             self._report(path, field_prefix + message)

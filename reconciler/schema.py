@@ -105,12 +105,17 @@ def inline_refs(node: Any, defs: Mapping[str, Any]) -> Any:
 _INLINED = ("$ref", "$defs")
 
 
-def check(data: Mapping[str, Any]) -> list[Finding]:
-    """Every schema problem in ``data`` (a project document), each translated once."""
+def check(data: Mapping[str, Any], written: Mapping[Path, str] | None = None) -> list[Finding]:
+    """Every schema problem in ``data`` (a project document), each translated once.
+
+    ``written`` maps the paths of values that came from ``${VAR}`` to the text
+    the file holds there: messages quote that text, never the environment's
+    value, which may be a secret.
+    """
     findings: list[Finding] = []
     seen: set[tuple[Path, str]] = set()
     for error in validator().iter_errors(data):
-        for finding in _translate(error):
+        for finding in _translate(error, written or {}):
             # pattern and format both check a UUID and say the same thing: say it once.
             if (finding.path, finding.message) not in seen:
                 seen.add((finding.path, finding.message))
@@ -145,12 +150,13 @@ def quote(value: Any) -> str:
     return "'" + text.replace("\n", "\\n") + "'"
 
 
-def _translate(error: ValidationError) -> list[Finding]:
+def _translate(error: ValidationError, written: Mapping[Path, str]) -> list[Finding]:
     path: Path = tuple(error.absolute_path)
     field = field_name(path)
     schema = error.schema if isinstance(error.schema, dict) else {}
     keyword = error.validator
     redact = bool(schema.get("x-redactValue"))
+    shown = written.get(path, error.instance)  # what the message may quote
 
     if keyword == "additionalProperties":
         return _unknown_keys(error, path, field)
@@ -173,22 +179,20 @@ def _translate(error: ValidationError) -> list[Finding]:
     template = schema.get("x-errorMessages", {}).get(keyword)
     if template is not None:
         if redact:
-            value = describe(error.instance, redact=True)
+            value = describe(shown, redact=True)
         else:  # a string speaks for itself: 'r6'; anything else says what it is: integer 4
-            value = (
-                quote(error.instance)
-                if isinstance(error.instance, str)
-                else describe(error.instance)
-            )
+            value = quote(shown) if isinstance(shown, str) else describe(shown)
         # Plain replacement, not str.format: templates quote YAML like "{id: ...}".
         message = template.replace("{field}", field).replace("{value}", value)
     elif keyword == "type":
         expected = error.validator_value
         words = [_TYPE_WORDS.get(name, name) for name in _as_list(expected)]
-        message = f"{field}: expected {_or(words)}, got {describe(error.instance, redact=redact)}"
+        message = f"{field}: expected {_or(words)}, got {describe(shown, redact=redact)}"
+        if path in written:
+            message += " (a value from ${...} is always a string)"
     elif keyword == "enum":
         choices = _or([quote(choice) for choice in error.validator_value])
-        message = f"{field}: expected {choices}, got {describe(error.instance, redact=redact)}"
+        message = f"{field}: expected {choices}, got {describe(shown, redact=redact)}"
     else:
         # A rule with no message of its own: jsonschema's text, located and prefixed.
         message = f"{field}: {error.message}" if field else error.message

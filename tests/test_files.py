@@ -246,7 +246,20 @@ def test_substitution_happens_in_strings_only_never_keys():
     assert project.data["signupEnabled"] == "true"
     assert problems == [
         "3:1: unknown key '${K}'",
-        "4:16: signupEnabled: expected a boolean, got string 'true'",
+        "4:16: signupEnabled: expected a boolean, got string '${T:-true}' "
+        "(a value from ${...} is always a string)",
+    ]
+
+
+def test_messages_quote_the_file_never_the_environment():
+    # A variable may hold a secret: a message shows the reference, not its value.
+    env = {"PROJECT_ID": "hunter2-not-an-id", "FLAG": "s3cret"}
+    _, problems = parse("id: ${PROJECT_ID}\nname: x-${FLAG}\nsignupEnabled: ${FLAG}\n", env)
+    assert problems == [
+        "1:5: id: '${PROJECT_ID}' is not a valid UUID "
+        "(expected lowercase 8-4-4-4-12 hex, like fd9b1113-4bd2-4dad-8631-a95ba035dfda)",
+        "3:16: signupEnabled: expected a boolean, got string '${FLAG}' "
+        "(a value from ${...} is always a string)",
     ]
 
 
