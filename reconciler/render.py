@@ -218,7 +218,7 @@ def _md_block(project: ProjectPlan) -> str:
     if project.status == ERROR:
         return (
             f"<details open><summary>🔴 {md_escape(_title(project))} — error</summary>\n\n"
-            f"{md_escape(project.file)}: {md_escape(project.error or '')}\n\n</details>"
+            f"{md_escape(project.file)}: {md_escape(project.error or '')}\n\n</details>\n"
         )
     lines = [
         f"<details><summary>🟡 {md_escape(_title(project))} — "
@@ -232,7 +232,7 @@ def _md_block(project: ProjectPlan) -> str:
         f"| {change.field} | {_md_value(change.before)} | {_md_value(change.after)} |"
         for change in project.changes
     ]
-    lines += ["", "</details>"]
+    lines += ["", "</details>", ""]
     return "\n".join(lines)
 
 
