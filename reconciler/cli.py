@@ -209,19 +209,11 @@ def plan(paths, fmt, out, detailed_exitcode, **options) -> None:
       reconciler plan --format markdown --out plan.json
       reconciler plan --project sandbox --detailed-exitcode
     """
-    from reconciler.render import render_json, render_markdown, render_text
-
     run = Run(options)
     the_plan = run.read_plan(paths)
     if out:
         _write_plan_file(the_plan, out)
-    renderers = {
-        "text": lambda fh: render_text(the_plan, fh, colour=run.colour, verbose=run.verbose),
-        "markdown": lambda fh: render_markdown(the_plan, fh),
-        "json": lambda fh: render_json(the_plan, fh),
-    }
-    renderers[fmt](sys.stdout)
-    run.step_summary(lambda fh: render_markdown(the_plan, fh))
+    run.show_plan(the_plan, fmt)
     if the_plan.errors:
         raise SystemExit(EXIT_ERROR)
     if detailed_exitcode and the_plan.changed:
@@ -247,19 +239,9 @@ def drift(paths, fmt, **options) -> None:
     \b
       reconciler drift --format markdown > drift.md
     """
-    from reconciler.render import render_json, render_markdown, render_text
-
     run = Run(options)
     the_plan = run.read_plan(paths)
-    renderers = {
-        "text": lambda fh: render_text(
-            the_plan, fh, colour=run.colour, drift=True, verbose=run.verbose
-        ),
-        "markdown": lambda fh: render_markdown(the_plan, fh, drift=True),
-        "json": lambda fh: render_json(the_plan, fh),
-    }
-    renderers[fmt](sys.stdout)
-    run.step_summary(lambda fh: render_markdown(the_plan, fh, drift=True))
+    run.show_plan(the_plan, fmt, drift=True)
     if the_plan.errors:
         raise SystemExit(EXIT_ERROR)
     if the_plan.changed:
@@ -497,6 +479,18 @@ class Run:
                 click.echo("", err=True)
 
         return show
+
+    def show_plan(self, the_plan, fmt: str, *, drift: bool = False) -> None:
+        """The plan (or drift report) on stdout, and its markdown in the job summary."""
+        from reconciler.render import render_json, render_markdown, render_text
+
+        if fmt == "json":
+            render_json(the_plan, sys.stdout)
+        elif fmt == "markdown":
+            render_markdown(the_plan, sys.stdout, drift=drift)
+        else:
+            render_text(the_plan, sys.stdout, colour=self.colour, drift=drift, verbose=self.verbose)
+        self.step_summary(lambda fh: render_markdown(the_plan, fh, drift=drift))
 
     def step_summary(self, write: Callable) -> None:
         """Append markdown to the GitHub Actions job summary when there is one."""
