@@ -3,6 +3,7 @@ persistence, faults, concurrency and its log (SPEC sections 1 and 6)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -662,6 +663,19 @@ def test_db_that_is_not_an_emulator_db(tmp_path):
         pass
 
 
+def test_seed_file_may_be_json(tmp_path, seed_data):
+    path = tmp_path / "seed.json"
+    path.write_text(json.dumps(seed_data), encoding="utf-8")
+    with serve(path) as emu:
+        assert emu.store.project_ids() == sorted(PROJECT_IDS)
+
+
+def test_db_that_cannot_be_opened(tmp_path):
+    db = tmp_path / "no-such-dir" / "emulator.db"
+    with pytest.raises(ConfigError, match="cannot open database file"), serve(db=db):
+        pass
+
+
 def test_ten_thousand_projects_seed_quickly():
     seed = {
         "projects": [
@@ -744,6 +758,15 @@ def test_cli_serves_until_sigterm(seed_file):
     assert code == 0
     assert out == ""
     assert err == ""
+
+
+def test_cli_stops_on_sigint_too(seed_file):
+    process, url = start_cli("--seed", str(seed_file), "--quiet")
+    assert url.startswith("http://")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) == 0
+    process.stdout.close()
+    process.stderr.close()
 
 
 def test_cli_log_has_one_line_per_request_and_no_secret(seed_file):

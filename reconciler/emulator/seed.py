@@ -14,12 +14,15 @@
     developers:
       - {accessToken: dev-token, projects: [fd9b1113-4bd2-4dad-8631-a95ba035dfda]}
 
+A seed file may also be written as JSON (JSON is YAML): it loads much faster.
+
 Every problem is a ConfigError of one line naming the source and the place,
 e.g. `seed.yaml: projects[1] (CLINIC).defaultPatientRole: unknown role 'Nurse'`.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -108,6 +111,13 @@ def read_seed_file(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"{path}: cannot read seed file: {reason}") from exc
+    if text.lstrip().startswith("{"):
+        # JSON is YAML too, and json parses a 10,000-Project seed ~50x faster
+        # than PyYAML: benchmarks write their seeds as JSON.
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass  # not JSON after all: let YAML read it (and report its errors)
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:

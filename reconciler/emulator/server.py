@@ -226,13 +226,16 @@ def run_cli(
             count = len(emu.store.project_ids())
             where = db or "memory"
             print(f"emulator: {count} Projects ({where}); Ctrl-C stops", file=sys.stderr)
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        # Both signals, explicitly: a shell starts background jobs with SIGINT
+        # ignored, and `kill -INT` should still stop the emulator.
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             emu._server.serve_forever(poll_interval=0.1)
         except KeyboardInterrupt:
             pass  # SIGINT or SIGTERM: a clean stop, exit 0
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

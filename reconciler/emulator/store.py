@@ -136,8 +136,11 @@ class Store:
         self.path = path
         self._lock = threading.Lock()
         target = path if path is not None else ":memory:"
-        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
-        self._conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        try:
+            # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
+            self._conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{path}: cannot open database file ({exc})") from exc
         try:
             self._prepare()
         except sqlite3.DatabaseError as exc:
