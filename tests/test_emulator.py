@@ -397,7 +397,7 @@ def test_stats_count_faulted_requests(seed_data):
 
 
 def test_latency(seed_data):
-    with serve(seed_data, faults=Faults(latency_ms=60)) as emu, http_client() as http:
+    with serve(seed_data, faults=Faults(latency_ms=100)) as emu, http_client() as http:
         headers = scoped(DEV_TOKEN, SANDBOX_ID)
         http.get(emu.url + "/v1/version")  # connect outside the timings
 
@@ -406,9 +406,9 @@ def test_latency(seed_data):
             http.get(url, **kwargs).raise_for_status()
             return time.perf_counter() - started
 
-        assert timed(emu.api_url + "/project", headers=headers) >= 0.06
-        assert timed(emu.api_url + "/version") < 0.05
-        assert timed(emu.url + "/_emulator/stats") < 0.05
+        assert timed(emu.api_url + "/project", headers=headers) >= 0.1
+        assert timed(emu.api_url + "/version") < 0.08
+        assert timed(emu.url + "/_emulator/stats") < 0.08
 
 
 def test_latency_holds_no_lock(seed_data):
@@ -692,7 +692,7 @@ def test_ten_thousand_projects_seed_quickly():
     started = time.perf_counter()
     with serve(seed) as emu:
         assert len(emu.store.project_ids()) == 10_000
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < 3.0  # ~0.5 s here; generous for busy CI
 
 
 # -- WSGI app without a socket ---------------------------------------------------
