@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 import click
@@ -93,16 +95,26 @@ fleet_options = _stack(
 )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 class ReconcilerGroup(click.Group):
     """Exit codes as SPEC section 4 wants them: usage errors exit 1 (never 2, which means
     "changes"), and our errors print one `Error: ...` line and exit 1, never a traceback."""
 
     def main(self, *args, **kwargs):  # type: ignore[override]
         kwargs["standalone_mode"] = False
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM (CI cancelling a job) stops like Ctrl-C: apply finishes the writes in
+            # flight, starts no more, and reports what was and was not applied.
+            previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             code = super().main(*args, **kwargs)
-        except click.exceptions.Abort:
-            click.echo("Aborted.", err=True)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            # click turns Ctrl-C (and our SIGTERM) into Abort; either way, stop with exit 1.
+            click.echo("Interrupted; nothing more was started.", err=True)
             code = EXIT_ERROR
         except click.exceptions.ClickException as exc:
             exc.show()
@@ -110,9 +122,9 @@ class ReconcilerGroup(click.Group):
         except ReconcilerError as exc:
             click.echo(f"Error: {exc}", err=True)
             code = EXIT_ERROR
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            code = 130
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
@@ -319,16 +331,15 @@ def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
             )
         if not click.confirm("Apply?", default=False, err=show is sys.stderr):
             raise RefusedError("not confirmed; nothing was applied")
-    with Stopper() as stopper:
-        outcomes = apply_plan(
-            the_plan,
-            run.api(),
-            run.env,
-            concurrency=options.get("concurrency", 8),
-            verify_fresh=bool(plan_file),
-            stopper=stopper,
-            progress=run.progress("Applying", len(the_plan.changed)),
-        )
+    outcomes = apply_plan(
+        the_plan,
+        run.api(),
+        run.env,
+        concurrency=options.get("concurrency", 8),
+        verify_fresh=bool(plan_file),
+        stopper=Stopper(),
+        progress=run.progress("Applying", len(the_plan.changed)),
+    )
     if fmt == "json":
         render_apply_json(outcomes, sys.stdout)
     else:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from reconciler.client import ProjectApi, resolve_credentials
 from reconciler.errors import ConfigError, ReconcilerError
@@ -69,23 +68,11 @@ def select(
 
 
 class Stopper:
-    """Set by Ctrl-C or SIGTERM: no new work starts, work in flight finishes."""
+    """Set when the user interrupts (Ctrl-C, or SIGTERM, which the CLI turns into the
+    same KeyboardInterrupt): no new work starts, work in flight finishes."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self._previous: Any = None
-
-    def __enter__(self) -> Stopper:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.stop()
 
     def stop(self) -> None:
         if not self.event.is_set():
@@ -134,17 +121,16 @@ def run_each(
         while pending:
             try:
                 finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    results[pending.pop(future)] = future.result()
+                    done += 1
+                if progress:
+                    progress(done, len(items))
+                refill()
             except KeyboardInterrupt:
                 if stopper is None:
                     raise
                 stopper.stop()
-                continue
-            for future in finished:
-                results[pending.pop(future)] = future.result()
-                done += 1
-            if progress:
-                progress(done, len(items))
-            refill()
     return results
 
 

@@ -272,6 +272,39 @@ def test_an_apply_stopped_by_sigterm_reports_and_a_rerun_converges(repo):
         emu.stop()
 
 
+def test_sigterm_while_reading_stops_with_a_message_and_writes_nothing(repo):
+    count = 40
+    seed = make_fleet(repo, count, role_change=False)
+    (repo / "seed.yaml").write_text(yaml.safe_dump(seed), encoding="utf-8")
+    emu = EmulatorProcess(repo / "seed.yaml", "--latency-ms", "100")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OYSTEHR_", "GITHUB_"))}
+        env.update({k: v for k, v in env_for(emu.api_url, emu.auth_url).items() if v})
+        apply = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "apply", "--yes", "--concurrency", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while emu.stats().get("GET /v1/project", 0) < 4 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            apply.send_signal(signal.SIGTERM)
+            out, err = apply.communicate(timeout=30)
+        finally:
+            if apply.poll() is None:
+                apply.kill()
+                apply.communicate()
+        assert apply.returncode == 1, out + err
+        assert err.strip().endswith("Interrupted; nothing more was started.")
+        assert "Traceback" not in err
+        assert "PATCH /v1/project" not in emu.stats()
+    finally:
+        emu.stop()
+
+
 # (d) --shard I/N ---------------------------------------------------------------------
 
 
