@@ -39,6 +39,7 @@ MAX_RETRY_AFTER = 30.0
 MAX_RATE_LIMITED_IN_A_ROW = 10
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
+USER_AGENT = f"reconciler/{__version__}"
 
 
 @dataclass(frozen=True)
@@ -105,14 +106,10 @@ class ProjectApi:
         self.auth_url = auth_url
         self.retries = retries
         self._sleep = sleep
-        self._http = httpx.Client(
-            transport=transport if transport is not None else default_transport(),
-            timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            headers={"user-agent": f"reconciler/{__version__}"},
-        )
+        # Requests go straight to the transport: httpx's Client layers (cookies, redirects,
+        # auth flows, URL merging) cost a third of the CPU per request and none is needed.
+        self._transport = transport or default_transport(max_connections=max_connections)
+        self._timeout = httpx.Timeout(timeout).as_dict()
         self._tokens: dict[tuple[str, str], str] = {}
         self._token_locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -125,7 +122,7 @@ class ProjectApi:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        self._transport.close()
 
     # The Project API --------------------------------------------------------------
 
@@ -226,10 +223,19 @@ class ProjectApi:
         while True:
             request_id = str(uuid.uuid4())
             started = time.monotonic()
+            request = httpx.Request(
+                method,
+                url,
+                headers={**headers, "user-agent": USER_AGENT, "x-oystehr-request-id": request_id},
+                extensions={"timeout": self._timeout},
+                **kwargs,
+            )
             try:
-                response = self._http.request(
-                    method, url, headers={**headers, "x-oystehr-request-id": request_id}, **kwargs
-                )
+                response = self._transport.handle_request(request)
+                try:
+                    response.read()
+                finally:
+                    response.close()
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 if attempt >= self.retries:
                     raise TransportError(

@@ -10,7 +10,7 @@ errors, swappable transports in tests); only the wire moves.
 
 Plain HTTP and HTTPS (certificates verified with the default SSL context). When a
 proxy is configured in the environment, `default_transport()` returns httpx's own
-transport instead, which knows proxies.
+client wrapped as a transport instead, which knows proxies.
 """
 
 from __future__ import annotations
@@ -153,8 +153,24 @@ def _origin(request: httpx.Request) -> Origin:
     return url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80)
 
 
-def default_transport() -> httpx.BaseTransport | None:
-    """The pooled transport, unless a proxy is configured (then httpx's own: None)."""
+class ClientTransport(httpx.BaseTransport):
+    """httpx's own client as a transport: proxies from the environment (NO_PROXY too)."""
+
+    def __init__(self, *, max_connections: int = 16) -> None:
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._client = httpx.Client(limits=limits, trust_env=True)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._client.send(request)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def default_transport(*, max_connections: int = 16) -> httpx.BaseTransport:
+    """The pooled transport, unless a proxy is configured (then httpx's, which knows them)."""
     if urllib.request.getproxies():
-        return None
+        return ClientTransport(max_connections=max_connections)
     return PooledTransport()
