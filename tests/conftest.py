@@ -131,3 +131,19 @@ def emulator(seed_data: dict[str, Any]) -> Iterator[RunningEmulator]:
     """An in-memory emulator holding `seed_data`, on a free port, for one test."""
     with serve(seed_data) as emu:
         yield emu
+
+
+@pytest.fixture
+def emu() -> Iterator[RunningEmulator]:
+    """An emulator holding the CLI end-to-end seed (`tests/e2e.py`), on a free port."""
+    from e2e import SEED
+
+    with serve(SEED) as running:
+        yield running
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty repository folder, made the current directory (paths print relative)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

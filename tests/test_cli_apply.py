@@ -25,18 +25,6 @@ from e2e import (
 from reconciler.emulator import Faults, serve
 
 
-@pytest.fixture
-def emu():
-    with serve(SEED) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def repo(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def three_changes(repo):
     write(repo, "projects/alpha.yaml", f"id: {ALPHA}\nsignupEnabled: true\n")
     write(repo, "projects/beta.yaml", f"id: {BETA}\ndescription: Beta, reviewed\n")

@@ -21,18 +21,6 @@ from e2e import (
 from reconciler.emulator import Faults, serve
 
 
-@pytest.fixture
-def emu():
-    with serve(SEED) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def repo(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def alpha(repo, body="name: Alpha Clinic\n"):
     return write(repo, "projects/alpha.yaml", f"id: {ALPHA}\n{body}")
 
@@ -228,10 +216,10 @@ def test_project_filter_and_unknown_filter(repo, emu):
     assert "--project matches no project file" in result.stderr
 
 
-def test_retries_through_503_and_429(repo):
+def test_503s_are_retried_with_backoff(repo):
     for i, pid in enumerate([ALPHA, BETA, GAMMA]):
         write(repo, f"projects/p{i}.yaml", f"id: {pid}\n")
-    with serve(SEED, faults=Faults(error_rate=0.5, rate_limit_every=3, seed=7)) as emu:
+    with serve(SEED, faults=Faults(error_rate=0.5, seed=7)) as emu:
         result = run(["plan", "--retries", "10"], emu)
         assert result.exit_code == 0, result.output
         assert result.stdout == "Plan: 0 to change, 3 unchanged, 0 errors.\n"
@@ -287,3 +275,33 @@ def test_shards_partition_the_projects(repo, emu):
     assert sorted(seen) == sorted([ALPHA, BETA, GAMMA])
     result = run(["plan", "--shard", "3/2"], emu)
     assert result.exit_code == 1 and "--shard" in result.stderr
+
+
+def test_429_waits_without_using_retries_but_503_does(repo):
+    write(repo, "projects/alpha.yaml", f"id: {ALPHA}\n")
+    write(repo, "projects/beta.yaml", f"id: {BETA}\n")
+    with serve(SEED, faults=Faults(rate_limit_every=2)) as emu:
+        result = run(["plan", "--retries", "0", "--concurrency", "1"], emu)
+        assert result.exit_code == 0, result.output
+        assert emu.stats() == {"GET /v1/project": 3}  # one 429, waited out, then answered
+    (repo / "projects/beta.yaml").unlink()
+    with serve(SEED, faults=Faults(error_rate=1.0)) as emu:
+        result = run(["plan", "--retries", "2"], emu)
+        assert result.exit_code == 1
+        assert "answered 503" in result.stdout
+        assert emu.stats() == {"GET /v1/project": 3}
+
+
+def test_verbose_logs_each_request_and_never_a_secret(repo, emu):
+    write(
+        repo,
+        "projects/beta.yaml",
+        f"id: {BETA}\nauth: {{clientIdEnv: BETA_ID, clientSecretEnv: BETA_SECRET}}\n",
+    )
+    env = {"BETA_ID": BETA_CLIENT, "BETA_SECRET": BETA_SECRET}
+    result = run(["plan", "-v"], emu, env)
+    assert result.exit_code == 0, result.output
+    assert f"POST {emu.auth_url} -> 200" in result.stderr
+    assert f"GET {emu.api_url}/project -> 200" in result.stderr
+    assert BETA_SECRET not in result.output
+    assert "Bearer" not in result.output

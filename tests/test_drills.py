@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 from click.testing import CliRunner, Result
 
@@ -134,12 +133,6 @@ def managed(doc: dict[str, Any]) -> dict[str, Any]:
     return {key: doc.get(key) for key in ("name", "description", "signupEnabled")} | {
         "defaultPatientRole": doc.get("defaultPatientRole")
     }
-
-
-@pytest.fixture
-def repo(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 # (a) a flaky API --------------------------------------------------------------------

@@ -181,7 +181,9 @@ def _handler_for(fake: FakeGitHub) -> type[BaseHTTPRequestHandler]:
 def fake_github() -> Iterator[FakeGitHub]:
     fake = FakeGitHub()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(fake))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    )
     thread.start()
     fake.url = f"http://127.0.0.1:{server.server_port}"
     try:
