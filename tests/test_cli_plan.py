@@ -305,3 +305,37 @@ def test_verbose_logs_each_request_and_never_a_secret(repo, emu):
     assert f"GET {emu.api_url}/project -> 200" in result.stderr
     assert BETA_SECRET not in result.output
     assert "Bearer" not in result.output
+
+
+def test_an_api_answering_html_is_one_clear_error(repo, emu):
+    """A wrong --api-url that lands on a web page, not the API."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html>Welcome</html>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    alpha(repo)
+    with ThreadingHTTPServer(("127.0.0.1", 0), Page) as server:
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{server.server_port}/v1"
+            result = run(["plan", "--api-url", url], emu)
+        finally:
+            server.shutdown()
+            thread.join()
+    assert result.exit_code == 1
+    assert "GET /project answered 200 with non-JSON (text/html); is the API URL right?" in (
+        result.stdout
+    )
+    assert "Traceback" not in result.output
