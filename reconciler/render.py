@@ -21,6 +21,7 @@ MARKDOWN_LIMIT = 65_000
 
 APPLIED, FAILED, SKIPPED = "applied", "failed", "skipped"
 
+_ICONS = {CHANGED: "🟡", UNCHANGED: "⚪", ERROR: "🔴"}
 _COLOURS = {"~": "33", "!": "31", "+": "32", "=": "2", "bold": "1"}
 
 
@@ -187,25 +188,32 @@ def render_markdown(
             f"### reconciler plan: {summary[CHANGED]} to change, {summary[UNCHANGED]} unchanged, "
             f"{summary['errors']} errors"
         )
+    status_text = {
+        CHANGED: "drifted" if drift else "to change",
+        UNCHANGED: "in sync" if drift else "unchanged",
+        ERROR: "error",
+    }
     head = [marker, heading, ""]
-    if plan.projects:
+    # The table lists what needs a reviewer's eye; unchanged Projects only get counted
+    # there (a fleet of hundreds would bury the changes) and are listed folded below.
+    attention = sorted((p for p in plan.projects if p.status != UNCHANGED), key=_attention_first)
+    rows = [
+        f"| {md_escape(_title(p))} | {md_escape(p.file)} | "
+        f"{_ICONS[p.status]} {status_text[p.status]}"
+        + (f" ({len(p.changes)})" if p.status == CHANGED else "")
+        + " |"
+        for p in attention
+    ]
+    if rows:
         head += ["| Project | File | Status |", "| --- | --- | --- |"]
-        status_text = {
-            CHANGED: "drifted" if drift else "to change",
-            UNCHANGED: "in sync" if drift else "unchanged",
-            ERROR: "error",
-        }
-        icons = {CHANGED: "🟡", UNCHANGED: "⚪", ERROR: "🔴"}
-        rows = [
-            f"| {md_escape(_title(p))} | {md_escape(p.file)} | "
-            f"{icons[p.status]} {status_text[p.status]}"
-            + (f" ({len(p.changes)})" if p.status == CHANGED else "")
-            + " |"
-            for p in sorted(plan.projects, key=_attention_first)
-        ]
-    else:
-        rows = []
     blocks = [_md_block(p) for p in plan.projects if p.status in (CHANGED, ERROR)]
+    unchanged = [p for p in plan.projects if p.status == UNCHANGED]
+    if unchanged:
+        listed = "\n".join(f"- {md_escape(_title(p))} — {md_escape(p.file)}" for p in unchanged)
+        blocks.append(
+            f"<details><summary>{_ICONS[UNCHANGED]} {len(unchanged)} "
+            f"{status_text[UNCHANGED]}</summary>\n\n{listed}\n\n</details>\n"
+        )
     footer = [f"<sub>{md_escape(plan.tool)} · {md_escape(plan.api_url)} · {plan.created_at}</sub>"]
     fh.write(_fit(head, rows, blocks, footer, limit))
 

@@ -72,7 +72,12 @@ def test_markdown_has_marker_table_and_details():
         PLAN_MARKER + "\n### reconciler plan: 1 to change, 1 unchanged, 1 errors"
     )
     assert "| Project | File | Status |" in text
-    assert text.count("<details") == 2
+    # Errors first, then changes; unchanged Projects are counted, and listed folded.
+    assert text.index("| b1 | projects/bad.yaml | 🔴 error |") < text.index("🟡 to change (2)")
+    assert "| projects/other.yaml |" not in text
+    assert text.count("<details") == 3
+    assert "<details><summary>⚪ 1 unchanged</summary>" in text
+    assert f"- SANDBOX ({PID}) — projects/other.yaml" in text
     assert f"| defaultPatientRole | Patient ({PATIENT['id']}) | null |" in text
 
 
