@@ -309,14 +309,13 @@ def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
         render_text,
     )
 
-    run = Run(options)
     if plan_file and paths:
         raise click.UsageError("give either --plan or PATHS, not both")
+    if plan_file and (options.get("project_filters") or options.get("shard")):
+        raise click.UsageError("--project and --shard choose among PATHS, not in a saved plan")
+    run = Run(options)
     if plan_file:
         the_plan = read_plan_file(plan_file)
-        shard = options.get("shard")
-        if options.get("project_filters") or shard:
-            raise click.UsageError("--project and --shard apply to PATHS, not to a saved plan")
         refusals(the_plan, api_url=options["api_url"], max_changes=max_changes, saved=True)
     else:
         the_plan = run.read_plan(paths)
