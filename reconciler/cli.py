@@ -35,6 +35,12 @@ def _stack(*decorators: Callable) -> Callable:
     return wrap
 
 
+def format_option(choices: list[str], help: str) -> Callable:
+    return click.option(
+        "--format", "fmt", type=click.Choice(choices), default="text", show_default=True, help=help
+    )
+
+
 paths_argument = click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 
 api_options = _stack(
@@ -190,13 +196,9 @@ def _plan_command(fn: Callable) -> Callable:
 
 @cli.command()
 @_plan_command
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "markdown", "json"]),
-    default="text",
-    show_default=True,
-    help="text for a terminal, markdown for a PR comment, json for machines.",
+@format_option(
+    ["text", "markdown", "json"],
+    "text for a terminal, markdown for a PR comment, json for machines.",
 )
 @click.option(
     "--out",
@@ -234,13 +236,8 @@ def plan(paths, fmt, out, detailed_exitcode, **options) -> None:
 
 @cli.command()
 @_plan_command
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "markdown", "json"]),
-    default="text",
-    show_default=True,
-    help="text for a terminal, markdown for an issue, json for machines.",
+@format_option(
+    ["text", "markdown", "json"], "text for a terminal, markdown for an issue, json for machines."
 )
 def drift(paths, fmt, **options) -> None:
     """Report Projects whose live settings no longer match their files (read-only).
@@ -276,13 +273,8 @@ def drift(paths, fmt, **options) -> None:
     default=None,
     help="Refuse, before any write, to change more than N Projects.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Format of the result: per Project applied, unchanged, failed or skipped.",
+@format_option(
+    ["text", "json"], "Format of the result: per Project applied, unchanged, failed or skipped."
 )
 def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
     """Plan, show the plan, then PATCH what changed.

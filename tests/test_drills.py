@@ -216,6 +216,31 @@ class EmulatorProcess:
             self.process.communicate()
 
 
+def apply_until_sigterm(emu: EmulatorProcess, request: str, count: int) -> tuple[int, str, str]:
+    """Run `reconciler apply --yes` in its own process and SIGTERM it once the emulator
+    has seen `count` of `request` (polled, bounded). Returns (exit code, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OYSTEHR_", "GITHUB_"))}
+    env.update({k: v for k, v in env_for(emu.api_url, emu.auth_url).items() if v})
+    apply = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "apply", "--yes", "--concurrency", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while emu.stats().get(request, 0) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        apply.send_signal(signal.SIGTERM)
+        out, err = apply.communicate(timeout=30)
+    finally:
+        if apply.poll() is None:
+            apply.kill()
+            apply.communicate()
+    return apply.returncode, out, err
+
+
 def test_an_apply_stopped_by_sigterm_reports_and_a_rerun_converges(repo):
     count = 20
     seed = make_fleet(repo, count, role_change=False)
@@ -223,27 +248,9 @@ def test_an_apply_stopped_by_sigterm_reports_and_a_rerun_converges(repo):
     emu = EmulatorProcess(repo / "seed.yaml", "--latency-ms", "100")
     try:
         assert emu.url.startswith("http://127.0.0.1:")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OYSTEHR_", "GITHUB_"))}
-        env.update({k: v for k, v in env_for(emu.api_url, emu.auth_url).items() if v})
-        apply = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "apply", "--yes", "--concurrency", "2"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        try:
-            # SIGTERM once the PATCHes have begun (the plan reads come first): poll, bounded.
-            deadline = time.monotonic() + 30
-            while emu.stats().get("PATCH /v1/project", 0) < 2 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            apply.send_signal(signal.SIGTERM)
-            out, err = apply.communicate(timeout=30)
-        finally:
-            if apply.poll() is None:
-                apply.kill()
-                apply.communicate()
-        assert apply.returncode == 1, out + err
+        # SIGTERM once the PATCHes have begun (the plan reads come first).
+        code, out, err = apply_until_sigterm(emu, "PATCH /v1/project", 2)
+        assert code == 1, out + err
         assert "Stopping: no new Projects will start" in err
         summary = re.search(r"Apply: (\d+) applied, 0 unchanged, 0 failed, (\d+) skipped\.", out)
         assert summary, out
@@ -271,26 +278,8 @@ def test_sigterm_while_reading_stops_with_a_message_and_writes_nothing(repo):
     (repo / "seed.yaml").write_text(yaml.safe_dump(seed), encoding="utf-8")
     emu = EmulatorProcess(repo / "seed.yaml", "--latency-ms", "100")
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OYSTEHR_", "GITHUB_"))}
-        env.update({k: v for k, v in env_for(emu.api_url, emu.auth_url).items() if v})
-        apply = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "apply", "--yes", "--concurrency", "2"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while emu.stats().get("GET /v1/project", 0) < 4 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            apply.send_signal(signal.SIGTERM)
-            out, err = apply.communicate(timeout=30)
-        finally:
-            if apply.poll() is None:
-                apply.kill()
-                apply.communicate()
-        assert apply.returncode == 1, out + err
+        code, out, err = apply_until_sigterm(emu, "GET /v1/project", 4)
+        assert code == 1, out + err
         assert err.strip().endswith("Interrupted; nothing more was started.")
         assert "Traceback" not in err
         assert "PATCH /v1/project" not in emu.stats()
