@@ -363,22 +363,14 @@ def export(project_id, output, force, **options) -> None:
     from pathlib import Path
 
     from reconciler.client import resolve_credentials
-    from reconciler.export import project_file_text, schema_ref_for
-    from reconciler.plan import ROLE_FIELDS
+    from reconciler.export import export_project, schema_ref_for
 
     target = Path(output) if output else None
     if target and target.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
     run = Run(options)
     credentials = resolve_credentials(None, run.env)
-    api = run.api()
-    live = api.get_project(project_id, credentials)
-    if not isinstance(live, dict) or "id" not in live:
-        raise ConfigError("GET /project did not answer with a Project")
-    # Roles are listed only to tell whether a role's name is shared (then it goes by id).
-    has_role = any(live.get(key) for key in ROLE_FIELDS)
-    roles = api.list_roles(project_id, credentials) if has_role else []
-    text = project_file_text(live, roles, schema_ref=schema_ref_for(target))
+    text = export_project(run.api(), credentials, project_id, schema_ref=schema_ref_for(target))
     if target is None:
         click.echo(text, nl=False)
         return

@@ -1,6 +1,6 @@
 """Live settings -> the text of a project file that plans with no change.
 
-Pure: the caller reads the Project (and its roles) and writes the text.
+`export_project` reads what it needs through the client; `project_file_text` is pure.
 """
 
 from __future__ import annotations
@@ -12,9 +12,23 @@ from typing import Any
 
 import yaml
 
+from reconciler.errors import ConfigError
 from reconciler.plan import MANAGED_KEYS, ROLE_FIELDS, normalise_live
 
 SCHEMA_PATH = Path("schemas") / "project.schema.json"
+
+
+def export_project(
+    api: Any, credentials: Any, project_id: str, *, schema_ref: str | None = None
+) -> str:
+    """Read a live Project (and its roles when one is a default) and return its file's text."""
+    live = api.get_project(project_id, credentials)
+    if not isinstance(live, dict) or "id" not in live:
+        raise ConfigError("GET /project did not answer with a Project")
+    # Roles are listed only to tell whether a role's name is shared (then it goes by id).
+    has_role = any(live.get(key) for key in ROLE_FIELDS)
+    roles = api.list_roles(project_id, credentials) if has_role else []
+    return project_file_text(live, roles, schema_ref=schema_ref)
 
 
 def project_file_text(
