@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -25,7 +26,9 @@ from reconciler.errors import (
     ConfigError,
     CredentialsError,
     TransportError,
+    UncertainWriteError,
 )
+from reconciler.kinds import Kind
 from reconciler.transport import default_transport
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ MAX_RATE_LIMITED_IN_A_ROW = 10
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
 USER_AGENT = f"reconciler/{__version__}"
+PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,72 @@ class ProjectApi:
             raise TransportError(f"GET {self.api_url}/iam/role did not answer with a list")
         return roles
 
+    # Objects of a kind (SPEC section 9) ------------------------------------------------
+
+    def list_objects(self, kind: Kind, project_id: str, credentials: Credentials) -> list[dict]:
+        """Every live object of a kind: every page of a paged list, never more."""
+        if not kind.paged:
+            items = self._call("GET", kind.list_path, project_id, credentials)
+            return _objects(items, f"GET {kind.list_path}")
+        items: list[dict] = []
+        cursors: set[str] = set()
+        query = f"?limit={PAGE_SIZE}"
+        while True:
+            page = self._call("GET", kind.list_path + query, project_id, credentials)
+            what = f"GET {kind.list_path}"
+            if not isinstance(page, dict):
+                raise TransportError(f"{what} did not answer with {{data, metadata}}")
+            items += _objects(page.get("data"), what)
+            metadata = page.get("metadata") or {}
+            cursor = metadata.get("nextCursor") if isinstance(metadata, dict) else None
+            if not cursor:
+                return items
+            if not isinstance(cursor, str) or cursor in cursors:
+                raise TransportError(f"{what}: nextCursor repeats; refusing to loop")
+            cursors.add(cursor)
+            query = f"?limit={PAGE_SIZE}&cursor={quote(cursor, safe='')}"
+
+    def get_object(
+        self, kind: Kind, project_id: str, credentials: Credentials, object_id: str
+    ) -> dict:
+        answer = self._call("GET", kind.path_of(object_id), project_id, credentials)
+        return _object(answer, f"GET {kind.item_path}")
+
+    def create_object(
+        self, kind: Kind, project_id: str, credentials: Credentials, body: Mapping[str, Any]
+    ) -> dict:
+        """POST once: a create that may have run is never retried here (the caller re-lists)."""
+        answer = self._call(
+            "POST", kind.create_path, project_id, credentials, body=dict(body), idempotent=False
+        )
+        return _object(answer, f"POST {kind.create_path}")
+
+    def update_object(
+        self,
+        kind: Kind,
+        project_id: str,
+        credentials: Credentials,
+        object_id: str,
+        body: Mapping[str, Any],
+    ) -> dict:
+        answer = self._call(
+            "PATCH", kind.path_of(object_id), project_id, credentials, body=dict(body)
+        )
+        return _object(answer, f"PATCH {kind.item_path}")
+
+    def delete_object(
+        self, kind: Kind, project_id: str, credentials: Credentials, object_id: str
+    ) -> None:
+        try:
+            self._call("DELETE", kind.path_of(object_id), project_id, credentials)
+        except ApiError as exc:
+            if exc.status != 404:  # already gone (a retried DELETE that had run): done
+                raise
+
+    def m2m_me(self, project_id: str, credentials: Credentials) -> dict:
+        """The M2M client these credentials belong to."""
+        return _object(self._call("GET", "/m2m/me", project_id, credentials), "GET /m2m/me")
+
     # Plumbing ---------------------------------------------------------------------
 
     def _call(
@@ -150,6 +220,7 @@ class ProjectApi:
         credentials: Credentials,
         *,
         body: Any = None,
+        idempotent: bool = True,
     ) -> Any:
         """One API call; a 401 with an M2M token fetches a fresh token once."""
         for fresh_token in (False, True):
@@ -160,7 +231,9 @@ class ProjectApi:
                 "x-zapehr-project-id": project_id,
                 "content-type": "application/json",
             }
-            response = self._send(method, self.api_url + path, headers=headers, json=body)
+            response = self._send(
+                method, self.api_url + path, headers=headers, json=body, idempotent=idempotent
+            )
             expired = response.status_code == 401 and isinstance(credentials, ClientCredentials)
             if expired and not fresh_token:
                 continue
@@ -218,6 +291,7 @@ class ProjectApi:
         """Send with retries: backoff with jitter on 408/5xx and connection errors,
         Retry-After on 429 (not counted against --retries, at most 10 in a row)."""
         headers = kwargs.pop("headers")
+        idempotent = kwargs.pop("idempotent", True)
         attempt = 0
         rate_limited = 0
         while True:
@@ -237,6 +311,10 @@ class ProjectApi:
                 finally:
                     response.close()
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                if not idempotent and not isinstance(exc, httpx.ConnectError):
+                    raise UncertainWriteError(
+                        f"{method} {url}: {type(exc).__name__}; it may have been carried out"
+                    ) from None
                 if attempt >= self.retries:
                     raise TransportError(
                         f"{method} {url}: {self._redact(str(exc)) or type(exc).__name__} "
@@ -262,6 +340,10 @@ class ProjectApi:
                 self._sleep(wait)
                 continue
             rate_limited = 0
+            if not idempotent and response.status_code in RETRYABLE_STATUS:
+                raise UncertainWriteError(
+                    f"{method} {url} answered {response.status_code}; it may have been carried out"
+                )
             if response.status_code in RETRYABLE_STATUS and attempt < self.retries:
                 attempt += 1
                 self._backoff(attempt, f"{method} {url}: {response.status_code}")
@@ -285,6 +367,8 @@ class ProjectApi:
                 status=status,
                 code=code.get("code") if isinstance(code, dict) else None,
             )
+        if status == 204 or not response.content:
+            return None
         try:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -310,6 +394,23 @@ class ProjectApi:
         for secret in list(self._secrets):
             text = text.replace(secret, "***")
         return text
+
+
+def _object(value: Any, what: str) -> dict:
+    if not isinstance(value, dict) or not isinstance(value.get("id"), str):
+        raise TransportError(f"{what} did not answer with an object that has an id")
+    return value
+
+
+def _objects(value: Any, what: str) -> list[dict]:
+    if not isinstance(value, list):
+        raise TransportError(f"{what} did not answer with a list")
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            raise TransportError(f"{what}: an item is not an object with an id")
+        if not isinstance(item.get("name"), str):
+            raise TransportError(f"{what}: an item has no name")
+    return value
 
 
 def _json_or_none(response: httpx.Response) -> Any:

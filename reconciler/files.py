@@ -34,7 +34,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import BaseResolver
 
-from reconciler import schema
+from reconciler import kinds, schema
 from reconciler.errors import ConfigError
 
 PROJECT_SUFFIXES = (".yaml", ".yml")
@@ -253,7 +253,9 @@ def parse_project(
         return None, [Problem(path, 1, 1, "invalid YAML: nested too deeply")]
     project = ProjectFile(path, data, builder.locations, builder.key_locations)
     problems = builder.problems
-    for finding in schema.check(data, builder.written):
+    findings = schema.check(data, builder.written)
+    findings += [schema.Finding(*problem) for problem in kinds.check_objects(data)]
+    for finding in findings:
         if any(finding.path[:i] in builder.reported for i in range(len(finding.path) + 1)):
             continue  # already said something about this value (e.g. an unset ${VAR})
         if finding.at_key:

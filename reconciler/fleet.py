@@ -16,10 +16,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
-from reconciler.client import ProjectApi, resolve_credentials
+from reconciler import objects
+from reconciler.client import ClientCredentials, Credentials, ProjectApi, resolve_credentials
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.files import ProjectFile
-from reconciler.plan import Plan, ProjectPlan, diff, needs_role_lookup, normalise_live, now_utc
+from reconciler.kinds import M2M, ROLE
+from reconciler.plan import (
+    LiveObjects,
+    Plan,
+    ProjectPlan,
+    diff,
+    needs_role_lookup,
+    normalise_live,
+    now_utc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,16 +160,14 @@ def plan_projects(
             live = api.get_project(project.id, credentials)
             if not isinstance(live, dict):
                 raise ConfigError("GET /project did not answer with an object")
-            roles = None
-            if needs_role_lookup(project.data, normalise_live(live)):
-                roles = api.list_roles(project.id, credentials)
+            live_objects = read_objects(api, project.id, credentials, project.data, live)
             return diff(
                 project.path,
                 project.data,
                 live,
-                roles,
                 auth=project.auth,
-                locate=lambda key: _where(project, key),
+                locate=lambda *keys: _where(project, *keys),
+                live_objects=live_objects,
             )
         except ReconcilerError as exc:
             return ProjectPlan.failed(project.path, project.id, str(exc), project.auth)
@@ -168,6 +176,37 @@ def plan_projects(
     return Plan(api_url=api.api_url, projects=tuple(p for p in plans if p), created_at=now_utc())
 
 
-def _where(project: ProjectFile, key: str) -> str:
-    line, column = project.location(key)
+def read_objects(
+    api: ProjectApi,
+    project_id: str,
+    credentials: Credentials,
+    desired: Mapping,
+    live: Mapping,
+) -> LiveObjects:
+    """The reads a plan needs beyond GET /project, and no more (SPEC sections 3 and 9):
+    each managed kind's list; the role list when a role reference must be resolved; one
+    GET per managed live object whose compared fields the list does not carry; /m2m/me
+    only when pruning M2M clients under M2M credentials."""
+    kinds = objects.managed_kinds(desired)
+    lists = {kind.name: api.list_objects(kind, project_id, credentials) for kind in kinds}
+    roles = lists.get(ROLE.name)
+    if roles is None and (
+        needs_role_lookup(desired, normalise_live(live))
+        or (M2M in kinds and objects.names_roles(desired))
+    ):
+        roles = api.list_objects(ROLE, project_id, credentials)
+    details = {}
+    for kind in kinds:
+        matching = objects.match(kind, objects.desired_objects(desired, kind), lists[kind.name])
+        for object_id in objects.objects_to_read(matching):
+            details[object_id] = api.get_object(kind, project_id, credentials, object_id)
+    me = None
+    pruning_m2m = M2M in kinds and M2M.key in (desired.get("prune") or ())
+    if pruning_m2m and isinstance(credentials, ClientCredentials):
+        me = str(api.m2m_me(project_id, credentials).get("id"))
+    return LiveObjects(lists=lists, details=details, roles=roles, me=me)
+
+
+def _where(project: ProjectFile, *keys: str) -> str:
+    line, column = project.location(*keys)
     return f"{project.path}:{line}:{column}"

@@ -19,7 +19,7 @@ from typing import Any
 
 from reconciler import __version__
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # The keys a project file can manage, in canonical order (the order of export and of changes).
 MANAGED_KEYS = (
@@ -54,6 +54,52 @@ class Change:
 
 
 @dataclass(frozen=True)
+class ObjectChange:
+    """One object to create, update, rename or delete (SPEC section 9), with its API body.
+
+    `changes` hold the file's view (roles as {id, name}, an id not yet known as a ref);
+    `body` holds exactly what the write sends, derived from them.
+    """
+
+    kind: str
+    name: str
+    id: str | None
+    action: str
+    changes: tuple[Change, ...] = ()
+    body: Mapping[str, Any] = field(default_factory=dict)
+    live_fingerprint: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "id": self.id,
+            "action": self.action,
+            "changes": [change.to_dict() for change in self.changes],
+            "body": dict(self.body),
+            "liveFingerprint": self.live_fingerprint,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> ObjectChange:
+        return cls(
+            kind=doc["kind"],
+            name=doc["name"],
+            id=doc.get("id"),
+            action=doc["action"],
+            changes=tuple(Change(c["field"], c["before"], c["after"]) for c in doc["changes"]),
+            body=dict(doc.get("body") or {}),
+            live_fingerprint=doc.get("liveFingerprint"),
+        )
+
+    @property
+    def renamed_from(self) -> str | None:
+        if self.action != "rename":
+            return None
+        return next((c.before for c in self.changes if c.field == "name"), None)
+
+
+@dataclass(frozen=True)
 class ProjectPlan:
     """What would happen to one Project: unchanged, changed (with the PATCH) or error."""
 
@@ -67,6 +113,10 @@ class ProjectPlan:
     managed_keys: tuple[str, ...] = ()
     name: str | None = None
     error: str | None = None
+    objects: tuple[ObjectChange, ...] = ()
+    prune: tuple[str, ...] = ()
+    not_managed: tuple[tuple[str, str], ...] = ()  # (kind, name) left alone without prune
+    kept: tuple[tuple[str, str], ...] = ()  # (kind, name) prune keeps: the calling client
 
     @classmethod
     def failed(
@@ -86,6 +136,10 @@ class ProjectPlan:
             "managedKeys": list(self.managed_keys),
             "liveFingerprint": self.live_fingerprint,
             "error": self.error,
+            "prune": list(self.prune),
+            "objects": [change.to_dict() for change in self.objects],
+            "notManaged": [{"kind": k, "name": n} for k, n in self.not_managed],
+            "kept": [{"kind": k, "name": n} for k, n in self.kept],
         }
 
     @classmethod
@@ -103,6 +157,10 @@ class ProjectPlan:
             managed_keys=tuple(doc.get("managedKeys") or ()),
             name=doc.get("name"),
             error=doc.get("error"),
+            objects=tuple(ObjectChange.from_dict(o) for o in doc.get("objects") or ()),
+            prune=tuple(doc.get("prune") or ()),
+            not_managed=tuple((o["kind"], o["name"]) for o in doc.get("notManaged") or ()),
+            kept=tuple((o["kind"], o["name"]) for o in doc.get("kept") or ()),
         )
 
 
@@ -123,6 +181,20 @@ class Plan:
         return counts
 
     @property
+    def object_summary(self) -> dict[str, int]:
+        """Objects as Terraform counts them: to add, to change (updates, renames), to destroy."""
+        counts = {"add": 0, "change": 0, "destroy": 0}
+        words = {"create": "add", "update": "change", "rename": "change", "delete": "destroy"}
+        for project in self.projects:
+            for change in project.objects:
+                counts[words[change.action]] += 1
+        return counts
+
+    @property
+    def manages_objects(self) -> bool:
+        return any(p.objects or p.not_managed or p.kept for p in self.projects)
+
+    @property
     def changed(self) -> list[ProjectPlan]:
         return [p for p in self.projects if p.status == CHANGED]
 
@@ -138,6 +210,7 @@ class Plan:
             "createdAt": self.created_at,
             "apiUrl": self.api_url,
             "summary": self.summary,
+            "objectSummary": self.object_summary,
             "projects": [project.to_dict() for project in self.projects],
         }
         doc["checksum"] = checksum(doc)
@@ -254,6 +327,18 @@ def resolve_role(
     return {"id": named[0]["id"], "name": named[0].get("name")}
 
 
+@dataclass(frozen=True)
+class LiveObjects:
+    """What a plan read of a Project's objects: each managed kind's list (by kind name),
+    the GET answers by id, the role list when references needed it, and the calling
+    M2M client's id when prune must keep it."""
+
+    lists: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
+    details: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    roles: Sequence[Mapping[str, Any]] | None = None
+    me: str | None = None
+
+
 def diff(
     file: str,
     desired: Mapping[str, Any],
@@ -262,58 +347,159 @@ def diff(
     *,
     auth: Mapping[str, str] | None = None,
     locate: Any = None,
+    live_objects: LiveObjects | None = None,
 ) -> ProjectPlan:
-    """Compare a file's settings with the live Project's and say what to PATCH.
+    """Compare a file's settings and objects with the live Project and say what to write.
 
     `desired` is the file's document (id, auth and unmanaged keys are ignored);
     `roles` is the Project's role list when role fields needed a look-up;
-    `locate(key)` may return "FILE:LINE:COL" to prefix error messages.
+    `live_objects` what was read of the kinds the file manages;
+    `locate(*keys)` may return "FILE:LINE:COL" to prefix error messages.
     """
+    from reconciler import objects
+
     project_id = str(desired.get("id"))
     live = normalise_live(live_project)
     keys = managed_keys(desired)
-    live_managed = {key: live[key] for key in keys}
     live_print = fingerprint(live, keys)
+    live_objects = live_objects or LiveObjects(roles=roles)
+    roles = live_objects.roles if live_objects.roles is not None else roles
     problems: list[str] = []
 
-    def fail(key: str, message: str) -> None:
-        where = locate(key) if locate else None
+    def fail(message: str, *where_keys: Any) -> None:
+        where = locate(*where_keys) if locate and where_keys else None
         problems.append(f"{where}: {message}" if where else message)
+
+    kinds = objects.managed_kinds(desired)
+    matchings = {
+        kind.name: objects.match(
+            kind, objects.desired_objects(desired, kind), live_objects.lists.get(kind.name, ())
+        )
+        for kind in kinds
+    }
+    index = objects.role_index(matchings.get("role"), roles)
+    prune = tuple(word for word in desired.get("prune") or () if isinstance(word, str))
 
     wanted: dict[str, Any] = {}
     for key in keys:
         value = desired[key]
         if key in ROLE_FIELDS:
             try:
-                value = resolve_role(key, value, live[key], roles)
+                if roles is None or value is None:
+                    value = resolve_role(key, value, live[key], roles)
+                else:
+                    value = index.resolve(value, key)
             except ValueError as exc:
-                fail(key, str(exc))
+                fail(str(exc), key)
                 continue
         elif key in IMMUTABLE_KEYS and value != live[key]:
-            fail(key, f"{key} is immutable: live {live[key]}, desired {value}")
+            fail(f"{key} is immutable: live {live[key]}, desired {value}", key)
             continue
         wanted[key] = value
 
-    common = dict(file=file, project_id=project_id, auth=auth, name=live.get("name"))
-    if problems:
-        return ProjectPlan(
-            status=ERROR,
-            error="; ".join(problems),
-            live_fingerprint=live_print,
-            managed_keys=keys,
-            **common,
-        )
-    changed = _changed_keys({k: live_managed[k] for k in wanted}, wanted)
-    changes = tuple(Change(key, live[key], wanted[key]) for key in keys if key in changed)
+    changes = tuple(
+        Change(key, live[key], wanted[key])
+        for key in keys
+        if key in wanted and _setting_differs(key, live[key], wanted[key])
+    )
     patch = {ROLE_FIELDS.get(c.field, c.field): _patch_value(c.field, c.after) for c in changes}
-    return ProjectPlan(
-        status=CHANGED if changes else UNCHANGED,
-        changes=changes,
-        patch=patch,
+
+    object_changes: list[ObjectChange] = []
+    not_managed: list[tuple[str, str]] = []
+    kept: list[tuple[str, str]] = []
+    for kind in kinds:
+        planned, unnamed, keep, kind_problems = objects.plan_kind(
+            matchings[kind.name],
+            live_objects.details,
+            index,
+            prune=kind.key in prune,
+            me=live_objects.me if kind.name == "m2m" else None,
+        )
+        for message in kind_problems:
+            fail(message, kind.key)
+        object_changes += [ObjectChange.from_dict(change) for change in planned]
+        not_managed += [(kind.name, name) for name in unnamed]
+        kept += [(kind.name, name) for name in keep]
+    for message in _prune_problems(object_changes, live, wanted, roles, desired, live_objects):
+        fail(message, "prune")
+
+    common = dict(
+        file=file,
+        project_id=project_id,
+        auth=auth,
+        name=live.get("name"),
         live_fingerprint=live_print,
         managed_keys=keys,
+        prune=prune,
+    )
+    if problems:
+        return ProjectPlan(status=ERROR, error="; ".join(problems), **common)
+    return ProjectPlan(
+        status=CHANGED if changes or object_changes else UNCHANGED,
+        changes=changes,
+        patch=patch,
+        objects=tuple(_in_write_order(object_changes)),
+        not_managed=tuple(not_managed),
+        kept=tuple(kept),
         **common,
     )
+
+
+def _setting_differs(key: str, live: Any, wanted: Any) -> bool:
+    """Role fields compare by id (a rename alone sends no settings write)."""
+    if key in ROLE_FIELDS:
+        return (live or {}).get("id") != (wanted or {}).get("id")
+    return bool(_changed_keys({key: live}, {key: wanted}))
+
+
+def _in_write_order(changes: Sequence[ObjectChange]) -> list[ObjectChange]:
+    """Creates, updates and renames in kind order; deletes last, in reverse kind order."""
+    from reconciler.kinds import KINDS
+
+    order = [kind.name for kind in KINDS]
+    writes = [c for c in changes if c.action != "delete"]
+    deletes = [c for c in changes if c.action == "delete"]
+    writes.sort(key=lambda c: order.index(c.kind))
+    deletes.sort(key=lambda c: -order.index(c.kind))
+    return writes + deletes
+
+
+def _prune_problems(
+    changes: Sequence[ObjectChange],
+    live: Mapping[str, Any],
+    wanted: Mapping[str, Any],
+    roles: Sequence[Mapping[str, Any]] | None,
+    desired: Mapping[str, Any],
+    live_objects: LiveObjects,
+) -> list[str]:
+    """Roles prune may not delete: a default role after the plan, or one still held."""
+    from reconciler import objects
+
+    deletes = [c.to_dict() for c in changes if c.kind == "role" and c.action == "delete"]
+    if not deletes:
+        return []
+    defaults_after = {
+        key: (wanted[key] if key in wanted else live[key] or {}) for key in ROLE_FIELDS
+    }
+    defaults_after = {k: (v or {}).get("id") for k, v in defaults_after.items()}
+    m2m_after: dict[str, set[str]] = {}
+    released: dict[str, int] = {}
+    by_name = {c.name: c for c in changes if c.kind == "m2m"}
+    for item in live_objects.lists.get("m2m", ()):
+        detail = live_objects.details.get(str(item.get("id")), {})
+        held = {str(r.get("id")) for r in detail.get("roles") or () if isinstance(r, Mapping)}
+        name = str(item.get("name"))
+        if name not in objects.desired_objects(desired, objects.M2M):
+            continue
+        change = by_name.get(name)
+        after = held
+        for field_change in change.changes if change else ():
+            if field_change.field == "roles":
+                after = {str(r["id"]) for r in field_change.after or ()}
+        m2m_after[name] = after
+        for role_id in held - after:
+            released[role_id] = released.get(role_id, 0) + 1
+    return objects.role_delete_problems(deletes, roles or (), defaults_after, m2m_after, released)
 
 
 def _changed_keys(live: Mapping[str, Any], wanted: Mapping[str, Any]) -> set[str]:

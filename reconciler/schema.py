@@ -184,6 +184,8 @@ def _translate(error: ValidationError, written: Mapping[Path, str]) -> list[Find
             value = quote(shown) if isinstance(shown, str) else describe(shown)
         # Plain replacement, not str.format: templates quote YAML like "{id: ...}".
         message = template.replace("{field}", field).replace("{value}", value)
+    elif keyword == "type" and error.instance is None and schema.get("x-nullMeansOmit"):
+        message = f"{field}: null is not a value here: omit the field to leave it unmanaged"
     elif keyword == "type":
         expected = error.validator_value
         words = [_TYPE_WORDS.get(name, name) for name in _as_list(expected)]

@@ -107,7 +107,7 @@ def test_markdown_is_capped_with_a_visible_notice_and_keeps_the_marker():
 
 def test_json_is_the_plan_document():
     doc = json.loads(_render(render_json, _plan(CHANGED)))
-    assert doc["formatVersion"] == 1
+    assert doc["formatVersion"] == 2
     assert doc["projects"][0]["patch"] == {"signupEnabled": True, "defaultPatientRoleId": None}
     assert doc["checksum"].startswith("sha256:")
 
