@@ -291,8 +291,9 @@ def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
       reconciler apply --yes
       reconciler plan --out plan.json && reconciler apply --plan plan.json --yes
     """
-    from reconciler.apply import apply_plan, read_plan_file, refusals
+    from reconciler.apply import apply_plan, refusals
     from reconciler.fleet import Stopper
+    from reconciler.planfile import read_plan_file
     from reconciler.render import (
         FAILED,
         SKIPPED,

@@ -24,6 +24,7 @@ from reconciler.errors import (
     AuthError,
     ConfigError,
     CredentialsError,
+    ShapeError,
     TransportError,
 )
 from reconciler.transport import default_transport
@@ -310,6 +311,57 @@ class ProjectApi:
         for secret in list(self._secrets):
             text = text.replace(secret, "***")
         return text
+
+
+# Shape checks for JSON from outside (API answers, plan files) ------------------------
+# Each returns the value when it has the shape, and raises ShapeError("WHAT: expected …,
+# got …") otherwise, so a caller checks and uses in one line:
+#     project = expect_object(answer, "GET /project", required=("id",))
+
+_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
+_TYPE_NAMES |= {bool: "a boolean", float: "a number", type(None): "null"}
+
+
+def expect(value: Any, types: type | tuple[type, ...], what: str) -> Any:
+    """`value` when it is one of `types` (a boolean is never taken for an integer)."""
+    wanted = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, wanted) and not (isinstance(value, bool) and bool not in wanted):
+        return value
+    names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in wanted)
+    raise ShapeError(f"{what}: expected {names}, got {describe_json(value)}")
+
+
+def expect_object(
+    value: Any,
+    what: str,
+    *,
+    required: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """`value` when it is an object holding every `required` key (and, with `only`, no
+    other key)."""
+    expect(value, dict, what)
+    if only is not None:
+        unknown = [key for key in value if key not in only]
+        if unknown:
+            raise ShapeError(f"{what}: unknown key {describe_json(unknown[0])}")
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise ShapeError(f"{what}: missing key {missing[0]!r}")
+    return value
+
+
+def expect_list_of_objects(value: Any, what: str) -> list[dict[str, Any]]:
+    """`value` when it is a list whose every item is an object."""
+    for index, item in enumerate(expect(value, list, what)):
+        expect(item, dict, f"{what}[{index}]")
+    return value
+
+
+def describe_json(value: Any, limit: int = 80) -> str:
+    """A JSON value as a message shows it, shortened: the document may hold anything."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _json_or_none(response: httpx.Response) -> Any:

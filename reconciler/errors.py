@@ -7,6 +7,7 @@
      +-- ApiError                   the Project API answered with an error (status, code, message)
      |    +-- AuthError             401/403, or the token endpoint refused the client
      +-- TransportError             the API could not be reached, or answered non-JSON
+     +-- ShapeError                 a JSON document (an API answer, a plan file) of the wrong shape
      +-- ResolveError               a role name or id in a file that the live Project cannot satisfy
      +-- ImmutableFieldError        a file asks to change fhirVersion
      +-- RefusedError               apply refused before writing anything
@@ -49,6 +50,10 @@ class AuthError(ApiError):
 
 class TransportError(ReconcilerError):
     """The API could not be reached or did not answer in JSON."""
+
+
+class ShapeError(ReconcilerError):
+    """A JSON document from outside (an API answer, a plan file) is not of the expected shape."""
 
 
 class ResolveError(ReconcilerError):
