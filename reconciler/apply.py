@@ -8,52 +8,22 @@ across Projects when one fails.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from reconciler.client import ProjectApi, resolve_credentials, same_url
-from reconciler.errors import PlanFileError, ReconcilerError, RefusedError
+from reconciler.errors import ReconcilerError, RefusedError
 from reconciler.fleet import Stopper, run_each
 from reconciler.plan import (
     CHANGED,
-    FORMAT_VERSION,
     UNCHANGED,
     Plan,
     ProjectPlan,
-    checksum,
     fingerprint,
     normalise_live,
     unconverged,
 )
 from reconciler.render import APPLIED, FAILED, SKIPPED, Outcome
-
-
-def read_plan_file(path: str) -> Plan:
-    """Load a saved plan, refusing anything that is not an intact reconciler plan."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except OSError as exc:
-        raise PlanFileError(f"cannot read plan file {path}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PlanFileError(f"{path} is not a reconciler plan: not JSON ({exc})") from None
-    if not isinstance(doc, dict) or "projects" not in doc or "checksum" not in doc:
-        raise PlanFileError(f"{path} is not a reconciler plan (no projects or checksum)")
-    if doc.get("formatVersion") != FORMAT_VERSION:
-        raise PlanFileError(
-            f"{path}: plan format {doc.get('formatVersion')!r} is not {FORMAT_VERSION}; "
-            "make the plan again with this version of reconciler"
-        )
-    if checksum(doc) != doc["checksum"]:
-        raise RefusedError(
-            f"{path}: checksum does not match the content; the plan was edited after it was "
-            "made. Nothing was applied."
-        )
-    try:
-        return Plan.from_dict(doc)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise PlanFileError(f"{path} is not a reconciler plan (missing {exc})") from None
 
 
 def refusals(

@@ -18,6 +18,7 @@ import click
 
 from reconciler import __version__
 from reconciler.errors import ConfigError, ReconcilerError, RefusedError
+from reconciler.escape import term
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -126,7 +127,7 @@ class ReconcilerGroup(click.Group):
             exc.show()
             code = EXIT_ERROR
         except ReconcilerError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {term(exc)}", err=True)
             code = EXIT_ERROR
         finally:
             if previous is not None:
@@ -177,7 +178,7 @@ def validate(paths: tuple[str, ...], fmt: str) -> None:
         click.echo(json.dumps(doc, indent=2))
     else:
         for problem in result.problems:
-            click.echo(str(problem))
+            click.echo(term(problem))
     files = result.files_read
     if result.problems:
         failing = len({problem.file for problem in result.problems})
@@ -290,8 +291,9 @@ def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
       reconciler apply --yes
       reconciler plan --out plan.json && reconciler apply --plan plan.json --yes
     """
-    from reconciler.apply import apply_plan, read_plan_file, refusals
+    from reconciler.apply import apply_plan, refusals
     from reconciler.fleet import Stopper
+    from reconciler.planfile import read_plan_file
     from reconciler.render import (
         FAILED,
         SKIPPED,
@@ -442,7 +444,7 @@ class Run:
         result = load_projects(paths or ("projects",), self.env)
         if result.problems:
             for problem in result.problems:
-                click.echo(str(problem), err=True)
+                click.echo(term(problem), err=True)
             count = len(result.problems)
             raise ConfigError(
                 f"{_count(count, 'problem')} in the project files; nothing was read or written"

@@ -25,6 +25,7 @@ from reconciler.errors import (
     AuthError,
     ConfigError,
     CredentialsError,
+    ShapeError,
     TransportError,
     UncertainWriteError,
 )
@@ -157,15 +158,14 @@ class ProjectApi:
         while True:
             page = self._call("GET", kind.list_path + query, project_id, credentials)
             what = f"GET {kind.list_path}"
-            if not isinstance(page, dict):
-                raise TransportError(f"{what} did not answer with {{data, metadata}}")
-            items += _objects(page.get("data"), what)
-            metadata = page.get("metadata") or {}
-            cursor = metadata.get("nextCursor") if isinstance(metadata, dict) else None
+            page = expect_object(page, what, required=("data",))
+            items += _objects(page["data"], f"{what}: data")
+            metadata = expect(page.get("metadata") or {}, dict, f"{what}: metadata")
+            cursor = expect(metadata.get("nextCursor"), (str, type(None)), f"{what}: nextCursor")
             if not cursor:
                 return items
-            if not isinstance(cursor, str) or cursor in cursors:
-                raise TransportError(f"{what}: nextCursor repeats; refusing to loop")
+            if cursor in cursors:
+                raise ShapeError(f"{what}: nextCursor repeats; refusing to loop")
             cursors.add(cursor)
             query = f"?limit={PAGE_SIZE}&cursor={quote(cursor, safe='')}"
 
@@ -396,20 +396,68 @@ class ProjectApi:
         return text
 
 
+# Shape checks for JSON from outside (API answers, plan files) ------------------------
+# Each returns the value when it has the shape, and raises ShapeError("WHAT: expected …,
+# got …") otherwise, so a caller checks and uses in one line:
+#     project = expect_object(answer, "GET /project", required=("id",))
+
+_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
+_TYPE_NAMES |= {bool: "a boolean", float: "a number", type(None): "null"}
+
+
+def expect(value: Any, types: type | tuple[type, ...], what: str) -> Any:
+    """`value` when it is one of `types` (a boolean is never taken for an integer)."""
+    wanted = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, wanted) and not (isinstance(value, bool) and bool not in wanted):
+        return value
+    names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in wanted)
+    raise ShapeError(f"{what}: expected {names}, got {describe_json(value)}")
+
+
+def expect_object(
+    value: Any,
+    what: str,
+    *,
+    required: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """`value` when it is an object holding every `required` key (and, with `only`, no
+    other key)."""
+    expect(value, dict, what)
+    if only is not None:
+        unknown = [key for key in value if key not in only]
+        if unknown:
+            raise ShapeError(f"{what}: unknown key {describe_json(unknown[0])}")
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise ShapeError(f"{what}: missing key {missing[0]!r}")
+    return value
+
+
+def expect_list_of_objects(value: Any, what: str) -> list[dict[str, Any]]:
+    """`value` when it is a list whose every item is an object."""
+    for index, item in enumerate(expect(value, list, what)):
+        expect(item, dict, f"{what}[{index}]")
+    return value
+
+
+def describe_json(value: Any, limit: int = 80) -> str:
+    """A JSON value as a message shows it, shortened: the document may hold anything."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _object(value: Any, what: str) -> dict:
-    if not isinstance(value, dict) or not isinstance(value.get("id"), str):
-        raise TransportError(f"{what} did not answer with an object that has an id")
+    """An API object: a JSON object with a string id."""
+    expect(expect_object(value, what, required=("id",))["id"], str, f"{what}: id")
     return value
 
 
 def _objects(value: Any, what: str) -> list[dict]:
-    if not isinstance(value, list):
-        raise TransportError(f"{what} did not answer with a list")
-    for item in value:
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-            raise TransportError(f"{what}: an item is not an object with an id")
-        if not isinstance(item.get("name"), str):
-            raise TransportError(f"{what}: an item has no name")
+    """An API list: objects each with a string id and a string name."""
+    for index, item in enumerate(expect_list_of_objects(value, what)):
+        _object(item, f"{what}[{index}]")
+        expect(item.get("name"), str, f"{what}[{index}]: name")
     return value
 
 

@@ -8,6 +8,7 @@
      |    +-- AuthError             401/403, or the token endpoint refused the client
      +-- TransportError             the API could not be reached, or answered non-JSON
      |    +-- UncertainWriteError   a create that may or may not have run (never retried blindly)
+     +-- ShapeError                 a JSON document (an API answer, a plan file) of the wrong shape
      +-- ResolveError               a role name or id in a file that the live Project cannot satisfy
      +-- ImmutableFieldError        a file asks to change fhirVersion
      +-- RefusedError               apply refused before writing anything
@@ -54,6 +55,10 @@ class TransportError(ReconcilerError):
 
 class UncertainWriteError(TransportError):
     """A non-idempotent write (a create) failed in a way that says nothing of whether it ran."""
+
+
+class ShapeError(ReconcilerError):
+    """A JSON document from outside (an API answer, a plan file) is not of the expected shape."""
 
 
 class ResolveError(ReconcilerError):

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from reconciler.escape import markdown, md_escape, term, without_userinfo  # noqa: F401 (md_escape: re-exported)
 from reconciler.plan import CHANGED, ERROR, UNCHANGED, Plan, ProjectPlan
 
 PLAN_MARKER = "<!-- reconciler-plan -->"
@@ -66,8 +67,13 @@ def _paint(text: str, style: str, colour: bool) -> str:
     return f"\x1b[{_COLOURS[style]}m{text}\x1b[0m" if colour else text
 
 
-def _title(project: ProjectPlan) -> str:
+def _title(project: ProjectPlan | Outcome) -> str:
+    """The Project as the raw text a person reads; escape it for where it goes."""
     return f"{project.name} ({project.project_id})" if project.name else project.project_id
+
+
+# Every value in text output is escaped (escape.term): it may come from a file, a plan
+# file or the API, and must not reach a terminal or CI log raw.
 
 
 # Text -----------------------------------------------------------------------------
@@ -79,19 +85,24 @@ def render_text(
     """Terraform-like: one block per changed or failed Project, then the summary line."""
     for project in plan.projects:
         if project.status == CHANGED:
-            fh.write(_paint(f"~ {_title(project)}", "~", colour) + f"  {project.file}\n")
+            fh.write(
+                _paint(f"~ {term(_title(project))}", "~", colour) + f"  {term(project.file)}\n"
+            )
             for change in project.changes:
                 line = (
-                    f"    ~ {change.field}: {format_value(change.before)} -> "
-                    f"{format_value(change.after)}"
+                    f"    ~ {term(change.field)}: {term(format_value(change.before))} -> "
+                    f"{term(format_value(change.after))}"
                 )
                 fh.write(_paint(line, "~", colour) + "\n")
             fh.write("\n")
         elif project.status == ERROR:
-            fh.write(_paint(f"! {_title(project)}", "!", colour) + f"  {project.file}\n")
-            fh.write(_paint(f"    error: {project.error}", "!", colour) + "\n\n")
+            fh.write(
+                _paint(f"! {term(_title(project))}", "!", colour) + f"  {term(project.file)}\n"
+            )
+            fh.write(_paint(f"    error: {term(project.error)}", "!", colour) + "\n\n")
         elif verbose:
-            fh.write(_paint(f"= {_title(project)}  {project.file}: unchanged", "=", colour) + "\n")
+            line = f"= {term(_title(project))}  {term(project.file)}: unchanged"
+            fh.write(_paint(line, "=", colour) + "\n")
     summary = plan.summary
     if drift:
         line = (
@@ -112,10 +123,9 @@ def render_apply_text(outcomes: Sequence[Outcome], fh: TextIO, *, colour: bool =
         if outcome.status == UNCHANGED:
             continue
         mark, style = marks[outcome.status]
-        name = f"{outcome.name} ({outcome.project_id})" if outcome.name else outcome.project_id
-        line = f"{mark} {name}  {outcome.file}: {outcome.status}"
+        line = f"{mark} {term(_title(outcome))}  {term(outcome.file)}: {outcome.status}"
         if outcome.error:
-            line += f": {outcome.error}"
+            line += f": {term(outcome.error)}"
         fh.write(_paint(line, style, colour) + "\n")
     counts = apply_summary(outcomes)
     line = (
@@ -145,31 +155,20 @@ def render_apply_json(outcomes: Sequence[Outcome], fh: TextIO) -> None:
 
 # Markdown -------------------------------------------------------------------------
 
-_MD_ESCAPES = {
-    "\\": "\\\\",
-    "|": "\\|",
-    "<": "&lt;",
-    ">": "&gt;",
-    "&": "&amp;",
-    "`": "&#96;",
-    "*": "\\*",
-    "_": "\\_",
-    "[": "\\[",
-    "]": "\\]",
-    "#": "\\#",
-    "\r": "",
-    "\n": "<br>",
-}
 
-
-def md_escape(text: str) -> str:
-    """Escape text for a markdown table cell, so a live value can neither break the table
-    nor inject markup or HTML into the comment."""
-    return "".join(_MD_ESCAPES.get(ch, ch) for ch in text)
+def _md_title(project: ProjectPlan | Outcome) -> str:
+    """The name shortened on its own, so the id always shows."""
+    project_id = markdown(project.project_id)
+    return f"{markdown(project.name)} ({project_id})" if project.name else project_id
 
 
 def _md_value(value: Any) -> str:
-    return md_escape(format_value(value))
+    return markdown(format_value(value))
+
+
+# An error message is text about values, longer than one value may be; it is still capped
+# so that one Project's error cannot push the others out of a comment.
+MD_ERROR_LIMIT = 1_000
 
 
 def render_markdown(
@@ -198,7 +197,7 @@ def render_markdown(
     # there (a fleet of hundreds would bury the changes) and are listed folded below.
     attention = sorted((p for p in plan.projects if p.status != UNCHANGED), key=_attention_first)
     rows = [
-        f"| {md_escape(_title(p))} | {md_escape(p.file)} | "
+        f"| {_md_title(p)} | {markdown(p.file)} | "
         f"{_ICONS[p.status]} {status_text[p.status]}"
         + (f" ({len(p.changes)})" if p.status == CHANGED else "")
         + " |"
@@ -209,12 +208,15 @@ def render_markdown(
     blocks = [_md_block(p) for p in plan.projects if p.status in (CHANGED, ERROR)]
     unchanged = [p for p in plan.projects if p.status == UNCHANGED]
     if unchanged:
-        listed = "\n".join(f"- {md_escape(_title(p))} — {md_escape(p.file)}" for p in unchanged)
+        listed = "\n".join(f"- {_md_title(p)} — {markdown(p.file)}" for p in unchanged)
         blocks.append(
             f"<details><summary>{_ICONS[UNCHANGED]} {len(unchanged)} "
             f"{status_text[UNCHANGED]}</summary>\n\n{listed}\n\n</details>\n"
         )
-    footer = [f"<sub>{md_escape(plan.tool)} · {md_escape(plan.api_url)} · {plan.created_at}</sub>"]
+    footer = [
+        f"<sub>{markdown(plan.tool)} · {markdown(without_userinfo(plan.api_url))} · "
+        f"{markdown(plan.created_at)}</sub>"
+    ]
     fh.write(_fit(head, rows, blocks, footer, limit))
 
 
@@ -225,19 +227,20 @@ def _attention_first(project: ProjectPlan) -> int:
 def _md_block(project: ProjectPlan) -> str:
     if project.status == ERROR:
         return (
-            f"<details open><summary>🔴 {md_escape(_title(project))} — error</summary>\n\n"
-            f"{md_escape(project.file)}: {md_escape(project.error or '')}\n\n</details>\n"
+            f"<details open><summary>🔴 {_md_title(project)} — error</summary>\n\n"
+            f"{markdown(project.file)}: {markdown(project.error or '', MD_ERROR_LIMIT)}\n\n"
+            "</details>\n"
         )
     lines = [
-        f"<details><summary>🟡 {md_escape(_title(project))} — "
+        f"<details><summary>🟡 {_md_title(project)} — "
         f"{len(project.changes)} change{'s' if len(project.changes) != 1 else ''} "
-        f"({md_escape(project.file)})</summary>",
+        f"({markdown(project.file)})</summary>",
         "",
         "| Field | Before | After |",
         "| --- | --- | --- |",
     ]
     lines += [
-        f"| {change.field} | {_md_value(change.before)} | {_md_value(change.after)} |"
+        f"| {markdown(change.field)} | {_md_value(change.before)} | {_md_value(change.after)} |"
         for change in project.changes
     ]
     lines += ["", "</details>", ""]
@@ -288,8 +291,9 @@ def render_apply_markdown(outcomes: Sequence[Outcome], fh: TextIO) -> None:
     if shown:
         lines += ["| Project | File | Result |", "| --- | --- | --- |"]
         for outcome in shown:
-            name = f"{outcome.name} ({outcome.project_id})" if outcome.name else outcome.project_id
-            result = outcome.status + (f": {outcome.error}" if outcome.error else "")
-            lines.append(f"| {md_escape(name)} | {md_escape(outcome.file)} | {md_escape(result)} |")
+            result = outcome.status + (
+                f": {markdown(outcome.error, MD_ERROR_LIMIT)}" if outcome.error else ""
+            )
+            lines.append(f"| {_md_title(outcome)} | {markdown(outcome.file)} | {result} |")
     text = "\n".join(lines) + "\n"
     fh.write(text[:MARKDOWN_LIMIT])

@@ -110,9 +110,9 @@ def test_tampered_plan_is_refused(repo, emu):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("not json at all", "is not a reconciler plan: not JSON"),
-        ('{"hello": 1}', "is not a reconciler plan"),
-        ("[1, 2]", "is not a reconciler plan"),
+        ("not json at all", "not a valid plan file: not JSON"),
+        ('{"hello": 1}', "not a valid plan file: not a reconciler plan"),
+        ("[1, 2]", "not a valid plan file: not a reconciler plan"),
     ],
 )
 def test_garbage_plan_file_is_one_clear_error(repo, emu, content, message):
