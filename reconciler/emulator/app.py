@@ -373,14 +373,14 @@ class EmulatorApp:
         if scheme.lower() != "bearer" or not token:
             raise HttpError(401, "missing Authorization: Bearer token")
         ids = {environ[name].strip() for name in _PROJECT_HEADERS if environ.get(name, "").strip()}
-        if not ids:
-            raise HttpError(400, "missing x-oystehr-project-id header")
         if len(ids) > 1:
             raise HttpError(400, "x-oystehr-project-id and x-zapehr-project-id differ")
-        (project_id,) = ids
-        caller = self.store.caller(token, project_id)
+        caller = self.store.caller(token, ids.pop() if ids else None)
+        project_id = caller.project_id or ""
         if caller.access is Access.UNKNOWN_TOKEN:
             raise HttpError(401, "invalid or expired access token")
+        if caller.access is Access.NO_PROJECT_HEADER:
+            raise HttpError(400, "missing x-oystehr-project-id header (a Developer token needs it)")
         if caller.access is Access.FORBIDDEN:
             raise HttpError(403, f"this token may not act on Project {project_id}")
         if caller.access is Access.NO_SUCH_PROJECT:

@@ -177,6 +177,7 @@ class Caller:
     """
 
     access: Access
+    project_id: str | None
     m2m_id: str | None = None
     policies: tuple[Mapping[str, Any], ...] | None = None
 
@@ -188,6 +189,7 @@ class Access(Enum):
     UNKNOWN_TOKEN = "unknown token"
     FORBIDDEN = "forbidden"
     NO_SUCH_PROJECT = "no such project"
+    NO_PROJECT_HEADER = "a Developer token without a Project id"
 
 
 class Store:
@@ -373,12 +375,17 @@ class Store:
             )
         return token
 
-    def access(self, token: str, project_id: str) -> Access:
+    def access(self, token: str, project_id: str | None) -> Access:
         """May this bearer token act on this Project? (See `caller` for its policies.)"""
         return self.caller(token, project_id).access
 
-    def caller(self, token: str, project_id: str) -> Caller:
-        """Who this bearer token is for this Project. One lock, at most three lookups."""
+    def caller(self, token: str, project_id: str | None) -> Caller:
+        """Who this bearer token is for this Project. One lock, at most three lookups.
+
+        project_id None (no project header): an M2M token acts on its own
+        Project, as the real API infers it; a Developer token gets
+        Access.NO_PROJECT_HEADER.
+        """
         with self._read() as conn:
             row = conn.execute(
                 "SELECT c.project_id, c.id, c.access_policy, c.unrestricted FROM access_token t "
@@ -389,8 +396,8 @@ class Store:
             if row is not None:
                 # An M2M client's own Project always exists (ON DELETE CASCADE).
                 owner, m2m_id, own_policy, unrestricted = row
-                if owner != project_id:
-                    return Caller(Access.FORBIDDEN, m2m_id)
+                if project_id is not None and owner != project_id:
+                    return Caller(Access.FORBIDDEN, project_id, m2m_id)
                 role_policies = [
                     policy
                     for (policy,) in conn.execute(
@@ -400,11 +407,11 @@ class Store:
                     )
                 ]
                 if unrestricted and own_policy is None and not role_policies:
-                    return Caller(Access.OK, m2m_id)
+                    return Caller(Access.OK, owner, m2m_id)
                 policies = tuple(
                     json.loads(p) for p in (own_policy, *role_policies) if p is not None
                 )
-                return Caller(Access.OK, m2m_id, policies)
+                return Caller(Access.OK, owner, m2m_id, policies)
             row = conn.execute(
                 "SELECT EXISTS(SELECT 1 FROM developer WHERE access_token = :token), "
                 "EXISTS(SELECT 1 FROM developer_project "
@@ -414,10 +421,12 @@ class Store:
             ).fetchone()
         is_developer, is_member, exists = row
         if not is_developer:
-            return Caller(Access.UNKNOWN_TOKEN)
+            return Caller(Access.UNKNOWN_TOKEN, project_id)
+        if project_id is None:
+            return Caller(Access.NO_PROJECT_HEADER, None)
         if not is_member:
-            return Caller(Access.FORBIDDEN)
-        return Caller(Access.OK if exists else Access.NO_SUCH_PROJECT)
+            return Caller(Access.FORBIDDEN, project_id)
+        return Caller(Access.OK if exists else Access.NO_SUCH_PROJECT, project_id)
 
     def add_m2m_client(
         self,
