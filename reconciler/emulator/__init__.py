@@ -6,15 +6,19 @@
         emu.url, emu.api_url, emu.auth_url    # http://127.0.0.1:PORT[/v1|/oauth/token]
         emu.stats(); emu.reset_stats()        # the counts of GET /_emulator/stats
         emu.store.set_project_fields(pid, {"name": "edited by hand"})
+        emu.store.get_m2m(pid, seed_m2m_id("sandbox-ci"))   # a seeded client's id
 
-Modules: `seed` checks the seed, `store` keeps the state in SQLite, `faults`
+    serve(seed, m2m_page_size=2)              # page GET /v1/m2m/v2/list 2 at a time
+
+Modules: `seed` checks the seed, `store` keeps the state in SQLite, `bodies`
+checks request bodies, `policy` decides what an access policy allows, `faults`
 injects latency/503/429 and counts requests, `app` is the WSGI app,
 `server` serves it (`serve()` in a thread, `run_cli()` in the foreground).
 """
 
 from reconciler.emulator.app import EmulatorApp, make_app
 from reconciler.emulator.faults import Faults
-from reconciler.emulator.seed import Seed, load_seed
+from reconciler.emulator.seed import Seed, load_seed, seed_m2m_id
 from reconciler.emulator.server import RunningEmulator, run_cli, serve
 from reconciler.emulator.store import Store
 
@@ -27,5 +31,6 @@ __all__ = [
     "load_seed",
     "make_app",
     "run_cli",
+    "seed_m2m_id",
     "serve",
 ]

@@ -7,12 +7,22 @@
         signupEnabled: false                    # optional, default false
         sandbox: true                           # optional, default false
         fhirVersion: r4                         # optional, r4 or r5, default r4
-        roles: [{id: ..., name: Patient}, {name: FrontDesk}]   # id optional: a UUID is made
+        roles:                                  # id optional: a UUID is made
+          - {id: ..., name: Patient, description: ..., accessPolicy: {rule: [...]}}
+          - {name: FrontDesk, members: 3}       # members: users/developers holding it
         defaultPatientRole: Patient             # a role name or id, null, or absent
         defaultSSOUserRole: null
-        m2mClients: [{clientId: sandbox-ci, clientSecret: sandbox-secret}]
+        applications:                           # write fields of POST /v1/application
+          - {name: Portal, allowedCallbackUrls: [https://x/cb], id: ..., clientId: ...}
+        m2mClients:                             # id optional: seed_m2m_id(clientId)
+          - {clientId: sandbox-ci, clientSecret: sandbox-secret, name: CI,
+             description: ..., roles: [FrontDesk], accessPolicy: ..., jwksUrl: ...}
     developers:
       - {accessToken: dev-token, projects: [fd9b1113-4bd2-4dad-8631-a95ba035dfda]}
+    m2mPageSize: 100                            # the largest page of GET /v1/m2m/v2/list
+
+A seeded M2M client with neither `roles` nor `accessPolicy` may do anything in
+its Project; one with either is held to its policies (SPEC section 6).
 
 A seed file may also be written as JSON (JSON is YAML): it loads much faster.
 
@@ -23,6 +33,8 @@ e.g. `seed.yaml: projects[1] (CLINIC).defaultPatientRole: unknown role 'Nurse'`.
 from __future__ import annotations
 
 import json
+import secrets
+import string
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from reconciler.emulator.bodies import APPLICATION_FIELDS, M2M_FIELDS, ROLE_FIELDS, check_fields
 from reconciler.errors import ConfigError
 
 # libyaml's loader is ~10x faster: it matters when a benchmark seeds 10,000 Projects.
@@ -46,11 +59,26 @@ _PROJECT_KEYS = {
     "roles",
     "defaultPatientRole",
     "defaultSSOUserRole",
+    "applications",
     "m2mClients",
 }
-_ROLE_KEYS = {"id", "name", "description", "accessPolicy", "memberCount"}
-_CLIENT_KEYS = {"clientId", "clientSecret"}
+_ROLE_KEYS = {"id", "name", "description", "accessPolicy", "members", "memberCount"}
+_APPLICATION_KEYS = {"id", "clientId", *APPLICATION_FIELDS}
+_CLIENT_KEYS = {"id", "clientId", "clientSecret", *M2M_FIELDS}
 _DEVELOPER_KEYS = {"accessToken", "projects"}
+
+# Ids derived from a clientId, so a test can know a seeded client's id in advance.
+_ID_NAMESPACE = uuid.UUID("5b0e8f4e-4f0b-4f3e-9a61-6c1d2f7e8a90")
+
+
+def seed_m2m_id(client_id: str) -> str:
+    """The id a seeded M2M client gets when its seed entry gives none."""
+    return str(uuid.uuid5(_ID_NAMESPACE, "m2m:" + client_id))
+
+
+def default_profile(m2m_id: str) -> str:
+    """The `profile` of an M2M client that was given none: a FHIR Device reference."""
+    return f"Device/{uuid.uuid5(_ID_NAMESPACE, 'device:' + m2m_id)}"
 
 
 @dataclass(frozen=True)
@@ -59,13 +87,27 @@ class SeedRole:
     name: str
     description: str | None = None
     access_policy: Mapping[str, Any] | None = None
-    member_count: int = 0
+    member_count: int = 0  # the seed's `members`: Users and Developers holding the role
+
+
+@dataclass(frozen=True)
+class SeedApplication:
+    id: str
+    client_id: str
+    fields: Mapping[str, Any]  # the write fields given (name, allowedCallbackUrls, ...)
 
 
 @dataclass(frozen=True)
 class SeedClient:
     client_id: str
     client_secret: str
+    id: str = ""
+    name: str = ""
+    description: str | None = None
+    role_ids: tuple[str, ...] = ()
+    access_policy: Mapping[str, Any] | None = None
+    jwks_url: str | None = None
+    profile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +122,7 @@ class SeedProject:
     default_patient_role_id: str | None
     default_sso_user_role_id: str | None
     clients: tuple[SeedClient, ...]
+    applications: tuple[SeedApplication, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,11 +133,12 @@ class SeedDeveloper:
 
 @dataclass(frozen=True)
 class Seed:
-    """A checked seed: role ids filled in, default roles resolved to ids."""
+    """A checked seed: ids filled in, role names resolved to ids."""
 
     source: str
     projects: tuple[SeedProject, ...]
     developers: tuple[SeedDeveloper, ...]
+    m2m_page_size: int | None = None
 
 
 def load_seed(seed: str | Path | Mapping[str, Any]) -> Seed:
@@ -134,7 +178,12 @@ def parse_seed(data: Any, *, source: str = "seed") -> Seed:
             f"{source}: a seed must be a mapping with 'projects' and/or 'developers', "
             f"not {_kind(data)}"
         )
-    _no_unknown_keys(data, {"projects", "developers"}, source, "")
+    _no_unknown_keys(data, {"projects", "developers", "m2mPageSize"}, source, "")
+    page_size = data.get("m2mPageSize")
+    if page_size is not None and (
+        isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1
+    ):
+        raise ConfigError(f"{source}: m2mPageSize: must be a whole number >= 1")
     projects = tuple(
         _project(item, source, f"projects[{i}]")
         for i, item in enumerate(_list(data, "projects", source, ""))
@@ -143,6 +192,16 @@ def parse_seed(data: Any, *, source: str = "seed") -> Seed:
     _no_duplicates([r.id for p in projects for r in p.roles], source, "projects", "role id")
     _no_duplicates(
         [c.client_id for p in projects for c in p.clients], source, "projects", "clientId"
+    )
+    _no_duplicates([c.id for p in projects for c in p.clients], source, "projects", "M2M id")
+    _no_duplicates(
+        [a.id for p in projects for a in p.applications], source, "projects", "application id"
+    )
+    _no_duplicates(
+        [a.client_id for p in projects for a in p.applications],
+        source,
+        "projects",
+        "application clientId",
     )
     developers = tuple(
         _developer(item, source, f"developers[{i}]")
@@ -154,7 +213,7 @@ def parse_seed(data: Any, *, source: str = "seed") -> Seed:
             # Never echo the token itself: it is a credential.
             raise ConfigError(f"{source}: developers[{i}]: accessToken repeats an earlier one")
         seen.add(developer.access_token)
-    return Seed(source=source, projects=projects, developers=developers)
+    return Seed(source=source, projects=projects, developers=developers, m2m_page_size=page_size)
 
 
 def resolve_role(value: str, roles: Sequence[tuple[str, str]]) -> str:
@@ -188,8 +247,12 @@ def _project(item: Any, source: str, where: str) -> SeedProject:
     )
     pairs = [(r.id, r.name) for r in roles]
     clients = tuple(
-        _client(client, source, f"{label}.m2mClients[{i}]")
+        _client(client, pairs, source, f"{label}.m2mClients[{i}]")
         for i, client in enumerate(_list(item, "m2mClients", source, label))
+    )
+    applications = tuple(
+        _application(app, source, f"{label}.applications[{i}]")
+        for i, app in enumerate(_list(item, "applications", source, label))
     )
     return SeedProject(
         id=pid,
@@ -202,6 +265,7 @@ def _project(item: Any, source: str, where: str) -> SeedProject:
         default_patient_role_id=_default_role(item, "defaultPatientRole", pairs, source, label),
         default_sso_user_role_id=_default_role(item, "defaultSSOUserRole", pairs, source, label),
         clients=clients,
+        applications=applications,
     )
 
 
@@ -209,29 +273,86 @@ def _role(item: Any, source: str, where: str) -> SeedRole:
     if not isinstance(item, Mapping):
         raise ConfigError(f"{source}: {where}: a role must be a mapping, not {_kind(item)}")
     _no_unknown_keys(item, _ROLE_KEYS, source, where)
-    policy = item.get("accessPolicy")
-    if policy is not None and not isinstance(policy, Mapping):
-        raise ConfigError(f"{source}: {where}.accessPolicy: must be a mapping")
-    count = item.get("memberCount", 0)
+    fields = _checked(item, ROLE_FIELDS, ("name",), source, where)
+    if "members" in item and "memberCount" in item:
+        raise ConfigError(f"{source}: {where}: give members or memberCount, not both")
+    key = "memberCount" if "memberCount" in item else "members"
+    count = item.get(key, 0)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ConfigError(f"{source}: {where}.memberCount: must be a whole number >= 0")
+        raise ConfigError(f"{source}: {where}.{key}: must be a whole number >= 0")
     return SeedRole(
         id=_string(item, "id", source, where) or str(uuid.uuid4()),
-        name=_string(item, "name", source, where, required=True),
-        description=_string(item, "description", source, where),
-        access_policy=policy,
+        name=fields["name"],
+        description=fields.get("description"),
+        access_policy=fields.get("accessPolicy"),
         member_count=count,
     )
 
 
-def _client(item: Any, source: str, where: str) -> SeedClient:
+def _application(item: Any, source: str, where: str) -> SeedApplication:
+    if not isinstance(item, Mapping):
+        raise ConfigError(f"{source}: {where}: an application must be a mapping, not {_kind(item)}")
+    _no_unknown_keys(item, _APPLICATION_KEYS, source, where)
+    fields = _checked(item, APPLICATION_FIELDS, ("name", "allowedCallbackUrls"), source, where)
+    return SeedApplication(
+        id=_string(item, "id", source, where) or str(uuid.uuid4()),
+        client_id=_string(item, "clientId", source, where) or new_client_id(),
+        fields=fields,
+    )
+
+
+def _client(item: Any, roles: Sequence[tuple[str, str]], source: str, where: str) -> SeedClient:
     if not isinstance(item, Mapping):
         raise ConfigError(f"{source}: {where}: an M2M client must be a mapping, not {_kind(item)}")
     _no_unknown_keys(item, _CLIENT_KEYS, source, where)
+    client_id = _string(item, "clientId", source, where, required=True)
+    secret = _string(item, "clientSecret", source, where, required=True)
+    fields = _checked(item, M2M_FIELDS, (), source, where)
+    role_ids = []
+    for i, role in enumerate(fields.get("roles", ())):
+        try:
+            role_ids.append(resolve_role(role, roles))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {where}.roles[{i}]: {exc}") from exc
+    m2m_id = _string(item, "id", source, where) or seed_m2m_id(client_id)
     return SeedClient(
-        client_id=_string(item, "clientId", source, where, required=True),
-        client_secret=_string(item, "clientSecret", source, where, required=True),
+        client_id=client_id,
+        client_secret=secret,
+        id=m2m_id,
+        name=fields.get("name", client_id),
+        description=fields.get("description"),
+        role_ids=tuple(dict.fromkeys(role_ids)),
+        access_policy=fields.get("accessPolicy"),
+        jwks_url=fields.get("jwksUrl"),
+        profile=fields.get("profile") or default_profile(m2m_id),
     )
+
+
+def new_client_id() -> str:
+    """A fresh clientId: 32 letters and digits, as Oystehr's (Auth0's) look."""
+    return "".join(secrets.choice(_ALNUM) for _ in range(32))
+
+
+_ALNUM = string.ascii_letters + string.digits
+
+
+def _checked(
+    item: Mapping[str, Any],
+    fields: Mapping[str, str],
+    required: tuple[str, ...],
+    source: str,
+    where: str,
+) -> dict[str, Any]:
+    """The API's write fields of a seed entry, checked as the API checks them."""
+    # A hand-written seed may write `key: null` for "not set".
+    body = {key: value for key, value in item.items() if key in fields and value is not None}
+    missing = [key for key in required if key not in body]
+    if missing:
+        raise ConfigError(f"{source}: {where}: missing required key {missing[0]!r}")
+    values, problems = check_fields(body, fields)
+    if problems:
+        raise ConfigError(f"{source}: {where}: {problems[0]}")
+    return values
 
 
 def _developer(item: Any, source: str, where: str) -> SeedDeveloper:

@@ -185,13 +185,16 @@ def serve(
     quiet: bool = True,
     host: str = "127.0.0.1",
     port: int = 0,
+    m2m_page_size: int | None = None,
 ) -> Iterator[RunningEmulator]:
     """Run an emulator in a background thread for the duration of a `with` block.
 
     seed: a YAML path or an already-parsed mapping (SPEC section 6), loaded
     over whatever `db` holds. port=0 picks a free port; `.url` says which.
+    m2m_page_size: the largest page of GET /v1/m2m/v2/list (default: the
+    seed's m2mPageSize, else 100).
     """
-    with _started(seed, db=db, faults=faults, quiet=quiet, host=host, port=port) as emu:
+    with _started(seed, db, faults, quiet, (host, port), m2m_page_size) as emu:
         thread = threading.Thread(
             target=emu._server.serve_forever,
             kwargs={"poll_interval": 0.01},  # shutdown() waits up to one interval
@@ -217,10 +220,13 @@ def run_cli(
     error_rate: float = 0.0,
     rate_limit_every: int = 0,
     fault_seed: int | None = None,
+    m2m_page_size: int | None = None,
 ) -> None:
     """`reconciler emulator`: print the base URL first, serve until SIGINT/SIGTERM."""
     faults = Faults(latency_ms, error_rate, rate_limit_every, fault_seed)
-    with _started(seed, db=db, faults=faults, quiet=quiet, host=host, port=port) as emu:
+    if m2m_page_size is not None and m2m_page_size < 1:
+        raise ConfigError("--m2m-page-size must be at least 1")
+    with _started(seed, db, faults, quiet, (host, port), m2m_page_size) as emu:
         print(emu.url, flush=True)
         if not quiet:
             count = len(emu.store.project_ids())
@@ -245,20 +251,20 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @contextmanager
 def _started(
     seed: SeedSource,
-    *,
     db: str | Path | None,
     faults: Faults | None,
     quiet: bool,
-    host: str,
-    port: int,
+    address: tuple[str, int],
+    m2m_page_size: int | None,
 ) -> Iterator[RunningEmulator]:
     """Store, seed, app and a bound (not yet serving) server; all closed on exit."""
+    host, port = address
     checked = load_seed(seed) if seed is not None else None  # before touching the db
     store = Store(str(db) if db is not None else None)
     try:
         if checked is not None:
             store.load_seed(checked)
-        app = make_app(store, faults, quiet)
+        app = make_app(store, faults, quiet, m2m_page_size)
         try:
             server = _Server(host, port)
         except OSError as exc:
