@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from reconciler.digest import digest_comment
 from reconciler.plan import CHANGED, ERROR, UNCHANGED, Plan, ProjectPlan
 
 PLAN_MARKER = "<!-- reconciler-plan -->"
@@ -81,10 +82,12 @@ def render_text(
         if project.status == CHANGED:
             fh.write(_paint(f"~ {_title(project)}", "~", colour) + f"  {project.file}\n")
             for change in project.changes:
-                line = (
-                    f"    ~ {change.field}: {format_value(change.before)} -> "
-                    f"{format_value(change.after)}"
-                )
+                before, after = format_value(change.before), format_value(change.after)
+                if drift:
+                    # A drift report reads from what is live to what the file says.
+                    line = f"    ~ {change.field}: live {before} → file {after}"
+                else:
+                    line = f"    ~ {change.field}: {before} -> {after}"
                 fh.write(_paint(line, "~", colour) + "\n")
             fh.write("\n")
         elif project.status == ERROR:
@@ -194,6 +197,11 @@ def render_markdown(
         ERROR: "error",
     }
     head = [marker, heading, ""]
+    if not drift:
+        # Right after the marker and never truncated: the merge-time guard reads it.
+        head.insert(1, digest_comment(plan.to_dict()))
+    else:
+        head.insert(2, "Values read **live → file**: what the Project has now, what its file says.")
     # The table lists what needs a reviewer's eye; unchanged Projects only get counted
     # there (a fleet of hundreds would bury the changes) and are listed folded below.
     attention = sorted((p for p in plan.projects if p.status != UNCHANGED), key=_attention_first)
@@ -233,7 +241,7 @@ def _md_block(project: ProjectPlan) -> str:
         f"{len(project.changes)} change{'s' if len(project.changes) != 1 else ''} "
         f"({md_escape(project.file)})</summary>",
         "",
-        "| Field | Before | After |",
+        "| Field | Live | File |",
         "| --- | --- | --- |",
     ]
     lines += [
@@ -274,6 +282,29 @@ def _fit(head: list[str], rows: list[str], blocks: list[str], footer: list[str],
         rows_kept = max(0, rows_kept - max(1, (rows_kept // 8)))
     text = join(rows_kept, blocks_kept)
     return text[:limit] if len(text) > limit else text
+
+
+def render_problems_markdown(
+    problems: Sequence[Any], fh: TextIO, *, limit: int = MARKDOWN_LIMIT
+) -> None:
+    """Validation problems as a plan comment, so a pull request with a typo hears where.
+
+    `problems` are the loader's (`.file`, `.line`, `.column`, `.message`)."""
+    count = len(problems)
+    head = [
+        PLAN_MARKER,
+        f"### reconciler plan: {count} problem{'s' if count != 1 else ''} in the project files",
+        "",
+        "Nothing was read or written. Fix these and push again:",
+        "",
+        "| File | Line | Column | Problem |",
+        "| --- | --- | --- | --- |",
+    ]
+    rows = [
+        f"| {md_escape(str(p.file))} | {p.line} | {p.column} | {md_escape(str(p.message))} |"
+        for p in problems
+    ]
+    fh.write(_fit(head, rows, [], [], limit))
 
 
 def render_apply_markdown(outcomes: Sequence[Outcome], fh: TextIO) -> None:
