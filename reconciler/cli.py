@@ -225,7 +225,7 @@ def plan(paths, fmt, out, detailed_exitcode, **options) -> None:
       reconciler plan --project sandbox --detailed-exitcode
     """
     run = Run(options)
-    the_plan = run.read_plan(paths)
+    the_plan = run.read_plan(paths, fmt)
     if out:
         _write_plan_file(the_plan, out)
     run.show_plan(the_plan, fmt)
@@ -435,8 +435,9 @@ class Run:
             click.get_current_context().call_on_close(self._api.close)
         return self._api
 
-    def load(self, paths: tuple[str, ...]):
-        """Validate every file; any problem stops here, before a request."""
+    def load(self, paths: tuple[str, ...], fmt: str = "text"):
+        """Validate every file; any problem stops here, before a request (as markdown
+        on stdout too for `--format markdown`, so the pull request comment says where)."""
         from reconciler.files import load_projects
         from reconciler.fleet import parse_shard, select
 
@@ -445,16 +446,20 @@ class Run:
         if result.problems:
             for problem in result.problems:
                 click.echo(term(problem), err=True)
+            if fmt == "markdown":
+                from reconciler.render import render_problems_markdown
+
+                render_problems_markdown(result.problems, sys.stdout)
             count = len(result.problems)
             raise ConfigError(
                 f"{_count(count, 'problem')} in the project files; nothing was read or written"
             )
         return select(result.projects, self.options.get("project_filters", ()), shard)
 
-    def read_plan(self, paths: tuple[str, ...]):
+    def read_plan(self, paths: tuple[str, ...], fmt: str = "text"):
         from reconciler.fleet import plan_projects
 
-        projects = self.load(paths)
+        projects = self.load(paths, fmt)
         return plan_projects(
             projects,
             self.api(),

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from reconciler.digest import digest_comment
 from reconciler.escape import markdown, md_escape, term, without_userinfo  # noqa: F401 (md_escape: re-exported)
 from reconciler.plan import CHANGED, ERROR, UNCHANGED, Plan, ProjectPlan
 
@@ -89,10 +90,13 @@ def render_text(
                 _paint(f"~ {term(_title(project))}", "~", colour) + f"  {term(project.file)}\n"
             )
             for change in project.changes:
-                line = (
-                    f"    ~ {term(change.field)}: {term(format_value(change.before))} -> "
-                    f"{term(format_value(change.after))}"
-                )
+                before = term(format_value(change.before))
+                after = term(format_value(change.after))
+                if drift:
+                    # A drift report reads from what is live to what the file says.
+                    line = f"    ~ {change.field}: live {before} → file {after}"
+                else:
+                    line = f"    ~ {change.field}: {before} -> {after}"
                 fh.write(_paint(line, "~", colour) + "\n")
             fh.write("\n")
         elif project.status == ERROR:
@@ -193,6 +197,11 @@ def render_markdown(
         ERROR: "error",
     }
     head = [marker, heading, ""]
+    if not drift:
+        # Right after the marker and never truncated: the merge-time guard reads it.
+        head.insert(1, digest_comment(plan.to_dict()))
+    else:
+        head.insert(2, "Values read **live → file**: what the Project has now, what its file says.")
     # The table lists what needs a reviewer's eye; unchanged Projects only get counted
     # there (a fleet of hundreds would bury the changes) and are listed folded below.
     attention = sorted((p for p in plan.projects if p.status != UNCHANGED), key=_attention_first)
@@ -236,7 +245,7 @@ def _md_block(project: ProjectPlan) -> str:
         f"{len(project.changes)} change{'s' if len(project.changes) != 1 else ''} "
         f"({markdown(project.file)})</summary>",
         "",
-        "| Field | Before | After |",
+        "| Field | Live | File |",
         "| --- | --- | --- |",
     ]
     lines += [
@@ -277,6 +286,29 @@ def _fit(head: list[str], rows: list[str], blocks: list[str], footer: list[str],
         rows_kept = max(0, rows_kept - max(1, (rows_kept // 8)))
     text = join(rows_kept, blocks_kept)
     return text[:limit] if len(text) > limit else text
+
+
+def render_problems_markdown(
+    problems: Sequence[Any], fh: TextIO, *, limit: int = MARKDOWN_LIMIT
+) -> None:
+    """Validation problems as a plan comment, so a pull request with a typo hears where.
+
+    `problems` are the loader's (`.file`, `.line`, `.column`, `.message`)."""
+    count = len(problems)
+    head = [
+        PLAN_MARKER,
+        f"### reconciler plan: {count} problem{'s' if count != 1 else ''} in the project files",
+        "",
+        "Nothing was read or written. Fix these and push again:",
+        "",
+        "| File | Line | Column | Problem |",
+        "| --- | --- | --- | --- |",
+    ]
+    rows = [
+        f"| {md_escape(str(p.file))} | {p.line} | {p.column} | {md_escape(str(p.message))} |"
+        for p in problems
+    ]
+    fh.write(_fit(head, rows, [], [], limit))
 
 
 def render_apply_markdown(outcomes: Sequence[Outcome], fh: TextIO) -> None:
