@@ -28,6 +28,26 @@ _COLOURS = {"~": "33", "!": "31", "+": "32", "=": "2", "bold": "1"}
 
 
 @dataclass(frozen=True)
+class ObjectOutcome:
+    """What apply did to one object (or to the settings) of a Project."""
+
+    kind: str  # role | application | m2m | settings
+    name: str
+    action: str
+    status: str  # applied | failed | skipped
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "action": self.action,
+            "status": self.status,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What apply did to one Project."""
 
@@ -36,6 +56,7 @@ class Outcome:
     status: str  # applied | unchanged | failed | skipped
     error: str | None = None
     name: str | None = None
+    objects: tuple[ObjectOutcome, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -44,6 +65,7 @@ class Outcome:
             "name": self.name,
             "status": self.status,
             "error": self.error,
+            "objects": [outcome.to_dict() for outcome in self.objects],
         }
 
 
