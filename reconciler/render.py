@@ -14,7 +14,9 @@ from typing import Any, TextIO
 
 from reconciler.digest import digest_comment
 from reconciler.escape import markdown, md_escape, term, without_userinfo  # noqa: F401 (md_escape: re-exported)
-from reconciler.plan import CHANGED, ERROR, UNCHANGED, Plan, ProjectPlan
+from reconciler.kinds import BY_NAME, policy_rules
+from reconciler.objects import is_ref
+from reconciler.plan import CHANGED, ERROR, UNCHANGED, ObjectChange, Plan, ProjectPlan
 
 PLAN_MARKER = "<!-- reconciler-plan -->"
 DRIFT_MARKER = "<!-- reconciler-drift -->"
@@ -80,10 +82,71 @@ def apply_summary(outcomes: Sequence[Outcome]) -> dict[str, int]:
 
 
 def format_value(value: Any) -> str:
-    """A value as a person reads it: roles as `Name (id)`, strings quoted, null as null."""
+    """A value as a person reads it: roles as `Name (id)` (or `Name (created by this plan)`),
+    role lists as `[Name (id), …]`, strings quoted, null as null."""
     if isinstance(value, Mapping) and "id" in value:
+        if is_ref(value["id"]):
+            return f"{value.get('name')} (created by this plan)"
         return f"{value.get('name')} ({value['id']})" if value.get("name") else str(value["id"])
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(item, Mapping) and "id" in item for item in value)
+    ):
+        return "[" + ", ".join(format_value(item) for item in value) + "]"
     return json.dumps(value, ensure_ascii=False)
+
+
+_ACTION_MARKS = {"create": "+", "update": "~", "rename": "~", "delete": "-"}
+
+
+def object_lines(change: ObjectChange) -> list[tuple[int, str, str]]:
+    """One object change as lines a person reads: (depth, mark, text). A policy shows the
+    rules it adds and removes, each on one line, never two blobs."""
+    mark = _ACTION_MARKS[change.action]
+    title = f"{change.kind} {change.name}"
+    if change.renamed_from is not None:
+        title += f" (renamed from {change.renamed_from})"
+    lines = [(0, mark, title)]
+    kind = BY_NAME.get(change.kind)
+    for field_change in change.changes:
+        name, before, after = field_change.field, field_change.before, field_change.after
+        if name == "name":
+            continue
+        if kind is not None and name in kind.policy_fields:
+            old = set() if change.action == "create" else set(policy_rules(before))
+            new = set(policy_rules(after))
+            lines += [(1, "-", f"{name} rule {rule}") for rule in sorted(old - new)]
+            lines += [(1, "+", f"{name} rule {rule}") for rule in sorted(new - old)]
+            if not old ^ new:
+                lines.append((1, "+" if change.action == "create" else "~", f"{name}: no rules"))
+        elif change.action == "create":
+            lines.append((1, "+", f"{name}: {format_value(after)}"))
+        else:
+            lines.append((1, "~", f"{name}: {format_value(before)} -> {format_value(after)}"))
+    return lines
+
+
+def _leftovers(project: ProjectPlan) -> list[str]:
+    """The live objects a plan leaves alone: not named without prune, or kept by prune."""
+    lines = []
+    if project.not_managed:
+        named = ", ".join(f"{kind} {name}" for kind, name in project.not_managed)
+        lines.append(f"not managed (left alone; prune deletes them): {named}")
+    if project.kept:
+        named = ", ".join(f"{kind} {name}" for kind, name in project.kept)
+        lines.append(f"kept: {named} (the M2M client this run authenticates as)")
+    return lines
+
+
+def _object_summary(plan: Plan) -> str:
+    if not plan.manages_objects:
+        return ""
+    counts = plan.object_summary
+    return (
+        f" Objects: {counts['add']} to add, {counts['change']} to change, "
+        f"{counts['destroy']} to destroy."
+    )
 
 
 def _paint(text: str, style: str, colour: bool) -> str:
@@ -120,15 +183,23 @@ def render_text(
                 else:
                     line = f"    ~ {change.field}: {before} -> {after}"
                 fh.write(_paint(line, "~", colour) + "\n")
+            for change in project.objects:
+                for depth, mark, text in object_lines(change):
+                    line = "    " * (depth + 1) + f"{mark} {term(text)}"
+                    fh.write(_paint(line, mark if mark in "+~" else "!", colour) + "\n")
+            for text in _leftovers(project):
+                fh.write(_paint(f"    = {term(text)}", "=", colour) + "\n")
             fh.write("\n")
         elif project.status == ERROR:
             fh.write(
                 _paint(f"! {term(_title(project))}", "!", colour) + f"  {term(project.file)}\n"
             )
             fh.write(_paint(f"    error: {term(project.error)}", "!", colour) + "\n\n")
-        elif verbose:
+        elif verbose or _leftovers(project):
             line = f"= {term(_title(project))}  {term(project.file)}: unchanged"
             fh.write(_paint(line, "=", colour) + "\n")
+            for text in _leftovers(project):
+                fh.write(_paint(f"    = {term(text)}", "=", colour) + "\n")
     summary = plan.summary
     if drift:
         line = (
@@ -140,7 +211,7 @@ def render_text(
             f"Plan: {summary[CHANGED]} to change, {summary[UNCHANGED]} unchanged, "
             f"{summary['errors']} errors."
         )
-    fh.write(_paint(line, "bold", colour) + "\n")
+    fh.write(_paint(line + _object_summary(plan), "bold", colour) + "\n")
 
 
 def render_apply_text(outcomes: Sequence[Outcome], fh: TextIO, *, colour: bool = False) -> None:
@@ -213,6 +284,12 @@ def render_markdown(
             f"### reconciler plan: {summary[CHANGED]} to change, {summary[UNCHANGED]} unchanged, "
             f"{summary['errors']} errors"
         )
+    if plan.manages_objects:
+        counts = plan.object_summary
+        heading += (
+            f"; objects: {counts['add']} to add, {counts['change']} to change, "
+            f"{counts['destroy']} to destroy"
+        )
     status_text = {
         CHANGED: "drifted" if drift else "to change",
         UNCHANGED: "in sync" if drift else "unchanged",
@@ -262,20 +339,30 @@ def _md_block(project: ProjectPlan) -> str:
             f"{markdown(project.file)}: {markdown(project.error or '', MD_ERROR_LIMIT)}\n\n"
             "</details>\n"
         )
+    count = len(project.changes) + len(project.objects)
     lines = [
         f"<details><summary>🟡 {_md_title(project)} — "
-        f"{len(project.changes)} change{'s' if len(project.changes) != 1 else ''} "
+        f"{count} change{'s' if count != 1 else ''} "
         f"({markdown(project.file)})</summary>",
         "",
-        "| Field | Live | File |",
-        "| --- | --- | --- |",
     ]
-    lines += [
-        f"| {markdown(change.field)} | {_md_value(change.before)} | {_md_value(change.after)} |"
-        for change in project.changes
-    ]
+    if project.changes:
+        lines += ["| Field | Live | File |", "| --- | --- | --- |"]
+        lines += [
+            f"| {markdown(change.field)} | {_md_value(change.before)} | {_md_value(change.after)} |"
+            for change in project.changes
+        ]
+        lines.append("")
+    for change in project.objects:
+        for depth, mark, text in object_lines(change):
+            lines.append("  " * depth + f"- {_MD_MARKS[mark]} {markdown(text)}")
+    for text in _leftovers(project):
+        lines.append(f"- {_MD_MARKS['=']} {markdown(text)}")
     lines += ["", "</details>", ""]
     return "\n".join(lines)
+
+
+_MD_MARKS = {"+": "➕", "~": "✏️", "-": "➖", "=": "⚪"}
 
 
 def _fit(head: list[str], rows: list[str], blocks: list[str], footer: list[str], limit: int) -> str:
