@@ -352,8 +352,14 @@ def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
     help="Write here instead of stdout.",
 )
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@click.option(
+    "--include",
+    default=None,
+    metavar="WORDS",
+    help="Only these, comma-separated: settings,roles,applications,m2mClients (default: all).",
+)
 @api_options
-def export(project_id, output, force, **options) -> None:
+def export(project_id, output, force, include, **options) -> None:
     """Write a project file from a Project's live settings (bring it under management).
 
     Uses OYSTEHR_ACCESS_TOKEN, or OYSTEHR_CLIENT_ID + OYSTEHR_CLIENT_SECRET.
@@ -365,14 +371,20 @@ def export(project_id, output, force, **options) -> None:
     from pathlib import Path
 
     from reconciler.client import resolve_credentials
-    from reconciler.export import export_project, schema_ref_for
+    from reconciler.export import export_project, parse_include, schema_ref_for
 
     target = Path(output) if output else None
     if target and target.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
     run = Run(options)
     credentials = resolve_credentials(None, run.env)
-    text = export_project(run.api(), credentials, project_id, schema_ref=schema_ref_for(target))
+    text = export_project(
+        run.api(),
+        credentials,
+        project_id,
+        schema_ref=schema_ref_for(target),
+        include=parse_include(include),
+    )
     if target is None:
         click.echo(text, nl=False)
         return

@@ -1,4 +1,5 @@
-"""Live settings -> the text of a project file that plans with no change.
+"""A live Project (settings, roles, applications, M2M clients) -> the text of a project
+file that plans with no change.
 
 `export_project` reads what it needs through the client; `project_file_text` is pure.
 """
@@ -13,22 +14,65 @@ from typing import Any
 import yaml
 
 from reconciler.errors import ConfigError
+from reconciler.kinds import KINDS, M2M, ROLE, Kind
 from reconciler.plan import MANAGED_KEYS, ROLE_FIELDS, normalise_live
 
 SCHEMA_PATH = Path("schemas") / "project.schema.json"
 
 
+INCLUDE_WORDS = ("settings", *(kind.key for kind in KINDS))
+
+
+def parse_include(text: str | None) -> tuple[str, ...]:
+    """`--include settings,roles` -> its words; every word when not given."""
+    if not text:
+        return INCLUDE_WORDS
+    words = tuple(word.strip() for word in text.split(",") if word.strip())
+    unknown = [word for word in words if word not in INCLUDE_WORDS]
+    if unknown or not words:
+        raise ConfigError(
+            f"--include takes a comma-separated list of {', '.join(INCLUDE_WORDS)}; got {text!r}"
+        )
+    return words
+
+
 def export_project(
-    api: Any, credentials: Any, project_id: str, *, schema_ref: str | None = None
+    api: Any,
+    credentials: Any,
+    project_id: str,
+    *,
+    schema_ref: str | None = None,
+    include: Sequence[str] = INCLUDE_WORDS,
 ) -> str:
-    """Read a live Project (and its roles when one is a default) and return its file's text."""
+    """Read a live Project and every kind it includes, and return its file's text.
+
+    Reads: GET /project; each included kind's list and one GET per object (its fields);
+    the role list also when a default role or an M2M client's roles need names.
+    """
     live = api.get_project(project_id, credentials)
     if not isinstance(live, dict) or "id" not in live:
         raise ConfigError("GET /project did not answer with a Project")
-    # Roles are listed only to tell whether a role's name is shared (then it goes by id).
-    has_role = any(live.get(key) for key in ROLE_FIELDS)
-    roles = api.list_roles(project_id, credentials) if has_role else []
-    return project_file_text(live, roles, schema_ref=schema_ref)
+    kinds = [kind for kind in KINDS if kind.key in include]
+    lists = {kind.name: api.list_objects(kind, project_id, credentials) for kind in kinds}
+    has_role = "settings" in include and any(live.get(key) for key in ROLE_FIELDS)
+    roles = lists.get(ROLE.name)
+    if roles is None and (has_role or M2M in kinds):
+        roles = api.list_objects(ROLE, project_id, credentials)
+    objects = {
+        kind.name: [
+            api.get_object(kind, project_id, credentials, item["id"])
+            for item in lists[kind.name]
+            if _unique(item, lists[kind.name])
+        ]
+        for kind in kinds
+    }
+    return project_file_text(
+        live,
+        roles or [],
+        schema_ref=schema_ref,
+        settings="settings" in include,
+        objects={kind.name: (objects[kind.name], lists[kind.name]) for kind in kinds},
+    )
 
 
 def project_file_text(
@@ -36,26 +80,70 @@ def project_file_text(
     roles: Sequence[Mapping[str, Any]] = (),
     *,
     schema_ref: str | None = None,
+    settings: bool = True,
+    objects: Mapping[str, tuple[Sequence[Mapping], Sequence[Mapping]]] | None = None,
 ) -> str:
     """A project file for a live Project: keys in canonical order, roles by name (by id
-    when another role has the same name), an absent role as null, `${` escaped as `$${`."""
+    when another role has the same name), an absent role as null, `${` escaped as `$${`;
+    then each kind's objects by name with the fields they hold (never `prune`)."""
     live = normalise_live(live_project)
     doc: dict[str, Any] = {"id": live_project["id"]}
-    for key in MANAGED_KEYS:
-        value = live[key]
-        if key in ROLE_FIELDS:
-            value = _role_value(value, roles)
-        doc[key] = _escape(value)
+    if settings:
+        for key in MANAGED_KEYS:
+            value = live[key]
+            if key in ROLE_FIELDS:
+                value = _role_value(value, roles)
+            doc[key] = _escape(value)
+    skipped: list[str] = []
+    for kind in KINDS:
+        if objects is None or kind.name not in objects:
+            continue
+        details, listed = objects[kind.name]
+        doc[kind.key] = {
+            item["name"]: _object_fields(kind, item, roles) or None for item in details
+        }
+        skipped += [
+            f"# {kind.name} {item.get('name')!r} ({item.get('id')}) is not exported: another "
+            f"{kind.name} has the same name, and names are identity here. Rename one, then "
+            "export again."
+            for item in listed
+            if not _unique(item, listed)
+        ]
     body = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
     lines = []
     if schema_ref:
         lines.append(f"# yaml-language-server: $schema={schema_ref}")
     lines.append(body.rstrip("\n"))
+    lines += skipped
     lines += [
         "# Credentials: name the environment variables that hold them (never the values), e.g.",
         "# auth: {clientIdEnv: MY_PROJECT_CLIENT_ID, clientSecretEnv: MY_PROJECT_CLIENT_SECRET}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _unique(item: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool:
+    return sum(1 for other in items if other.get("name") == item.get("name")) == 1
+
+
+def _object_fields(
+    kind: Kind, item: Mapping[str, Any], roles: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """An object's write fields as a file holds them: null fields left out (unmanaged),
+    role references by name (by id when the name is shared)."""
+    fields: dict[str, Any] = {}
+    for name in kind.write_fields:
+        value = item.get(name)
+        if name == "name" or value is None:
+            continue
+        if name in kind.role_fields:
+            value = [
+                _role_value({"id": r.get("id"), "name": r.get("name")}, roles)
+                for r in value
+                if isinstance(r, Mapping)
+            ]
+        fields[name] = _escape(value)
+    return fields
 
 
 def _role_value(role: Mapping[str, Any] | None, roles: Sequence[Mapping[str, Any]]) -> Any:
@@ -73,6 +161,8 @@ def _escape(value: Any) -> Any:
         return value.replace("${", "$${")
     if isinstance(value, dict):
         return {k: _escape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape(v) for v in value]
     return value
 
 
