@@ -239,7 +239,10 @@ def test_export_round_trip_with_an_ambiguous_role_name(repo, emu):
     hand_edit(emu, ALPHA, {"defaultSSOUserRoleId": A_STAFF_1})  # two roles are named Staff
     (repo / "schemas").mkdir()
     (repo / "schemas/project.schema.json").write_text("{}")
-    result = run(["export", "--project-id", ALPHA, "--output", "projects/alpha.yaml"], emu)
+    result = run(
+        ["export", "--project-id", ALPHA, "--include", "settings", "--output", "projects/alpha.yaml"],
+        emu,
+    )
     assert result.exit_code == 0, result.output
     text = (repo / "projects/alpha.yaml").read_text()
     assert text.startswith("# yaml-language-server: $schema=../schemas/project.schema.json\n")
