@@ -240,7 +240,15 @@ def test_export_round_trip_with_an_ambiguous_role_name(repo, emu):
     (repo / "schemas").mkdir()
     (repo / "schemas/project.schema.json").write_text("{}")
     result = run(
-        ["export", "--project-id", ALPHA, "--include", "settings", "--output", "projects/alpha.yaml"],
+        [
+            "export",
+            "--project-id",
+            ALPHA,
+            "--include",
+            "settings",
+            "--output",
+            "projects/alpha.yaml",
+        ],
         emu,
     )
     assert result.exit_code == 0, result.output
