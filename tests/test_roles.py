@@ -13,7 +13,6 @@ from objects_e2e import (
     STAFF,
     STAFF_POLICY,
     api,
-    counts,
     objects_emulator,
 )
 
