@@ -4,6 +4,7 @@ shapes, validation, isolation, memberCount and delete refusals, paging, secrets.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,7 @@ from conftest import (
 from test_emulator import assert_error, http_client, m2m_token, scoped
 
 from reconciler.emulator import RunningEmulator, seed_m2m_id, serve
+from reconciler.errors import ConfigError
 
 ALLOW_ALL = {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]}
 MISSING = "00000000-0000-4000-8000-000000000000"
@@ -552,3 +554,115 @@ def test_wrong_method_on_an_object_path_is_405(api):
     assert_error(response, 405)
     assert response.headers["allow"] == "GET, PATCH, DELETE"
     assert_error(api.get(f"/iam/role/{SANDBOX_PATIENT_ROLE_ID}/more"), 404, "no such endpoint")
+
+
+# -- persistence and seeds -----------------------------------------------------
+
+
+def test_objects_survive_a_restart(tmp_path, seed_data):
+    db = tmp_path / "emulator.db"
+    seed_data["m2mPageSize"] = 1
+    with serve(seed_data, db=db) as emu, http_client(emu.api_url) as http:
+        http.headers.update(scoped(DEV_TOKEN, SANDBOX_ID))
+        role = created(http.post("/iam/role", json={"name": "Ops", "accessPolicy": ALLOW_ALL}))
+        app = created(http.post("/application", json=APP))
+        client = created(http.post("/m2m", json={"name": "job", "roles": [role["id"]]}))
+        secret = ok(http.post(f"/m2m/{client['id']}/rotate-secret"))["secret"]
+    with serve(db=db) as emu, http_client(emu.url) as http:
+        store = emu.store
+        assert store.get_role(SANDBOX_ID, role["id"]) == role
+        assert store.get_application(SANDBOX_ID, app["id"]) == app
+        assert store.get_m2m(SANDBOX_ID, client["id"]) == client
+        assert store.list_roles(SANDBOX_ID)[-1]["memberCount"] == 1
+        token = m2m_token(http, client["clientId"], secret)
+        page = ok(http.get("/v1/m2m/v2/list", headers=scoped(token, SANDBOX_ID)))
+        assert len(page["data"]) == 1 and page["metadata"]["nextCursor"]  # m2mPageSize kept
+
+
+VERSION_1_SCHEMA = """
+CREATE TABLE project (id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL,
+    signup_enabled INTEGER NOT NULL, sandbox INTEGER NOT NULL, fhir_version TEXT NOT NULL,
+    default_patient_role_id TEXT, default_sso_user_role_id TEXT);
+CREATE TABLE role (id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL REFERENCES project(id) ON DELETE CASCADE, name TEXT NOT NULL,
+    description TEXT, access_policy TEXT, member_count INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX role_by_project ON role(project_id);
+CREATE TABLE m2m_client (client_id TEXT PRIMARY KEY, client_secret TEXT NOT NULL,
+    project_id TEXT NOT NULL REFERENCES project(id) ON DELETE CASCADE);
+CREATE INDEX client_by_project ON m2m_client(project_id);
+CREATE TABLE access_token (token TEXT PRIMARY KEY, client_id TEXT NOT NULL,
+    expires_at REAL NOT NULL);
+CREATE TABLE developer (access_token TEXT PRIMARY KEY);
+CREATE TABLE developer_project (
+    access_token TEXT NOT NULL REFERENCES developer(access_token) ON DELETE CASCADE,
+    project_id TEXT NOT NULL, PRIMARY KEY (access_token, project_id));
+INSERT INTO project VALUES ('p1', 'OLD', '', 0, 1, 'r4', 'r1', NULL);
+INSERT INTO role VALUES ('r1', 'p1', 'Patient', NULL, NULL, 2);
+INSERT INTO m2m_client VALUES ('old-ci', 'old-secret', 'p1');
+INSERT INTO access_token VALUES ('old-token', 'old-ci', 9999999999);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_database_is_migrated(tmp_path):
+    db = tmp_path / "v1.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(VERSION_1_SCHEMA)
+    conn.close()
+    with serve(db=db) as emu, http_client(emu.url) as http:
+        old_id = seed_m2m_id("old-ci")
+        assert emu.store.list_m2m("p1") == [{"id": old_id, "name": "old-ci"}]
+        # The old token and the old secret work, with the full access they had.
+        for token in ("old-token", m2m_token(http, "old-ci", "old-secret")):
+            headers = scoped(token, "p1")
+            assert ok(http.get("/v1/m2m/me", headers=headers))["id"] == old_id
+            assert http.patch("/v1/project", headers=headers, json={"name": "NEW"}).is_success
+        assert emu.store.list_roles("p1") == [{"id": "r1", "name": "Patient", "memberCount": 2}]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"m2mPageSize": 0}, ["m2mPageSize: must be a whole number >= 1"]),
+        ({"m2mPageSize": True}, ["m2mPageSize"]),
+        (
+            {"roles": [{"name": "A", "members": 1, "memberCount": 1}]},
+            ["roles[0]: give members or memberCount, not both"],
+        ),
+        ({"roles": [{"name": "A", "members": -1}]}, ["roles[0].members"]),
+        ({"roles": [{"members": 1}]}, ["roles[0]: missing required key 'name'"]),
+        (
+            {"applications": [{"name": "A"}]},
+            ["applications[0]: missing required key 'allowedCallbackUrls'"],
+        ),
+        (
+            {"applications": [{**APP, "mfaEnabled": "no"}]},
+            ["applications[0]: mfaEnabled must be true"],
+        ),
+        ({"applications": [{**APP, "connectionName": "c"}]}, ["unknown key 'connectionName'"]),
+        ({"applications": {"A": APP}}, ["applications: must be a list"]),
+        (
+            {
+                "m2mClients": [
+                    {"clientId": "a", "clientSecret": "s", "id": "x"},
+                    {"clientId": "b", "clientSecret": "s", "id": "x"},
+                ]
+            },
+            ["M2M id 'x' appears more than once"],
+        ),
+    ],
+)
+def test_malformed_object_seed_is_one_line(seed_data, change, words):
+    if "m2mPageSize" in change:
+        seed_data.update(change)
+    else:
+        seed_data["projects"][0].update(change)
+    with pytest.raises(ConfigError) as caught, serve(seed_data):
+        pass
+    message = str(caught.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message

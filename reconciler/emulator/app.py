@@ -197,7 +197,10 @@ class EmulatorApp:
         project_id, caller = self._authorize(environ)
         action, resource = ENDPOINT_ACTIONS[(method, template)]
         if caller.policies is not None and not allows(caller.policies, action, resource):
-            raise HttpError(403, f"access policy: not allowed: {action} on {resource}")
+            raise HttpError(
+                403,
+                f"denied by this M2M client's access policy: not allowed: {action} on {resource}",
+            )
         try:
             return handler(Call(environ, project_id, caller, match.groupdict().get("id", "")))
         except Invalid as exc:

@@ -227,15 +227,16 @@ def run_cli(
     if m2m_page_size is not None and m2m_page_size < 1:
         raise ConfigError("--m2m-page-size must be at least 1")
     with _started(seed, db, faults, quiet, (host, port), m2m_page_size) as emu:
-        print(emu.url, flush=True)
-        if not quiet:
-            count = len(emu.store.project_ids())
-            where = db or "memory"
-            print(f"emulator: {count} Projects ({where}); Ctrl-C stops", file=sys.stderr)
         # Both signals, explicitly: a shell starts background jobs with SIGINT
-        # ignored, and `kill -INT` should still stop the emulator.
+        # ignored, and `kill -INT` should still stop the emulator. Installed
+        # before the URL is printed: a caller may signal as soon as it reads it.
         previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            print(emu.url, flush=True)
+            if not quiet:
+                count = len(emu.store.project_ids())
+                where = db or "memory"
+                print(f"emulator: {count} Projects ({where}); Ctrl-C stops", file=sys.stderr)
             emu._server.serve_forever(poll_interval=0.1)
         except KeyboardInterrupt:
             pass  # SIGINT or SIGTERM: a clean stop, exit 0

@@ -9,16 +9,44 @@ write. Every write runs in `BEGIN IMMEDIATE ... COMMIT`, so a PATCH reads,
 checks and writes as one transaction even if another process opens the same
 `--db` file.
 
-Methods a test may call directly (all thread-safe):
+Methods a test or the demo may call directly (all thread-safe). Documents are
+what the API answers; `fields` use the API's names. Objects of another Project
+raise NotFound (the API's 404); breaking the API's rules raises Invalid (400).
 
-    store.set_project_fields(pid, {...})   a hand edit, bypassing the API's rules
-    store.add_role(pid, name, ...)         a role, as POST /v1/iam/role does
-    store.add_m2m_client(pid, id, secret)  another client credential
-    store.add_developer(token, [pids])     another Developer token
-    store.delete_project(pid)              a Project that has gone away
-    store.get_project(pid)                 the GET /v1/project document (or None)
-    store.list_roles(pid)                  the GET /v1/iam/role document
-    store.project_ids()                    every Project id, sorted
+    store.get_project(pid)                   GET /v1/project (or None)
+    store.set_project_fields(pid, {...})     a hand edit, read-only fields included
+    store.delete_project(pid)                a Project that has gone away
+    store.project_ids()                      every Project id, sorted
+
+    store.list_roles(pid)                    GET /v1/iam/role: [{id,name,memberCount}]
+    store.get_role(pid, rid)                 {id,name,description?,accessPolicy}
+    store.add_role(pid, name, description=, access_policy=, role_id=, member_count=)
+    store.update_role(pid, rid, {...})       name, description, accessPolicy, and
+                                             `members` (Users/Developers holding it)
+    store.delete_role(pid, rid)              Invalid while held or a default role
+
+    store.list_applications(pid)             [{id,name,clientId,description?}]
+    store.get_application(pid, aid)          every write field, clientId, connectionName
+    store.add_application(pid, {...}, app_id=, client_id=)
+    store.update_application(pid, aid, {...})
+    store.delete_application(pid, aid)
+    store.rotate_application_secret(pid, aid) -> the new secret
+
+    store.list_m2m(pid)                      every client: [{id,name,description?}]
+    store.page_m2m(pid, limit=, cursor=, name=, m2m_id=, role_id=, sort=, order=)
+    store.get_m2m(pid, mid)                  {id,name,description?,clientId,profile,
+                                              roles:[{id,name}],accessPolicy?,jwksUrl?}
+    store.create_m2m(pid, {...})             as POST /v1/m2m (fresh clientId and secret)
+    store.add_m2m_client(pid, client_id, secret, {...})  a known credential, as seeded
+    store.update_m2m(pid, mid, {...})        roles as ids
+    store.delete_m2m(pid, mid)
+    store.rotate_m2m_secret(pid, mid) -> the new secret (the old one stops working)
+    store.m2m_page_size                      the largest page of /v1/m2m/v2/list
+
+    store.add_developer(token, [pids])       another Developer token
+    store.caller(token, pid)                 who a token is: access, M2M id, policies
+
+A seeded M2M client's id is `seed_m2m_id(clientId)` unless its seed gives one.
 """
 
 from __future__ import annotations
