@@ -581,6 +581,12 @@ def schema() -> None:
     help="Every Nth /v1 or /oauth request answers 429 with Retry-After: 1.",
 )
 @click.option("--fault-seed", type=int, default=None, help="Seed that makes faults repeatable.")
+@click.option(
+    "--m2m-page-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Largest page of GET /v1/m2m/v2/list (default: the seed's m2mPageSize, else 100).",
+)
 def emulator(**options) -> None:
     """Run a local Oystehr Project Service (the emulator).
 
