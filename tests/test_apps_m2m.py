@@ -190,11 +190,11 @@ def test_a_create_whose_answer_is_lost_is_found_in_the_list_not_made_twice(repo)
 
     def drop_first_create_answer(environ, start_response):
         # The create runs, then the answer is lost as a 502 from a proxy would lose it.
-        if environ["REQUEST_METHOD"] == "POST" and environ["PATH_INFO"] == "/v1/iam/role":
-            if not lost:
-                lost.append(b"".join(app(environ, lambda *a, **k: None)))
-                start_response("502 Bad Gateway", [("content-type", "text/plain")])
-                return [b"bad gateway"]
+        create = environ["REQUEST_METHOD"] == "POST" and environ["PATH_INFO"] == "/v1/iam/role"
+        if create and not lost:
+            lost.append(b"".join(app(environ, lambda *a, **k: None)))
+            start_response("502 Bad Gateway", [("content-type", "text/plain")])
+            return [b"bad gateway"]
         return app(environ, start_response)
 
     class Quiet(WSGIRequestHandler):
