@@ -13,7 +13,7 @@ from typing import Any
 
 from reconciler.client import ProjectApi, resolve_credentials, same_url
 from reconciler.errors import ReconcilerError, RefusedError
-from reconciler.fleet import Stopper, run_each
+from reconciler.fleet import IN_FLIGHT, Stopper, run_each
 from reconciler.plan import (
     CHANGED,
     UNCHANGED,
@@ -23,7 +23,12 @@ from reconciler.plan import (
     normalise_live,
     unconverged,
 )
-from reconciler.render import APPLIED, FAILED, SKIPPED, Outcome
+from reconciler.render import APPLIED, FAILED, SKIPPED, UNKNOWN, Outcome
+
+IN_FLIGHT_MESSAGE = (
+    "the PATCH was in flight when the apply was interrupted; plan again to see whether it "
+    "was applied"
+)
 
 
 def refusals(
@@ -88,17 +93,28 @@ def apply_plan(
         except ReconcilerError as exc:
             return _outcome(project, FAILED, str(exc))
 
-    written = run_each(to_write, write, concurrency=concurrency, stopper=stopper, progress=progress)
-    by_id = {o.project_id: o for o in written if o is not None}
+    written = run_each(
+        to_write,
+        write,
+        concurrency=concurrency,
+        stopper=stopper,
+        progress=progress,
+        abandon=api.abort,
+    )
+    by_id = {p.project_id: o for p, o in zip(to_write, written, strict=True)}
     outcomes = []
     for project in plan.projects:
         if project.status == CHANGED:
+            result = by_id.get(project.project_id)
             if project.project_id in failures:
                 outcomes.append(_outcome(project, FAILED, failures[project.project_id]))
+            elif result is IN_FLIGHT:
+                outcomes.append(_outcome(project, UNKNOWN, IN_FLIGHT_MESSAGE))
+            elif isinstance(result, Outcome):
+                outcomes.append(result)
             else:
                 outcomes.append(
-                    by_id.get(project.project_id)
-                    or _outcome(project, SKIPPED, "not started: the apply was interrupted")
+                    _outcome(project, SKIPPED, "not started: the apply was interrupted")
                 )
         elif project.status == UNCHANGED:
             outcomes.append(_outcome(project, UNCHANGED))
@@ -123,7 +139,7 @@ def _refuse_stale(
             return "stale", None
         return "fresh", None
 
-    results = run_each(changed, check, concurrency=concurrency)
+    results = run_each(changed, check, concurrency=concurrency, abandon=api.abort)
     stale = [p for p, r in zip(changed, results, strict=True) if r and r[0] == "stale"]
     if stale:
         named = ", ".join(f"{p.file} ({p.project_id})" for p in stale)
