@@ -16,7 +16,7 @@ from typing import Any
 
 from reconciler.client import ClientCredentials, ProjectApi, resolve_credentials, same_url
 from reconciler.errors import ApiError, ReconcilerError, RefusedError, UncertainWriteError
-from reconciler.fleet import Stopper, run_each
+from reconciler.fleet import IN_FLIGHT, Stopper, run_each
 from reconciler.kinds import BY_NAME, M2M, ROLE, Kind
 from reconciler.objects import is_ref, object_fingerprint
 from reconciler.plan import (
@@ -29,7 +29,12 @@ from reconciler.plan import (
     normalise_live,
     unconverged,
 )
-from reconciler.render import APPLIED, FAILED, SKIPPED, ObjectOutcome, Outcome
+from reconciler.render import APPLIED, FAILED, SKIPPED, UNKNOWN, ObjectOutcome, Outcome
+
+IN_FLIGHT_MESSAGE = (
+    "the {what} was in flight when the apply was interrupted; plan again to see whether it "
+    "was applied"
+)
 
 
 def refusals(
@@ -81,20 +86,33 @@ def apply_plan(
         failures = _refuse_stale(changed, api, env, concurrency=concurrency)
     to_write = [p for p in changed if p.project_id not in failures]
 
-    def write(project: ProjectPlan) -> Outcome:
-        return ProjectWriter(project, api, env).run()
+    writers = {p.project_id: ProjectWriter(p, api, env) for p in to_write}
 
-    written = run_each(to_write, write, concurrency=concurrency, stopper=stopper, progress=progress)
-    by_id = {o.project_id: o for o in written if o is not None}
+    def write(project: ProjectPlan) -> Outcome:
+        return writers[project.project_id].run()
+
+    written = run_each(
+        to_write,
+        write,
+        concurrency=concurrency,
+        stopper=stopper,
+        progress=progress,
+        abandon=api.abort,
+    )
+    by_id = {p.project_id: o for p, o in zip(to_write, written, strict=True)}
     outcomes = []
     for project in plan.projects:
         if project.status == CHANGED:
+            result = by_id.get(project.project_id)
             if project.project_id in failures:
                 outcomes.append(_outcome(project, FAILED, failures[project.project_id]))
+            elif result is IN_FLIGHT:
+                outcomes.append(writers[project.project_id].interrupted())
+            elif isinstance(result, Outcome):
+                outcomes.append(result)
             else:
                 outcomes.append(
-                    by_id.get(project.project_id)
-                    or _outcome(project, SKIPPED, "not started: the apply was interrupted")
+                    _outcome(project, SKIPPED, "not started: the apply was interrupted")
                 )
         elif project.status == UNCHANGED:
             outcomes.append(_outcome(project, UNCHANGED))
@@ -112,6 +130,24 @@ class ProjectWriter:
         self.env = env
         self.created: dict[str, str] = {}  # role name -> id, for refs
         self.results: list[ObjectOutcome] = []
+        self.current: ObjectChange | None = None  # the object write in flight, if any
+
+    def interrupted(self) -> Outcome:
+        """The outcome when the run was interrupted while this Project was being written:
+        what was written, the write in flight as unknown, the rest skipped."""
+        done = {(o.kind, o.name) for o in self.results}
+        results = list(self.results)
+        what = "PATCH"
+        for change in self.project.objects:
+            if (change.kind, change.name) in done:
+                continue
+            if change is self.current:
+                what = f"write of {change.kind} {change.name!r}"
+                message = IN_FLIGHT_MESSAGE.format(what="write")
+                results.append(_object_outcome(change, UNKNOWN, message))
+            else:
+                results.append(_object_outcome(change, SKIPPED, "not started: interrupted"))
+        return _outcome(self.project, UNKNOWN, IN_FLIGHT_MESSAGE.format(what=what), objects=results)
 
     def run(self) -> Outcome:
         project = self.project
@@ -123,7 +159,7 @@ class ProjectWriter:
         except ReconcilerError as exc:
             return self._stopped(str(exc), project.objects)
         for index, change in enumerate(writes):
-            error = self._guarded(lambda c=change: self._write_object(credentials, c))
+            error = self._guarded(lambda c=change: self._write_object(credentials, c), change)
             if error:
                 return self._stopped(error, writes[index + 1 :] + deletes, failed=change)
         if project.patch:
@@ -131,16 +167,19 @@ class ProjectWriter:
             if error:
                 return self._stopped(error, deletes, settings_failed=True)
         for index, change in enumerate(deletes):
-            error = self._guarded(lambda c=change: self._delete_object(credentials, c))
+            error = self._guarded(lambda c=change: self._delete_object(credentials, c), change)
             if error:
                 return self._stopped(error, deletes[index + 1 :], failed=change)
         return _outcome(project, APPLIED, objects=self.results)
 
-    def _guarded(self, step: Callable[[], None]) -> str | None:
+    def _guarded(self, step: Callable[[], None], change: ObjectChange | None = None) -> str | None:
+        self.current = change
         try:
             step()
         except ReconcilerError as exc:
             return str(exc)
+        finally:
+            self.current = None
         return None
 
     def _stopped(
@@ -287,8 +326,12 @@ def _refuse_stale(
             return "unreadable", str(exc)
         return "fresh", None
 
-    results = run_each(changed, check, concurrency=concurrency)
-    stale = [(p, r[1]) for p, r in zip(changed, results, strict=True) if r and r[0] == "stale"]
+    results = run_each(changed, check, concurrency=concurrency, abandon=api.abort)
+    stale = [
+        (p, r[1])
+        for p, r in zip(changed, results, strict=True)
+        if isinstance(r, tuple) and r[0] == "stale"
+    ]
     if stale:
         named = ", ".join(f"{p.file} ({p.project_id}): {what}" for p, what in stale)
         raise RefusedError(
@@ -298,7 +341,7 @@ def _refuse_stale(
     return {
         p.project_id: r[1]
         for p, r in zip(changed, results, strict=True)
-        if r and r[0] == "unreadable"
+        if isinstance(r, tuple) and r[0] == "unreadable"
     }
 
 

@@ -18,7 +18,7 @@ import click
 
 from reconciler import __version__
 from reconciler.errors import ConfigError, ReconcilerError, RefusedError
-from reconciler.escape import term
+from reconciler.escape import plural, term
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -275,7 +275,8 @@ def drift(paths, fmt, **options) -> None:
     help="Refuse, before any write, to change more than N Projects.",
 )
 @format_option(
-    ["text", "json"], "Format of the result: per Project applied, unchanged, failed or skipped."
+    ["text", "json"],
+    "Format of the result: per Project applied, unchanged, failed, unknown or skipped.",
 )
 def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
     """Plan, show the plan, then PATCH what changed.
@@ -297,6 +298,7 @@ def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
     from reconciler.render import (
         FAILED,
         SKIPPED,
+        UNKNOWN,
         render_apply_json,
         render_apply_markdown,
         render_apply_text,
@@ -338,7 +340,7 @@ def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
     else:
         render_apply_text(outcomes, sys.stdout, colour=run.colour)
     run.step_summary(lambda fh: render_apply_markdown(outcomes, fh))
-    if any(o.status in (FAILED, SKIPPED) for o in outcomes):
+    if any(o.status in (FAILED, UNKNOWN, SKIPPED) for o in outcomes):
         raise SystemExit(EXIT_ERROR)
 
 
@@ -600,8 +602,7 @@ def emulator(**options) -> None:
     run_cli(**options)
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+_count = plural
 
 
 def main(argv: list[str] | None = None) -> None:

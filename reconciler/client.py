@@ -29,8 +29,9 @@ from reconciler.errors import (
     TransportError,
     UncertainWriteError,
 )
+from reconciler.escape import plural
 from reconciler.kinds import Kind
-from reconciler.transport import default_transport
+from reconciler.transport import Abandoned, default_transport
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,14 @@ class ProjectApi:
         retries: int = 4,
         max_connections: int = 16,
         transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], Any] | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.auth_url = auth_url
         self.retries = retries
-        self._sleep = sleep
+        self._aborted = threading.Event()
+        # Waits (backoff, Retry-After) end early when the run is interrupted.
+        self._sleep = sleep or self._aborted.wait
         # Requests go straight to the transport: httpx's Client layers (cookies, redirects,
         # auth flows, URL merging) cost a third of the CPU per request and none is needed.
         self._transport = transport or default_transport(max_connections=max_connections)
@@ -128,6 +131,14 @@ class ProjectApi:
 
     def close(self) -> None:
         self._transport.close()
+
+    def abort(self) -> None:
+        """The run was interrupted: cut the requests in flight, send no more. Threads
+        waiting on an answer get a TransportError at once."""
+        self._aborted.set()
+        abort = getattr(self._transport, "abort", None)
+        if abort is not None:
+            abort()
 
     # The Project API --------------------------------------------------------------
 
@@ -295,6 +306,8 @@ class ProjectApi:
         attempt = 0
         rate_limited = 0
         while True:
+            if self._aborted.is_set():
+                raise TransportError(f"{method} {url}: not sent: the run was interrupted")
             request_id = str(uuid.uuid4())
             started = time.monotonic()
             request = httpx.Request(
@@ -310,6 +323,8 @@ class ProjectApi:
                     response.read()
                 finally:
                     response.close()
+            except Abandoned as exc:
+                raise TransportError(f"{method} {url}: {exc}") from None
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 if not idempotent and not isinstance(exc, httpx.ConnectError):
                     raise UncertainWriteError(
@@ -318,7 +333,7 @@ class ProjectApi:
                 if attempt >= self.retries:
                     raise TransportError(
                         f"{method} {url}: {self._redact(str(exc)) or type(exc).__name__} "
-                        f"(after {attempt + 1} attempts)"
+                        f"(after {plural(attempt + 1, 'attempt')})"
                     ) from None
                 attempt += 1
                 self._backoff(attempt, f"{method} {url}: {type(exc).__name__}")

@@ -92,3 +92,8 @@ def without_userinfo(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 error`, `2 errors`, `0 errors`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

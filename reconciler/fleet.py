@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from reconciler import objects
 from reconciler.client import ClientCredentials, Credentials, ProjectApi, resolve_credentials
@@ -77,17 +78,23 @@ def select(
     return chosen
 
 
+GRACE_SECONDS = 1.0
+
+
 class Stopper:
     """Set when the user interrupts (Ctrl-C, or SIGTERM, which the CLI turns into the
-    same KeyboardInterrupt): no new work starts, work in flight finishes."""
+    same KeyboardInterrupt): no new work starts; work in flight gets `grace` seconds to
+    finish, then is abandoned (SPEC section 5: the run ends within 2 s)."""
 
-    def __init__(self) -> None:
+    def __init__(self, grace: float = GRACE_SECONDS) -> None:
         self.event = threading.Event()
+        self.grace = grace
 
     def stop(self) -> None:
         if not self.event.is_set():
             print(
-                "Stopping: no new Projects will start; waiting for those in flight.",
+                "Stopping: no new Projects will start; waiting up to "
+                f"{self.grace:g} s for those in flight.",
                 file=sys.stderr,
             )
         self.event.set()
@@ -97,6 +104,16 @@ class Stopper:
         return self.event.is_set()
 
 
+class InFlight:
+    """The result of an item whose work was abandoned while it ran: what it did is unknown."""
+
+    def __repr__(self) -> str:
+        return "IN_FLIGHT"
+
+
+IN_FLIGHT = InFlight()
+
+
 def run_each(
     items: Sequence[T],
     work: Callable[[T], R],
@@ -104,43 +121,85 @@ def run_each(
     concurrency: int,
     stopper: Stopper | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> list[R | None]:
+    abandon: Callable[[], None] | None = None,
+) -> list[R | None | InFlight]:
     """work(item) for every item, `concurrency` at a time; results in item order.
 
-    Items not started because the run was stopped get None.
+    On an interrupt: without a stopper, `abandon()` is called and the KeyboardInterrupt
+    goes on. With one, no new item starts, the items in flight get the stopper's grace
+    to finish (a second interrupt ends it), then `abandon()` is called (it should cut
+    their requests) and run_each returns: items never started get None, items still
+    running get IN_FLIGHT. Workers are daemon threads, so a request that never returns
+    cannot keep the process alive.
     """
-    results: list[R | None] = [None] * len(items)
+    results: list[R | None | InFlight] = [None] * len(items)
     if not items:
         return results
-    done = 0
-    with ThreadPoolExecutor(max_workers=min(concurrency, len(items))) as pool:
-        pending: dict[Future, int] = {}
-        next_index = 0
+    todo: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    finished: queue.SimpleQueue[tuple[int, Any, BaseException | None]] = queue.SimpleQueue()
 
-        def refill() -> None:
-            nonlocal next_index
-            while (
-                next_index < len(items)
-                and len(pending) < concurrency
-                and not (stopper and stopper.stopped)
-            ):
-                pending[pool.submit(work, items[next_index])] = next_index
-                next_index += 1
-
-        refill()
-        while pending:
+    def worker() -> None:
+        while (index := todo.get()) is not None:
             try:
-                finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    results[pending.pop(future)] = future.result()
-                    done += 1
+                finished.put((index, work(items[index]), None))
+            except BaseException as exc:  # handed to the main thread, raised there
+                finished.put((index, None, exc))
+
+    workers = min(concurrency, len(items))
+    for _ in range(workers):
+        threading.Thread(target=worker, name="reconciler-worker", daemon=True).start()
+    running: set[int] = set()
+    next_index = done = 0
+    give_up_at: float | None = None
+
+    def refill() -> None:
+        nonlocal next_index
+        while (
+            next_index < len(items)
+            and len(running) < concurrency
+            and not (stopper and stopper.stopped)
+        ):
+            running.add(next_index)
+            todo.put(next_index)
+            next_index += 1
+
+    try:
+        refill()
+        while running:
+            try:
+                wait = 0.5 if give_up_at is None else give_up_at - time.monotonic()
+                if wait <= 0:
+                    break
+                try:
+                    index, result, error = finished.get(timeout=wait)
+                except queue.Empty:
+                    continue
+                running.discard(index)
+                if error is not None:
+                    raise error
+                results[index] = result
+                done += 1
                 if progress:
                     progress(done, len(items))
                 refill()
             except KeyboardInterrupt:
                 if stopper is None:
+                    if abandon:
+                        abandon()
                     raise
+                if give_up_at is not None:
+                    break  # interrupted twice: abandon now
                 stopper.stop()
+                give_up_at = time.monotonic() + stopper.grace
+    finally:
+        for _ in range(workers):
+            todo.put(None)  # idle workers end; busy ones end with their request
+    if running:
+        log.debug("abandoning %d item(s) in flight", len(running))
+        if abandon:
+            abandon()
+        for index in running:
+            results[index] = IN_FLIGHT
     return results
 
 
@@ -172,8 +231,14 @@ def plan_projects(
         except ReconcilerError as exc:
             return ProjectPlan.failed(project.path, project.id, str(exc), project.auth)
 
-    plans = run_each(projects, plan_one, concurrency=concurrency, progress=progress)
-    return Plan(api_url=api.api_url, projects=tuple(p for p in plans if p), created_at=now_utc())
+    plans = run_each(
+        projects, plan_one, concurrency=concurrency, progress=progress, abandon=api.abort
+    )
+    return Plan(
+        api_url=api.api_url,
+        projects=tuple(p for p in plans if isinstance(p, ProjectPlan)),
+        created_at=now_utc(),
+    )
 
 
 def read_objects(

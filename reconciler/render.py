@@ -24,6 +24,8 @@ APPLY_MARKER = "<!-- reconciler-apply -->"
 MARKDOWN_LIMIT = 65_000
 
 APPLIED, FAILED, SKIPPED = "applied", "failed", "skipped"
+# A PATCH was in flight when the run was interrupted: it may or may not have been applied.
+UNKNOWN = "unknown"
 
 _ICONS = {CHANGED: "🟡", UNCHANGED: "⚪", ERROR: "🔴"}
 _COLOURS = {"~": "33", "!": "31", "+": "32", "=": "2", "bold": "1"}
@@ -55,7 +57,7 @@ class Outcome:
 
     file: str
     project_id: str
-    status: str  # applied | unchanged | failed | skipped
+    status: str  # applied | unchanged | failed | unknown | skipped
     error: str | None = None
     name: str | None = None
     objects: tuple[ObjectOutcome, ...] = ()
@@ -72,7 +74,7 @@ class Outcome:
 
 
 def apply_summary(outcomes: Sequence[Outcome]) -> dict[str, int]:
-    counts = {APPLIED: 0, UNCHANGED: 0, FAILED: 0, SKIPPED: 0}
+    counts = {APPLIED: 0, UNCHANGED: 0, FAILED: 0, UNKNOWN: 0, SKIPPED: 0}
     for outcome in outcomes:
         counts[outcome.status] += 1
     return counts
@@ -215,7 +217,13 @@ def render_text(
 
 
 def render_apply_text(outcomes: Sequence[Outcome], fh: TextIO, *, colour: bool = False) -> None:
-    marks = {APPLIED: ("+", "+"), FAILED: ("!", "!"), SKIPPED: ("-", "="), UNCHANGED: ("=", "=")}
+    marks = {
+        APPLIED: ("+", "+"),
+        FAILED: ("!", "!"),
+        UNKNOWN: ("?", "!"),
+        SKIPPED: ("-", "="),
+        UNCHANGED: ("=", "="),
+    }
     for outcome in outcomes:
         if outcome.status == UNCHANGED:
             continue
@@ -224,13 +232,17 @@ def render_apply_text(outcomes: Sequence[Outcome], fh: TextIO, *, colour: bool =
         if outcome.error:
             line += f": {term(outcome.error)}"
         fh.write(_paint(line, style, colour) + "\n")
+    fh.write(_paint(f"Apply: {_apply_counts(outcomes)}.", "bold", colour) + "\n")
+
+
+def _apply_counts(outcomes: Sequence[Outcome]) -> str:
+    """`N applied, N unchanged, N failed`, then unknown and skipped when there are any."""
     counts = apply_summary(outcomes)
-    line = (
-        f"Apply: {counts[APPLIED]} applied, {counts[UNCHANGED]} unchanged, {counts[FAILED]} failed."
-    )
-    if counts[SKIPPED]:
-        line = line[:-1] + f", {counts[SKIPPED]} skipped."
-    fh.write(_paint(line, "bold", colour) + "\n")
+    text = f"{counts[APPLIED]} applied, {counts[UNCHANGED]} unchanged, {counts[FAILED]} failed"
+    for status in (UNKNOWN, SKIPPED):
+        if counts[status]:
+            text += f", {counts[status]} {status}"
+    return text
 
 
 # JSON -----------------------------------------------------------------------------
@@ -421,13 +433,7 @@ def render_problems_markdown(
 
 
 def render_apply_markdown(outcomes: Sequence[Outcome], fh: TextIO) -> None:
-    counts = apply_summary(outcomes)
-    lines = [
-        APPLY_MARKER,
-        f"### reconciler apply: {counts[APPLIED]} applied, {counts[UNCHANGED]} unchanged, "
-        f"{counts[FAILED]} failed" + (f", {counts[SKIPPED]} skipped" if counts[SKIPPED] else ""),
-        "",
-    ]
+    lines = [APPLY_MARKER, f"### reconciler apply: {_apply_counts(outcomes)}", ""]
     shown = [o for o in outcomes if o.status != UNCHANGED]
     if shown:
         lines += ["| Project | File | Result |", "| --- | --- | --- |"]

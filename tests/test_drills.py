@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import yaml
 from click.testing import CliRunner, Result
+from hostile import HostileServer, Reply, Request, hang, json_response, project_doc, trickle
 
 from reconciler.cli import cli
 from reconciler.emulator import Faults, load_seed, serve
@@ -320,3 +321,108 @@ def test_shards_split_the_fleet_exactly_and_stably(repo):
                 assert sorted(shard_ids("moved", f"{i}/{n}", emu)) == sorted(shard)
             if n > 1:
                 assert all(shards), f"an empty shard of {n}: the split is not spread"
+
+
+# (e) hostile servers: a hung PATCH and a trickle -------------------------------------
+
+
+def hostile_fleet(folder: Path, count: int) -> list[str]:
+    ids = [pid(100 + index) for index in range(count)]
+    for index, project_id in enumerate(ids):
+        (folder / "projects").mkdir(parents=True, exist_ok=True)
+        (folder / "projects" / f"p{index}.yaml").write_text(
+            f"id: {project_id}\nname: New name\n", encoding="utf-8"
+        )
+    return ids
+
+
+def sigterm_once(
+    server: HostileServer, key: str, count: int, args: list[str], summary: Path
+) -> tuple[int, str, str, float]:
+    """Run reconciler ARGS against `server` in its own process, SIGTERM it once the server
+    has seen `count` requests `key`; (exit code, stdout, stderr, seconds to exit)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OYSTEHR_", "GITHUB_"))}
+    env.update({k: v for k, v in env_for(server.api_url, server.auth_url).items() if v})
+    env["GITHUB_STEP_SUMMARY"] = str(summary)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        server.wait_for(key, count)
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        out, err = process.communicate(timeout=10)
+        seconds = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    print(f"{' '.join(args)}: exited {seconds:.2f} s after SIGTERM")
+    return process.returncode, out, err, seconds
+
+
+def test_sigterm_during_a_hung_patch_ends_within_2_s_with_unknown_in_the_report(repo):
+    ids = hostile_fleet(repo, 2)
+
+    def answer(request: Request) -> Reply:
+        if request.method == "PATCH":
+            return hang()
+        return json_response(200, project_doc(request.headers["x-oystehr-project-id"]))
+
+    summary = repo / "summary.md"
+    with HostileServer(answer) as server:
+        code, out, err, seconds = sigterm_once(
+            server, "PATCH /v1/project", 2, ["apply", "--yes"], summary
+        )
+        assert (code, "Traceback" in err) == (1, False), out + err
+        assert seconds < 2.0
+        assert out.endswith("Apply: 0 applied, 0 unchanged, 0 failed, 2 unknown.\n")
+        for index, project_id in enumerate(ids):
+            assert (
+                f"? Hostile ({project_id})  projects/p{index}.yaml: unknown: the PATCH "
+                "was in flight when the apply was interrupted; plan again to see "
+                "whether it was applied\n"
+            ) in out
+        assert "### reconciler apply: 0 applied, 0 unchanged, 0 failed, 2 unknown" in (
+            summary.read_text()
+        )
+
+        code, out, err, seconds = sigterm_once(
+            server, "PATCH /v1/project", 4, ["apply", "--yes", "--format", "json"], summary
+        )
+        assert (code, seconds < 2.0) == (1, True), out + err
+        doc = json.loads(out)
+        assert doc["summary"]["unknown"] == 2
+        assert [p["status"] for p in doc["projects"]] == ["unknown", "unknown"]
+        assert server.count("PATCH /v1/project") == 4
+
+
+def test_sigterm_during_a_hung_read_ends_within_2_s(repo):
+    hostile_fleet(repo, 3)
+    with HostileServer(lambda request: hang()) as server:
+        code, out, err, seconds = sigterm_once(
+            server, "GET /v1/project", 3, ["plan"], repo / "summary.md"
+        )
+    assert (code, seconds < 2.0) == (1, True), out + err
+    assert err.strip() == "Interrupted; nothing more was started."
+
+
+def test_a_trickling_server_is_cut_at_the_timeout(repo):
+    [project_id] = hostile_fleet(repo, 1)
+    body = json_response(200, project_doc(project_id))
+
+    with HostileServer(lambda request: trickle(body, every=1.0)) as server:
+        started = time.monotonic()
+        result = run(["plan", "--timeout", "2", "--retries", "0"], server.api_url, server.auth_url)
+        seconds = time.monotonic() - started
+    print(f"trickle cut after {seconds:.2f} s at --timeout 2")
+    assert result.exit_code == 1
+    assert 2.0 <= seconds < 3.0
+    assert (
+        f"    error: GET {server.api_url}/project: no complete answer within 2 s (after 1 attempt)"
+        in result.stdout
+    )
