@@ -225,31 +225,41 @@ class Scaffold:
         self.written.append(relative)
 
 
-def next_steps(names: Sequence[str], repo_hint: str = "OWNER/REPO") -> str:
-    """What to create on GitHub (and in Oystehr) for the workflows to run."""
-    read = "\n".join(f"    gh secret set {READ_PREFIX}{n}" for n in names)
-    write = "\n".join(f"    gh secret set {n} --env production" for n in names)
-    policy = json.dumps(READ_ONLY_POLICY, indent=2)
-    return f"""
-Next, on GitHub (Settings of your repository; or with the gh CLI as shown):
+def policy_text() -> str:
+    """The read-only access policy as JSON, one rule a line."""
+    rules = ",\n".join(f"    {json.dumps(rule)}" for rule in READ_ONLY_POLICY["rule"])
+    return f'{{\n  "rule": [\n{rules}\n  ]\n}}'
 
-1. Repository secrets for plan and drift: a READ-ONLY M2M client per Project
-   (its access policy is below), under these names:
+
+def next_steps(names: Sequence[str]) -> str:
+    """What to create on GitHub (and in Oystehr) for the workflows to run."""
+    read = "\n".join(f"     gh secret set {READ_PREFIX}{n}" for n in names)
+    write = "\n".join(f"     gh secret set {n} --env production" for n in names)
+    policy = "\n".join(f"   {line}" for line in policy_text().splitlines())
+    return f"""
+Next (in your repository's Settings on GitHub, or with the gh CLI as shown):
+
+1. Repository secrets for plan and drift: the credentials of a READ-ONLY M2M
+   client (access policy in 3), under these names:
 {read}
 
-2. An environment named production (Settings → Environments → New environment):
+2. An environment named production (Settings > Environments > New environment):
    - Required reviewers: the people who approve each apply
-   - Deployment branches and tags: Selected branches and tags → main
-   - Environment secrets for apply: the M2M client that may write, under these names:
+   - Deployment branches and tags: Selected branches and tags, add main
+   - Environment secrets for apply, from an M2M client that may write:
 {write}
-   Environments need a public repository, or a paid plan for a private one.
-   Without one, apply fails with one line naming the empty secret.
+   Environments need a public repository or a paid plan. A private repository
+   on GitHub Free has none: apply then fails with one line naming the empty
+   secret. Do not put write credentials in repository secrets instead (any
+   pull request branch could read them): apply from a trusted machine with
+   `reconciler plan --out plan.json && reconciler apply --plan plan.json`.
 
-3. In Oystehr, give each READ_ M2M client this access policy (read only):
+3. In Oystehr, give the READ_ M2M clients this access policy (read only):
 {policy}
 
-4. Commit and push to main, then open a pull request that changes a file under
-   projects/: its plan appears as a comment. Merging applies it after approval.
+4. Commit and push to main. Then open a pull request that changes a file under
+   projects/: its plan appears as a comment; merging applies it once a
+   reviewer approves the production deployment.
 """
 
 
