@@ -251,3 +251,14 @@ def test_the_action_option_names_the_action_and_the_hook(tmp_path):
     assert text.count("uses: my-org/reconciler/.github/actions/reconciler@v2.3.4\n") == 5
     hook = yaml.safe_load((tmp_path / ".pre-commit-config.yaml").read_text())["repos"][0]
     assert (hook["repo"], hook["rev"]) == ("https://github.com/my-org/reconciler", "v2.3.4")
+
+
+def test_the_readme_shows_what_init_writes_and_cites_nothing_outside_the_repository():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Use it in your repository") : readme.index("## Benchmarks")]
+    for path in TREE:
+        assert path in section, path
+    assert "reconciler init" in section and "gh secret set READ_" in section
+    for rule in READ_ONLY_POLICY["rule"]:
+        assert json.dumps(rule) in section
+    assert "SPEC" not in readme and "../shared" not in readme
