@@ -39,6 +39,8 @@ DEFAULT_AUTH_URL = "https://auth.zapehr.com/oauth/token"
 # Credentials a file without an `auth` block uses (an M2M client: the CI identity).
 DEFAULT_AUTH_NAMES = ("OYSTEHR_CLIENT_ID", "OYSTEHR_CLIENT_SECRET")
 READ_PREFIX = "READ_"
+# Names an `auth` block may not use: the runner's, and reconciler's own ${VAR} values.
+RESERVED_ENV_PREFIXES = ("GITHUB_", "ACTIONS_", "RECONCILER_VAR_")
 EXAMPLE_ID = "00000000-0000-4000-8000-000000000000"
 
 # What the READ_ clients may do: read the Project, its roles, applications and M2M
@@ -186,6 +188,8 @@ def slug_for(name: str | None, project_id: str, taken: set[str]) -> str:
 def with_auth(text: str, slug: str) -> str:
     """An exported file with an `auth` block naming <SLUG>_CLIENT_ID / _SECRET."""
     env = re.sub(r"[^A-Z0-9]+", "_", slug.upper()).strip("_")
+    if env.startswith(RESERVED_ENV_PREFIXES) or f"{env}_".startswith(RESERVED_ENV_PREFIXES):
+        env = f"PROJECT_{env}"  # GitHub and reconciler keep these prefixes for themselves
     lines = [
         line
         for line in text.splitlines()

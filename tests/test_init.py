@@ -262,3 +262,36 @@ def test_the_readme_shows_what_init_writes_and_cites_nothing_outside_the_reposit
     for rule in READ_ONLY_POLICY["rule"]:
         assert json.dumps(rule) in section
     assert "SPEC" not in readme and "../shared" not in readme
+
+
+@pytest.mark.parametrize(
+    ("name", "slug", "env"),
+    [
+        ("Patient Portal (staging)", "patient-portal-staging", "PATIENT_PORTAL_STAGING"),
+        ("GitHub demo", "github-demo", "PROJECT_GITHUB_DEMO"),
+        ("Actions", "actions", "PROJECT_ACTIONS"),
+        ("Reconciler var", "reconciler-var", "PROJECT_RECONCILER_VAR"),
+        ("2026 pilot", "project-fd9b1113", "PROJECT_FD9B1113"),
+        ("", "project-fd9b1113", "PROJECT_FD9B1113"),
+    ],
+)
+def test_slugs_and_credential_names(name, slug, env):
+    from reconciler.init import slug_for, with_auth
+
+    assert slug_for(name, SANDBOX_ID, set()) == slug
+    text = with_auth(f"id: {SANDBOX_ID}\n", slug)
+    assert yaml.safe_load(text)["auth"] == {
+        "clientIdEnv": f"{env}_CLIENT_ID",
+        "clientSecretEnv": f"{env}_CLIENT_SECRET",
+    }
+
+
+def test_two_projects_with_one_name_get_two_files():
+    from reconciler.init import slug_for
+
+    taken: set[str] = set()
+    assert [slug_for("Clinic", pid, taken) for pid in ("a", "b", "c")] == [
+        "clinic",
+        "clinic-2",
+        "clinic-3",
+    ]
