@@ -337,8 +337,15 @@ class GuardResult:
         return self.refused is None
 
 
-def last_deployed_sha(api: GitHubApi, repo: str, environment: str) -> str | None:
-    """The commit of the newest deployment to `environment` whose latest status is success."""
+def deployed_base(
+    api: GitHubApi, repo: str, environment: str, head: str
+) -> tuple[str | None, list[str]]:
+    """The commit of the last deployment to `environment` that applied, and main's commits
+    after it up to `head` (just `head` when nothing was deployed yet).
+
+    A deployment whose job succeeded after main had already moved past its commit was
+    superseded (`check-tip`: it applied nothing), so it is not the base: the pull
+    requests it carried still count as not yet applied."""
     deployments = api.paginate(
         f"/repos/{repo}/deployments", params={"environment": environment, "per_page": 30}
     )
@@ -348,29 +355,46 @@ def last_deployed_sha(api: GitHubApi, repo: str, environment: str) -> str | None
         statuses = api.request(
             "GET", f"/repos/{repo}/deployments/{deployment['id']}/statuses", params={"per_page": 1}
         )
-        if isinstance(statuses, list) and statuses and statuses[0].get("state") == "success":
-            return str(deployment["sha"])
-    return None
+        if not (isinstance(statuses, list) and statuses and statuses[0].get("state") == "success"):
+            continue
+        sha = str(deployment["sha"])
+        commits = _commits_after(api, repo, sha, head)
+        finished = _time(statuses[0].get("created_at"))
+        moved = _time(((commits[0].get("commit") or {}).get("committer") or {}).get("date"))
+        if commits and finished and moved and moved < finished:
+            log.debug("deployment of %s was superseded: main had moved on", sha)
+            continue
+        return sha, [str(c["sha"]) for c in commits]
+    return None, [head]
+
+
+def _commits_after(api: GitHubApi, repo: str, base: str, head: str) -> list[dict[str, Any]]:
+    if base == head:
+        return []
+    compare = api.request("GET", f"/repos/{repo}/compare/{base}...{head}")
+    commits = compare.get("commits") if isinstance(compare, dict) else None
+    return [c for c in commits or [] if isinstance(c, dict) and "sha" in c]
+
+
+def _time(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def merged_pulls(
     api: GitHubApi,
     repo: str,
-    base: str | None,
+    shas: list[str],
     head: str,
     *,
     wait: float = PULLS_WAIT_SECONDS,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[int]:
-    """The merged pull requests of the commits after `base` up to `head` (just `head`'s
-    when nothing was deployed yet). GitHub links a pushed commit to its pull request a
-    little after the push, so the head commit is asked again for up to `wait` seconds."""
-    shas = [head]
-    if base and base != head:
-        compare = api.request(
-            "GET", f"/repos/{repo}/compare/{base}...{head}", params={"per_page": 250}
-        )
-        shas = [str(c["sha"]) for c in (compare or {}).get("commits") or []] or [head]
+    """The merged pull requests of the commits `shas` and `head`. GitHub links a pushed
+    commit to its pull request a little after the push, so the head commit is asked
+    again for up to `wait` seconds."""
     numbers = {n for sha in shas if sha != head for n in _merged_pulls_of(api, repo, sha)}
     deadline = time.monotonic() + wait
     while not (at_head := _merged_pulls_of(api, repo, head)) and time.monotonic() < deadline:
@@ -415,8 +439,8 @@ def guard_plan(
     result = GuardResult(entries=digest_entries(plan_doc))
     if not result.entries:
         return result  # an empty plan never stops
-    result.base_sha = last_deployed_sha(api, repo, environment)
-    result.pulls = merged_pulls(api, repo, result.base_sha, head, wait=wait, sleep=sleep)
+    result.base_sha, shas = deployed_base(api, repo, environment, head)
+    result.pulls = merged_pulls(api, repo, shas, head, wait=wait, sleep=sleep)
     if not result.pulls:
         result.outside = result.entries
         result.refused = (

@@ -50,6 +50,9 @@ class FakeGitHub:
     deployments: list[dict[str, Any]] = field(default_factory=list)
     # commits/{sha}/pulls answers [] this many more times for a new merge commit.
     link_lag: dict[str, int] = field(default_factory=dict)
+    # A clock in minutes: each commit and deployment status gets the next tick.
+    dates: dict[str, str] = field(default_factory=lambda: {"c0": "2026-11-28T12:00:00Z"})
+    minute: int = 0
     _next_id: int = 1000
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -92,14 +95,17 @@ class FakeGitHub:
             and {"name": "drift"} in issue["labels"]
         ]
 
+    def tick(self) -> str:
+        self.minute += 1
+        return f"2026-11-28T{12 + self.minute // 60:02d}:{self.minute % 60:02d}:00Z"
+
     def merge_pull(self, plan_comment: str | None, *, lag: int = 0) -> int:
         """A pull request (with our plan comment) merged as a new commit on main."""
         number = self.add_issue(labels=[], pull_request=True)
         if plan_comment is not None:
             self.add_comment(number, plan_comment, BOT)
-        sha = f"c{len(self.main)}"
-        self.main.append(sha)
-        self.pulls_of[sha] = [{"number": number, "merged_at": "2026-11-28T12:00:00Z"}]
+        sha = self.push()
+        self.pulls_of[sha] = [{"number": number, "merged_at": self.dates[sha]}]
         self.link_lag[sha] = lag
         return number
 
@@ -107,18 +113,19 @@ class FakeGitHub:
         """A commit pushed straight to main, no pull request."""
         sha = f"c{len(self.main)}"
         self.main.append(sha)
+        self.dates[sha] = self.tick()
         return sha
 
     def deploy(self, sha: str, *states: str) -> dict[str, Any]:
         """A deployment of `sha` to production whose statuses went through `states`."""
-        deployment = {
-            "id": self.new_id(),
-            "sha": sha,
-            "environment": "production",
-            "statuses": [{"state": state} for state in reversed(states)],
-        }
+        deployment = {"id": self.new_id(), "sha": sha, "environment": "production", "statuses": []}
         self.deployments.insert(0, deployment)
+        for state in states:
+            self.set_state(deployment, state)
         return deployment
+
+    def set_state(self, deployment: dict[str, Any], state: str) -> None:
+        deployment["statuses"].insert(0, {"state": state, "created_at": self.tick()})
 
     # The HTTP side ---------------------------------------------------------
 
@@ -135,7 +142,11 @@ class FakeGitHub:
             return 200, deployment["statuses"][: int(query.get("per_page", "30"))], {}
         if match := re.fullmatch(r"/compare/(\w+)\.\.\.(\w+)", rest):
             base, head = self.main.index(match[1]), self.main.index(match[2])
-            return 200, {"commits": [{"sha": sha} for sha in self.main[base + 1 : head + 1]]}, {}
+            commits = [
+                {"sha": sha, "commit": {"committer": {"date": self.dates[sha]}}}
+                for sha in self.main[base + 1 : head + 1]
+            ]
+            return 200, {"commits": commits}, {}
         if match := re.fullmatch(r"/commits/(\w+)/pulls", rest):
             if self.link_lag.get(match[1], 0) > 0:
                 self.link_lag[match[1]] -= 1
@@ -687,6 +698,35 @@ def test_two_merges_back_to_back_the_second_run_covers_both(fake_github, tmp_pat
     run2, _ = _guard(fake_github, tmp_path, both, "c2")
     assert run2.exit_code == 0, run2.output
     assert f"reviewed on #{first}, #{second} (merged since c0)" in run2.output
+
+
+def test_a_superseded_deployment_is_not_the_base(fake_github, tmp_path):
+    """Three merges while approvals lag: run 1 is approved after main moved on, so its job
+    succeeds as superseded (nothing applied); run 3 must still count pull request 1."""
+    fake_github.deploy("c0", "success")
+    prs = [fake_github.merge_pull(_plan_comment(("signupEnabled", True)))]
+    run1 = fake_github.deploy("c1", "waiting")
+    prs.append(fake_github.merge_pull(_plan_comment(("name", "Sandbox 2"))))
+    fake_github.set_state(run1, "success")  # approved now: check-tip says superseded
+    fake_github.deploy("c2", "waiting")  # run 2 waits for its reviewer
+    prs.append(fake_github.merge_pull(_plan_comment(("description", "three"))))
+    doc = _plan_doc(("signupEnabled", True), ("name", "Sandbox 2"), ("description", "three"))
+    run3, _ = _guard(fake_github, tmp_path, doc, "c3")
+    assert run3.exit_code == 0, run3.output
+    assert f"reviewed on #{prs[0]}, #{prs[1]}, #{prs[2]} (merged since c0)" in run3.output
+
+
+def test_a_deployment_that_finished_before_main_moved_on_is_the_base(fake_github, tmp_path):
+    fake_github.deploy("c0", "success")
+    fake_github.merge_pull(_plan_comment(("signupEnabled", True)))
+    fake_github.deploy("c1", "waiting", "in_progress", "success")  # applied, c1 the tip
+    second = fake_github.merge_pull(_plan_comment(("name", "Sandbox 2")))
+    result, _ = _guard(fake_github, tmp_path, _plan_doc(("name", "Sandbox 2")), "c2")
+    assert result.exit_code == 0, result.output
+    assert f"reviewed on #{second} (merged since c1)" in result.output
+    # Pull request 1 was deployed: a plan showing its change again is not covered now.
+    again, _ = _guard(fake_github, tmp_path, _plan_doc(("signupEnabled", True)), "c2")
+    assert again.exit_code == 1 and f"reviewed on #{second}." in again.output
 
 
 def test_a_direct_push_stops(fake_github, tmp_path):
