@@ -613,3 +613,7 @@ def main(argv: list[str] | None = None) -> None:
 from reconciler.github import github  # noqa: E402
 
 cli.add_command(github)
+
+from reconciler.init import init  # noqa: E402
+
+cli.add_command(init)

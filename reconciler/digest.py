@@ -130,8 +130,19 @@ def entries_outside(entries: Iterable[Entry], reviewed: Iterable[Entry]) -> list
 
 
 def describe_entry(entry: Entry) -> str:
-    """One line a person reads: `PROJECT: field = VALUE` or `PROJECT: create role NAME {…}`."""
-    after = json.dumps(entry["after"], sort_keys=True, ensure_ascii=False)
+    """One line a person reads: `PROJECT: field = VALUE` or `PROJECT: create role "NAME" {…}`.
+
+    Values are JSON with every non-ASCII character escaped, so nothing from a file
+    reaches a terminal or a log raw."""
+
+    def show(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, ensure_ascii=True)
+
+    def bare(value: Any) -> str:
+        return show(value).strip('"')
+
+    where = bare(entry["projectId"])
     if "field" in entry:
-        return f"{entry['projectId']}: {entry['field']} = {after}"
-    return f"{entry['projectId']}: {entry['action']} {entry['kind']} {entry['name']} {after}"
+        return f"{where}: {bare(entry['field'])} = {show(entry['after'])}"
+    what = f"{bare(entry['action'])} {bare(entry['kind'])} {show(entry['name'])}"
+    return f"{where}: {what} {show(entry['after'])}"

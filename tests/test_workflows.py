@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +27,22 @@ LEAST_PERMISSIONS = {
     ("ci.yml", "test"): {"contents": "read"},
     ("plan.yml", "validate"): {"contents": "read"},
     ("plan.yml", "plan"): {"contents": "read", "pull-requests": "write"},
+    ("apply.yml", "plan"): {"contents": "read", "pull-requests": "read", "deployments": "read"},
     ("apply.yml", "apply"): {"contents": "read"},
     ("drift.yml", "drift"): {"contents": "read", "issues": "write"},
 }
+# Which credential set each job sees: read (repository secrets READ_*), write
+# (production environment secrets), or none.
+CREDENTIALS = {
+    ("ci.yml", "test"): None,
+    ("plan.yml", "validate"): None,
+    ("plan.yml", "plan"): "read",
+    ("apply.yml", "plan"): "read",
+    ("apply.yml", "apply"): "write",
+    ("drift.yml", "drift"): "read",
+}
+LOCAL_ACTION = "./.github/actions/reconciler"
+PINNED = re.compile(r"[\w.-]+/[\w.-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+")
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -59,8 +71,12 @@ def _commands(workflow: str, job: str) -> list[str]:
     return [
         step["with"]["command"]
         for step in _steps(workflow, job)
-        if step.get("uses") == "./.github/actions/reconciler"
+        if step.get("uses") == LOCAL_ACTION
     ]
+
+
+def _secrets(node: Any) -> set[str]:
+    return set(re.findall(r"secrets\.(\w+)", yaml.safe_dump(node)))
 
 
 # Schemas ------------------------------------------------------------------------
@@ -104,24 +120,95 @@ def test_every_job_holds_the_least_permissions():
     assert held == LEAST_PERMISSIONS
 
 
-def test_secrets_reach_only_the_jobs_that_call_the_api():
-    with_secrets = set()
+def test_read_credentials_for_plan_and_drift_write_credentials_only_in_production():
+    seen = {}
     for path in WORKFLOW_FILES:
         doc = _load(path)
         # Workflow-level env reaches every job, fork validation included.
-        assert "secrets." not in yaml.safe_dump(doc.get("env") or {}), path.name
+        assert not _secrets(doc.get("env") or {}), path.name
         for name, job in doc["jobs"].items():
-            if "secrets." in yaml.safe_dump(job):
-                with_secrets.add((path.name, name))
-    assert with_secrets == {("plan.yml", "plan"), ("apply.yml", "apply"), ("drift.yml", "drift")}
+            assert not _secrets(job.get("env") or {}), (path.name, name)  # per step only
+            found = _secrets(job)
+            kinds = {"read" if s.startswith("READ_") else "write" for s in found}
+            assert len(kinds) <= 1, (path.name, name, found)
+            seen[(path.name, name)] = kinds.pop() if kinds else None
+            if seen[(path.name, name)] == "write":
+                assert job["environment"] == "production"
+            else:
+                assert "environment" not in job
+    assert seen == CREDENTIALS
 
 
-def test_only_pinned_actions_and_never_pull_request_target():
+def test_credentials_reach_only_the_steps_that_call_the_api():
+    for path in WORKFLOW_FILES:
+        for job_name, job in _load(path)["jobs"].items():
+            for step in job["steps"]:
+                if not _secrets(step):
+                    continue
+                command = step.get("with", {}).get("command", "")
+                assert (command.split() or [""])[0] in ("plan", "drift", "apply") or (
+                    "for name in" in step.get("run", "")
+                ), (path.name, job_name, step)
+
+
+def test_third_party_actions_are_pinned_to_a_full_sha_with_the_version():
     for path in [*WORKFLOW_FILES, ACTION]:
         text = path.read_text(encoding="utf-8")
         assert "pull_request_target" not in text, path.name
-        for used in re.findall(r"uses:\s*(\S+)", text):
-            assert used.startswith("./") or re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", used), used
+        for line in text.splitlines():
+            match = re.match(r"\s*(?:- )?uses:\s*(.+)$", line)
+            if match:
+                assert match[1] == LOCAL_ACTION or PINNED.fullmatch(match[1]), line
+
+
+def test_the_pin_check_rejects_a_tag():
+    assert not PINNED.fullmatch("actions/checkout@v4")
+    assert not PINNED.fullmatch("actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1")
+    assert PINNED.fullmatch("actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1 # v7.0.1")
+
+
+def test_the_workflows_are_inits_templates_with_this_repositorys_credentials():
+    from reconciler.init import LOCAL, credential_names, project_files, render_workflow
+
+    names = credential_names(project_files(ROOT / "projects"))
+    assert names == [
+        "PRODUCTION_CLIENT_ID",
+        "PRODUCTION_CLIENT_SECRET",
+        "SANDBOX_CLIENT_ID",
+        "SANDBOX_CLIENT_SECRET",
+        "STAGING_ACCESS_TOKEN",
+    ]
+    for name in ("plan", "apply", "drift"):
+        expected = render_workflow(name, LOCAL, names)
+        assert (WORKFLOWS / f"{name}.yml").read_text(encoding="utf-8") == expected, name
+
+
+def _vars(workflow: str) -> dict[str, str]:
+    env = _load(WORKFLOWS / workflow).get("env") or {}
+    return {k: v for k, v in env.items() if k.startswith("RECONCILER_VAR_") or "URL" in k}
+
+
+def test_plan_and_apply_define_the_same_values():
+    # A difference would make the merge-time plan differ from the reviewed one.
+    assert _vars("plan.yml") == _vars("apply.yml") == _vars("drift.yml")
+    assert _vars("plan.yml")["OYSTEHR_PROJECT_API_URL"] == "https://project-api.zapehr.com/v1"
+
+
+def test_ci_installs_the_pinned_constraints():
+    constraints = (ROOT / "constraints.txt").read_text(encoding="utf-8")
+    pinned = {
+        re.sub(r"[-_.]+", "-", line.split("==")[0]).lower()
+        for line in constraints.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert all("==" in line for line in constraints.splitlines() if line and line[0] != "#")
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    # Every quoted requirement of pyproject.toml (dependencies and the test extra).
+    wanted = re.findall(r'^    "([A-Za-z][\w.-]*)[<>=!~]', pyproject, re.MULTILINE)
+    assert {"pyyaml", "httpx", "click", "pytest", "check-jsonschema"} <= {w.lower() for w in wanted}
+    for name in wanted:
+        assert re.sub(r"[-_.]+", "-", name).lower() in pinned, name
+    assert 'name = "oystehr-reconciler"' in pyproject
 
 
 # Each workflow ------------------------------------------------------------------
@@ -133,13 +220,13 @@ def test_ci_runs_pytest_on_every_supported_python():
     job = doc["jobs"]["test"]
     assert job["strategy"]["matrix"]["python-version"] == ["3.10", "3.11", "3.12", "3.13"]
     runs = [step.get("run") for step in job["steps"]]
-    assert "pip install -e '.[test]'" in runs and "pytest" in runs
+    assert "pip install -c constraints.txt -e '.[test]'" in runs and "pytest" in runs
 
 
 def test_plan_validates_forks_and_plans_only_with_secrets():
     doc = _load(WORKFLOWS / "plan.yml")
     assert list(doc["on"]) == ["pull_request"]
-    assert "projects/**" in doc["on"]["pull_request"]["paths"]
+    assert doc["on"]["pull_request"]["paths"] == ["projects/**", "schemas/**"]
     validate, plan = doc["jobs"]["validate"], doc["jobs"]["plan"]
     assert "if" not in validate and _commands("plan.yml", "validate") == ["validate"]
     assert plan["if"] == "github.event.pull_request.head.repo.full_name == github.repository"
@@ -147,6 +234,8 @@ def test_plan_validates_forks_and_plans_only_with_secrets():
 
 def test_plan_comments_even_when_the_plan_fails_then_fails_the_job():
     steps = _steps("plan.yml", "plan")
+    assert _commands("plan.yml", "plan")[0] == "validate"  # installs before any secret
+    assert not _secrets(steps[:2])
     plan = next(s for s in steps if s.get("id") == "plan")
     assert plan["with"] == {
         "command": "plan --format markdown --out plan.json",
@@ -157,26 +246,75 @@ def test_plan_comments_even_when_the_plan_fails_then_fails_the_job():
     assert "--body-file plan.md" in comment["with"]["command"]
     assert comment["env"] == {"GITHUB_TOKEN": "${{ github.token }}"}
     assert "if" not in comment  # runs whenever plan ran, failed or not
-    upload = next(s for s in steps if s.get("uses") == "actions/upload-artifact@v4")
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@"))
     assert upload["with"]["path"] == "plan.json" and upload["if"] == "${{ !cancelled() }}"
     last = steps[-1]
     assert last["if"] == "steps.plan.outputs.exit-code != '0'" and last["run"] == "exit 1"
     assert steps.index(plan) < steps.index(comment) < steps.index(last)
 
 
-def test_apply_is_one_at_a_time_gated_and_applies_the_saved_plan():
+def test_apply_plans_guards_then_applies_that_artifact_in_production():
     doc = _load(WORKFLOWS / "apply.yml")
     assert doc["on"]["push"] == {"branches": ["main"], "paths": ["projects/**"]}
     assert "workflow_dispatch" in doc["on"]
-    assert doc["concurrency"] == {"group": "reconciler-apply", "cancel-in-progress": False}
-    job = doc["jobs"]["apply"]
-    assert job["environment"] == "production"
-    assert job["if"] == "github.ref == 'refs/heads/main'"
+    assert "concurrency" not in doc  # per apply job: a later plan job never waits on approval
+    plan, apply = doc["jobs"]["plan"], doc["jobs"]["apply"]
+    assert plan["if"] == "github.ref == 'refs/heads/main'" and "environment" not in plan
+    assert _commands("apply.yml", "plan") == [
+        "validate",
+        "plan --format markdown --out plan.json",
+        "github guard --plan-file plan.json",
+    ]
+    upload = next(s for s in plan["steps"] if s.get("uses", "").startswith("actions/upload-"))
+    assert plan["outputs"] == {"artifact": "${{ steps.artifact.outputs.name }}"}
+    assert upload["with"]["name"] == "${{ steps.artifact.outputs.name }}"
+    assert upload["with"]["path"] == "plan.json"
+    assert plan["steps"].index(upload) < len(plan["steps"]) - 1  # the guard comes last
+
+    assert apply["needs"] == "plan" and apply["environment"] == "production"
+    assert apply["concurrency"] == {"group": "reconciler-apply", "cancel-in-progress": False}
+    tip = next(s for s in apply["steps"] if s.get("id") == "tip")
+    assert tip["with"] == {
+        "command": "github check-tip --branch main",
+        "allowed-exit-codes": "0 3",
+    }
+    after = apply["steps"][apply["steps"].index(tip) + 1 :]
+    assert all(s["if"] == "steps.tip.outputs.exit-code == '0'" for s in after)
+    download = next(s for s in after if s.get("uses", "").startswith("actions/download-"))
+    assert download["with"] == {"name": "${{ needs.plan.outputs.artifact }}"}
     assert _commands("apply.yml", "apply") == [
-        "plan --out plan.json",
+        "github check-tip --branch main",
         "apply --plan plan.json --yes",
     ]
-    assert any(s.get("uses") == "actions/upload-artifact@v4" for s in job["steps"])
+
+
+def _credentials_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    step = next(s for s in _steps("apply.yml", "apply") if "for name in" in s.get("run", ""))
+    names = list(step["env"])
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+        env={"PATH": os.environ["PATH"], **{n: env.get(n, "") for n in names}},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_apply_fails_with_one_line_when_the_write_credentials_are_empty():
+    empty = _credentials_check({})
+    assert empty.returncode == 1
+    assert empty.stdout.count("\n") == 1
+    assert empty.stdout.startswith("::error::PRODUCTION_CLIENT_ID is empty: add it as a secret")
+    names = [
+        "PRODUCTION_CLIENT_ID",
+        "PRODUCTION_CLIENT_SECRET",
+        "SANDBOX_CLIENT_ID",
+        "SANDBOX_CLIENT_SECRET",
+        "STAGING_ACCESS_TOKEN",
+    ]
+    full = _credentials_check(dict.fromkeys(names, "s3cret"))
+    assert (full.returncode, full.stdout) == (0, "")
+    one_missing = _credentials_check({n: "s3cret" for n in names if n != "STAGING_ACCESS_TOKEN"})
+    assert one_missing.stdout.startswith("::error::STAGING_ACCESS_TOKEN is empty")
 
 
 def test_drift_runs_on_a_schedule_and_hands_its_exit_code_on():
@@ -188,68 +326,6 @@ def test_drift_runs_on_a_schedule_and_hands_its_exit_code_on():
     assert _commands("drift.yml", "drift")[-1] == (
         "github drift-issue --exit-code ${{ steps.drift.outputs.exit-code }} --report-file drift.md"
     )
-
-
-# The composite action -----------------------------------------------------------
-
-
-def test_action_installs_this_repository_and_outputs_the_exit_code():
-    action = yaml.safe_load(ACTION.read_text(encoding="utf-8"))
-    assert action["runs"]["using"] == "composite"
-    assert action["inputs"]["command"]["required"] is True
-    assert action["outputs"]["exit-code"]["value"] == "${{ steps.run.outputs.exit-code }}"
-    # github.action_path/../../.. is the root of the repository that ships the action.
-    assert (ACTION.parent / ".." / ".." / "..").resolve() == ROOT
-    assert (ROOT / "pyproject.toml").is_file()
-
-
-def _run_action_script(tmp_path: Path, args: str, allowed: str) -> tuple[int, str, str]:
-    """Run the action's `run` step as the runner would: (exit code, GITHUB_OUTPUT, stdout file)."""
-    action = yaml.safe_load(ACTION.read_text(encoding="utf-8"))
-    script = next(step for step in action["runs"]["steps"] if step.get("id") == "run")["run"]
-    shim = tmp_path / "bin" / "reconciler"
-    shim.parent.mkdir()
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m reconciler "$@"\n', encoding="utf-8")
-    shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
-    output, stdout = tmp_path / "github_output", tmp_path / "out.txt"
-    env = {
-        **os.environ,
-        "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}",
-        "GITHUB_OUTPUT": str(output),
-        "RECONCILER_ARGS": args,
-        "RECONCILER_STDOUT": str(stdout),
-        "RECONCILER_ALLOWED": allowed,
-    }
-    done = subprocess.run(
-        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    return done.returncode, output.read_text(encoding="utf-8"), stdout.read_text(encoding="utf-8")
-
-
-def test_action_records_the_exit_code_and_fails_only_on_codes_not_allowed(tmp_path):
-    (tmp_path / "projects").mkdir()
-    (tmp_path / "projects" / "bad.yaml").write_text("id: [\n", encoding="utf-8")
-
-    rc, output, stdout = _run_action_script(tmp_path, "validate 'projects'", "0 1")
-    assert (rc, output) == (0, "exit-code=1\n")
-    assert stdout.startswith("projects/bad.yaml:")
-
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    rc, output, stdout = _run_action_script(elsewhere, "--version", "0")
-    assert (rc, output) == (0, "exit-code=0\n")
-    assert stdout.startswith("reconciler, version ")
-
-
-def test_action_fails_the_step_on_an_exit_code_not_allowed(tmp_path):
-    (tmp_path / "projects").mkdir()
-    (tmp_path / "projects" / "bad.yaml").write_text("id: [\n", encoding="utf-8")
-    rc, output, _ = _run_action_script(tmp_path, "validate", "0")
-    assert (rc, output) == (1, "exit-code=1\n")
 
 
 # The pre-commit hook ------------------------------------------------------------

@@ -1,0 +1,387 @@
+"""`reconciler init`: scaffold a settings repository that uses reconciler safely.
+
+    reconciler init                              # an example project file
+    reconciler init --project-id ID --project-id ID2
+    reconciler init --action my-org/reconciler@v0.2.0
+
+Writes `projects/`, `schemas/project.schema.json`, the three workflows
+(`plan`, `apply`, `drift`) using the composite action remotely, and
+`.pre-commit-config.yaml`. An existing file is skipped and named, never
+overwritten. The workflows come from the same templates as this repository's own
+(`reconciler/data/init/workflows/`), so the security posture is one source: the
+read credential set as repository secrets `READ_<NAME>` for plan and drift, the
+write set as secrets `<NAME>` of the `production` environment for apply only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from reconciler import __version__
+from reconciler.errors import ConfigError, ReconcilerError
+
+# The repository that publishes reconciler and its action (tags v<version>).
+CANONICAL_REPOSITORY = "oystehr/reconciler"
+LOCAL_ACTION = "./.github/actions/reconciler"
+ACTION_PATH = ".github/actions/reconciler"
+WORKFLOWS = ("plan", "apply", "drift")
+DEFAULT_API_URL = "https://project-api.zapehr.com/v1"
+DEFAULT_AUTH_URL = "https://auth.zapehr.com/oauth/token"
+# Credentials a file without an `auth` block uses (an M2M client: the CI identity).
+DEFAULT_AUTH_NAMES = ("OYSTEHR_CLIENT_ID", "OYSTEHR_CLIENT_SECRET")
+READ_PREFIX = "READ_"
+# Names an `auth` block may not use: the runner's, and reconciler's own ${VAR} values.
+RESERVED_ENV_PREFIXES = ("GITHUB_", "ACTIONS_", "RECONCILER_VAR_")
+EXAMPLE_ID = "00000000-0000-4000-8000-000000000000"
+
+# What the READ_ clients may do: read the Project, its roles, applications and M2M
+# clients. Nothing else: a plan or drift run can never write with them.
+READ_ONLY_POLICY: dict[str, Any] = {
+    "rule": [
+        {"resource": ["Project:Settings"], "action": ["Project:GetProjectInfo"], "effect": "Allow"},
+        {
+            "resource": ["IAM:Role"],
+            "action": ["IAM:ListAllRoles", "IAM:GetRole"],
+            "effect": "Allow",
+        },
+        {
+            "resource": ["App:Application"],
+            "action": ["App:ListAllApplications", "App:GetApplication"],
+            "effect": "Allow",
+        },
+        {
+            "resource": ["IAM:M2MClient"],
+            "action": ["App:ListAllM2MClients", "App:GetM2MClient"],
+            "effect": "Allow",
+        },
+    ]
+}
+
+_ACTION_REF = re.compile(r"([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)@([A-Za-z0-9_./-]+)")
+_PLACEHOLDER_LINE = re.compile(r"^( *)# @(READ|WRITE)_CREDENTIALS@\n", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ActionRef:
+    """Where the composite action comes from: OWNER/REPO at REF, or this checkout."""
+
+    owner_repo: str | None
+    ref: str
+
+    @classmethod
+    def parse(cls, text: str) -> ActionRef:
+        match = _ACTION_REF.fullmatch(text.strip())
+        if match is None:
+            raise ConfigError(
+                f"--action {text!r}: expected OWNER/REPO@REF, like my-org/reconciler@v1"
+            )
+        return cls(f"{match[1]}/{match[2]}", match[3])
+
+    @classmethod
+    def default(cls) -> ActionRef:
+        return cls(CANONICAL_REPOSITORY, f"v{__version__}")
+
+    @property
+    def uses(self) -> str:
+        if self.owner_repo is None:
+            return LOCAL_ACTION
+        return f"{self.owner_repo}/{ACTION_PATH}@{self.ref}"
+
+
+LOCAL = ActionRef(None, "")
+
+
+def _template(name: str) -> str:
+    return resources.files("reconciler").joinpath(f"data/init/{name}").read_text(encoding="utf-8")
+
+
+def credential_names(project_files: Iterable[Path]) -> list[str]:
+    """The environment variable names the files' `auth` blocks use, in file order.
+
+    A file without `auth` uses the default M2M names; a file that does not parse is
+    skipped here (validate reports it)."""
+    names: list[str] = []
+    for path in project_files:
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        auth = doc.get("auth")
+        if isinstance(auth, dict):
+            found = [
+                auth[key]
+                for key in ("accessTokenEnv", "clientIdEnv", "clientSecretEnv")
+                if isinstance(auth.get(key), str)
+            ]
+        else:
+            found = list(DEFAULT_AUTH_NAMES)
+        names += [name for name in found if name not in names]
+    return names
+
+
+def project_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def render_workflow(
+    name: str,
+    action: ActionRef,
+    names: Sequence[str],
+    *,
+    api_url: str = DEFAULT_API_URL,
+    auth_url: str = DEFAULT_AUTH_URL,
+) -> str:
+    """One workflow from its template: the action, the API and the credential mappings."""
+    text = _template(f"workflows/{name}.yml")
+
+    def credentials(match: re.Match[str]) -> str:
+        indent, which = match[1], match[2]
+        if which == "READ":
+            lines = [f"{n}: ${{{{ secrets.{READ_PREFIX}{n} }}}}" for n in names]
+            lines.insert(0, f"# Read-only: repository secrets {READ_PREFIX}<NAME>.")
+        else:
+            lines = [f"{n}: ${{{{ secrets.{n} }}}}" for n in names]
+            lines.insert(0, "# Write: secrets of the production environment.")
+        return "".join(f"{indent}{line}\n" for line in lines)
+
+    text = _PLACEHOLDER_LINE.sub(credentials, text)
+    return (
+        text.replace("@ACTION@", action.uses)
+        .replace("@WRITE_NAMES@", " ".join(names))
+        .replace("@API_URL@", api_url)
+        .replace("@AUTH_URL@", auth_url)
+    )
+
+
+def render_pre_commit(action: ActionRef) -> str:
+    owner_repo = action.owner_repo or CANONICAL_REPOSITORY
+    return (
+        _template("pre-commit-config.yaml")
+        .replace("@REPO_URL@", f"https://github.com/{owner_repo}")
+        .replace("@REF@", action.ref or f"v{__version__}")
+    )
+
+
+def slug_for(name: str | None, project_id: str, taken: set[str]) -> str:
+    """A file stem for a Project: its name in lowercase words, else its id's first part."""
+    slug = re.sub(r"[^a-z0-9]+", "-", (name or "").lower()).strip("-")
+    if not slug or not slug[0].isalpha():
+        slug = f"project-{project_id[:8]}"
+    candidate, n = slug, 2
+    while candidate in taken:
+        candidate, n = f"{slug}-{n}", n + 1
+    taken.add(candidate)
+    return candidate
+
+
+def with_auth(text: str, slug: str) -> str:
+    """An exported file with an `auth` block naming <SLUG>_CLIENT_ID / _SECRET."""
+    env = re.sub(r"[^A-Z0-9]+", "_", slug.upper()).strip("_")
+    if env.startswith(RESERVED_ENV_PREFIXES) or f"{env}_".startswith(RESERVED_ENV_PREFIXES):
+        env = f"PROJECT_{env}"  # GitHub and reconciler keep these prefixes for themselves
+    lines = [
+        line
+        for line in text.splitlines()
+        if not line.startswith(("# Credentials: name the", "# auth: {clientIdEnv"))
+    ]
+    lines += [
+        "# The environment variables that hold this Project's credentials (names, never values).",
+        "auth:",
+        f"  clientIdEnv: {env}_CLIENT_ID",
+        f"  clientSecretEnv: {env}_CLIENT_SECRET",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class Scaffold:
+    """Writes files under a folder, never over an existing one; remembers which was which."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.written: list[str] = []
+        self.skipped: list[str] = []
+
+    def write(self, relative: str, text: str) -> None:
+        path = self.root / relative
+        if path.exists() or path.is_symlink():
+            self.skipped.append(relative)
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "x", encoding="utf-8") as fh:
+                fh.write(text)
+        except FileExistsError:
+            self.skipped.append(relative)
+            return
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+        self.written.append(relative)
+
+
+def policy_text() -> str:
+    """The read-only access policy as JSON, one rule a line."""
+    rules = ",\n".join(f"    {json.dumps(rule)}" for rule in READ_ONLY_POLICY["rule"])
+    return f'{{\n  "rule": [\n{rules}\n  ]\n}}'
+
+
+def next_steps(names: Sequence[str]) -> str:
+    """What to create on GitHub (and in Oystehr) for the workflows to run."""
+    read = "\n".join(f"     gh secret set {READ_PREFIX}{n}" for n in names)
+    write = "\n".join(f"     gh secret set {n} --env production" for n in names)
+    policy = "\n".join(f"   {line}" for line in policy_text().splitlines())
+    return f"""
+Next (in your repository's Settings on GitHub, or with the gh CLI as shown):
+
+1. Repository secrets for plan and drift: the credentials of a READ-ONLY M2M
+   client (access policy in 3), under these names:
+{read}
+
+2. An environment named production (Settings > Environments > New environment):
+   - Required reviewers: the people who approve each apply
+   - Deployment branches and tags: Selected branches and tags, add main
+   - Environment secrets for apply, from an M2M client that may write:
+{write}
+   Environments need a public repository or a paid plan. A private repository
+   on GitHub Free has none: apply then fails with one line naming the empty
+   secret. Do not put write credentials in repository secrets instead (any
+   pull request branch could read them): apply from a trusted machine with
+   `reconciler plan --out plan.json && reconciler apply --plan plan.json`.
+
+3. In Oystehr, give the READ_ M2M clients this access policy (read only):
+{policy}
+
+4. Commit and push to main. Then open a pull request that changes a file under
+   projects/: its plan appears as a comment; merging applies it once a
+   reviewer approves the production deployment.
+"""
+
+
+@click.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--project-id",
+    "project_ids",
+    multiple=True,
+    metavar="ID",
+    help="Export this Project to projects/<slug>.yaml; repeatable. Without it: an example.",
+)
+@click.option(
+    "--action",
+    "action_ref",
+    default=None,
+    metavar="OWNER/REPO@REF",
+    help=f"The action the workflows use (default {CANONICAL_REPOSITORY}@v{__version__}).",
+)
+@click.option(
+    "--api-url",
+    envvar="OYSTEHR_PROJECT_API_URL",
+    default=DEFAULT_API_URL,
+    show_default=True,
+    help="Project API base URL (env OYSTEHR_PROJECT_API_URL); also written to the workflows.",
+)
+@click.option(
+    "--auth-url",
+    envvar="OYSTEHR_AUTH_URL",
+    default=DEFAULT_AUTH_URL,
+    show_default=True,
+    help="OAuth token endpoint (env OYSTEHR_AUTH_URL); also written to the workflows.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds per request.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Retries on 408/5xx and connection errors.",
+)
+def init(
+    directory: Path,
+    project_ids: tuple[str, ...],
+    action_ref: str | None,
+    api_url: str,
+    auth_url: str,
+    timeout: float,
+    retries: int,
+) -> None:
+    """Set up a settings repository: project files, schema, workflows, pre-commit.
+
+    Existing files are skipped and named, never overwritten. With --project-id
+    (needs OYSTEHR_ACCESS_TOKEN, or OYSTEHR_CLIENT_ID + OYSTEHR_CLIENT_SECRET)
+    each Project is exported as it is now, so the first plan shows no change.
+    Ends by printing the secrets and the environment to create.
+
+    \b
+      reconciler init
+      reconciler init my-settings --project-id fd9b1113-4bd2-4dad-8631-a95ba035dfda
+    """
+    try:
+        action = ActionRef.parse(action_ref) if action_ref else ActionRef.default()
+        scaffold = Scaffold(directory)
+        write_projects(scaffold, project_ids, api_url, auth_url, timeout, retries)
+        _write_rest(scaffold, action, api_url, auth_url)
+    except ReconcilerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for relative in scaffold.written:
+        click.echo(f"wrote   {relative}")
+    for relative in scaffold.skipped:
+        click.echo(f"skipped {relative} (exists; not overwritten)")
+    names = credential_names(project_files(directory / "projects"))
+    click.echo(next_steps(names), nl=False)
+
+
+def _write_rest(scaffold: Scaffold, action: ActionRef, api_url: str, auth_url: str) -> None:
+    from reconciler.schema import schema_text
+
+    scaffold.write("schemas/project.schema.json", schema_text())
+    names = credential_names(project_files(scaffold.root / "projects"))
+    for name in WORKFLOWS:
+        text = render_workflow(name, action, names, api_url=api_url, auth_url=auth_url)
+        scaffold.write(f".github/workflows/{name}.yml", text)
+    scaffold.write(".pre-commit-config.yaml", render_pre_commit(action))
+
+
+def write_projects(
+    scaffold: Scaffold,
+    project_ids: Sequence[str],
+    api_url: str,
+    auth_url: str,
+    timeout: float,
+    retries: int,
+) -> None:
+    """The example, or each Project's export with its `auth` block."""
+    if not project_ids:
+        scaffold.write("projects/example.yaml", _template("example.yaml"))
+        return
+    import os
+
+    from reconciler.client import ProjectApi, resolve_credentials
+    from reconciler.export import export_project
+
+    credentials = resolve_credentials(None, os.environ)
+    # Within this run only: a file left from an earlier run is skipped, not renamed.
+    taken: set[str] = set()
+    with ProjectApi(api_url, auth_url=auth_url, timeout=timeout, retries=retries) as api:
+        for project_id in dict.fromkeys(project_ids):
+            text = export_project(
+                api, credentials, project_id, schema_ref="../schemas/project.schema.json"
+            )
+            name = yaml.safe_load(text).get("name")
+            slug = slug_for(name, project_id, taken)
+            scaffold.write(f"projects/{slug}.yaml", with_auth(text, slug))

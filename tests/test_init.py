@@ -1,0 +1,297 @@
+"""`reconciler init`: a settings repository that validates, with workflows GitHub accepts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import (
+    CLINIC_CLIENT_ID,
+    CLINIC_CLIENT_SECRET,
+    CLINIC_ID,
+    DEV_TOKEN,
+    SANDBOX_CLIENT_ID,
+    SANDBOX_CLIENT_SECRET,
+    SANDBOX_ID,
+)
+
+from reconciler import __version__
+from reconciler.cli import cli
+from reconciler.init import CANONICAL_REPOSITORY, READ_ONLY_POLICY
+
+TREE = [
+    ".github/workflows/apply.yml",
+    ".github/workflows/drift.yml",
+    ".github/workflows/plan.yml",
+    ".pre-commit-config.yaml",
+    "projects/example.yaml",
+    "schemas/project.schema.json",
+]
+NO_CREDENTIALS = {
+    "OYSTEHR_ACCESS_TOKEN": None,
+    "OYSTEHR_CLIENT_ID": None,
+    "OYSTEHR_CLIENT_SECRET": None,
+    "OYSTEHR_PROJECT_API_URL": None,
+    "OYSTEHR_AUTH_URL": None,
+}
+
+
+def _init(*args: str, **env: str | None):
+    return CliRunner().invoke(cli, ["init", *args], env={**NO_CREDENTIALS, **env})
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def _validate(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", "validate"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+
+
+def _check_workflows(root: Path) -> subprocess.CompletedProcess[str]:
+    workflows = sorted((root / ".github" / "workflows").glob("*.yml"))
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows"]
+        + [str(p) for p in workflows],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _load(path: Path) -> dict:
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["on"] = doc.pop(True)
+    return doc
+
+
+def test_init_writes_a_repository_that_validates_with_workflows_github_accepts(tmp_path):
+    result = _init(str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert _tree(tmp_path) == TREE
+    assert result.output.startswith(
+        "wrote   projects/example.yaml\n"
+        "wrote   schemas/project.schema.json\n"
+        "wrote   .github/workflows/plan.yml\n"
+    )
+    done = _validate(tmp_path)
+    assert (done.returncode, done.stderr) == (0, "1 file valid.\n"), done.stdout
+    checked = _check_workflows(tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    action = f"{CANONICAL_REPOSITORY}/.github/actions/reconciler@v{__version__}"
+    for name in ("plan", "apply", "drift"):
+        text = (tmp_path / ".github" / "workflows" / f"{name}.yml").read_text(encoding="utf-8")
+        assert f"uses: {action}\n" in text
+        for used in re.findall(r"uses: (.+)", text):
+            assert used == action or re.fullmatch(r"actions/[\w-]+@[0-9a-f]{40} # v[\d.]+", used)
+    pre_commit = yaml.safe_load((tmp_path / ".pre-commit-config.yaml").read_text())
+    assert pre_commit == {
+        "repos": [
+            {
+                "repo": f"https://github.com/{CANONICAL_REPOSITORY}",
+                "rev": f"v{__version__}",
+                "hooks": [{"id": "reconciler-validate"}],
+            }
+        ]
+    }
+
+
+def test_the_credential_sets_come_from_the_files_auth_blocks(tmp_path):
+    assert _init(str(tmp_path)).exit_code == 0
+    plan = _load(tmp_path / ".github" / "workflows" / "plan.yml")
+    step = next(s for s in plan["jobs"]["plan"]["steps"] if s.get("id") == "plan")
+    assert step["env"] == {
+        "EXAMPLE_CLIENT_ID": "${{ secrets.READ_EXAMPLE_CLIENT_ID }}",
+        "EXAMPLE_CLIENT_SECRET": "${{ secrets.READ_EXAMPLE_CLIENT_SECRET }}",
+    }
+    apply = _load(tmp_path / ".github" / "workflows" / "apply.yml")
+    assert apply["jobs"]["apply"]["environment"] == "production"
+    applied = apply["jobs"]["apply"]["steps"][-1]
+    assert applied["with"]["command"] == "apply --plan plan.json --yes"
+    assert applied["env"] == {
+        "EXAMPLE_CLIENT_ID": "${{ secrets.EXAMPLE_CLIENT_ID }}",
+        "EXAMPLE_CLIENT_SECRET": "${{ secrets.EXAMPLE_CLIENT_SECRET }}",
+    }
+    env = {
+        w: _load(tmp_path / ".github" / "workflows" / f"{w}.yml")["env"] for w in ("plan", "apply")
+    }
+    assert env["plan"] == env["apply"]
+
+
+def test_init_ends_with_the_secrets_environment_and_policy_to_create(tmp_path):
+    output = _init(str(tmp_path)).output
+    assert "     gh secret set READ_EXAMPLE_CLIENT_ID\n" in output
+    assert "     gh secret set EXAMPLE_CLIENT_SECRET --env production\n" in output
+    assert "An environment named production" in output
+    assert "Required reviewers" in output and "Selected branches and tags, add main" in output
+    assert "Environments need a public repository or a paid plan." in output
+    start = output.index('   {\n     "rule"')
+    end = output.index("\n   }\n", start) + 5
+    policy = json.loads(output[start:end])
+    assert policy == READ_ONLY_POLICY
+    actions = sorted(a for rule in policy["rule"] for a in rule["action"])
+    assert actions == [
+        "App:GetApplication",
+        "App:GetM2MClient",
+        "App:ListAllApplications",
+        "App:ListAllM2MClients",
+        "IAM:GetRole",
+        "IAM:ListAllRoles",
+        "Project:GetProjectInfo",
+    ]
+
+
+def test_init_never_overwrites(tmp_path):
+    mine = {
+        "projects/example.yaml": "# my own file\n",
+        ".github/workflows/plan.yml": "name: my plan\n",
+        ".pre-commit-config.yaml": "repos: []\n",
+    }
+    for relative, text in mine.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text, encoding="utf-8")
+
+    result = _init(str(tmp_path))
+    assert result.exit_code == 0, result.output
+    for relative, text in mine.items():
+        assert (tmp_path / relative).read_text(encoding="utf-8") == text
+        assert f"skipped {relative} (exists; not overwritten)\n" in result.output
+    assert "wrote   .github/workflows/apply.yml\n" in result.output
+    assert _tree(tmp_path) == TREE
+
+    before = {p: (tmp_path / p).read_bytes() for p in TREE}
+    again = _init(str(tmp_path))
+    assert again.exit_code == 0
+    assert "wrote" not in again.output and again.output.count("skipped ") == len(TREE)
+    assert {p: (tmp_path / p).read_bytes() for p in TREE} == before
+
+
+def test_init_exports_each_project_with_its_own_credentials(tmp_path, emulator):
+    api = ["--api-url", emulator.api_url, "--auth-url", emulator.auth_url]
+    ids = ["--project-id", SANDBOX_ID, "--project-id", CLINIC_ID]
+    result = _init(str(tmp_path), *ids, *api, OYSTEHR_ACCESS_TOKEN=DEV_TOKEN)
+    assert result.exit_code == 0, result.output
+    assert "wrote   projects/sandbox.yaml\nwrote   projects/clinic.yaml\n" in result.output
+    assert not (tmp_path / "projects" / "example.yaml").exists()
+    sandbox = (tmp_path / "projects" / "sandbox.yaml").read_text(encoding="utf-8")
+    assert sandbox.startswith("# yaml-language-server: $schema=../schemas/project.schema.json\n")
+    assert sandbox.endswith(
+        "auth:\n  clientIdEnv: SANDBOX_CLIENT_ID\n  clientSecretEnv: SANDBOX_CLIENT_SECRET\n"
+    )
+    assert DEV_TOKEN not in result.output
+    plan = _load(tmp_path / ".github" / "workflows" / "plan.yml")
+    assert plan["env"]["OYSTEHR_PROJECT_API_URL"] == emulator.api_url
+    step = next(s for s in plan["jobs"]["plan"]["steps"] if s.get("id") == "plan")
+    assert list(step["env"]) == [
+        "CLINIC_CLIENT_ID",
+        "CLINIC_CLIENT_SECRET",
+        "SANDBOX_CLIENT_ID",
+        "SANDBOX_CLIENT_SECRET",
+    ]
+    assert _check_workflows(tmp_path).returncode == 0
+    assert _validate(tmp_path).returncode == 0
+
+    # The exports plan with no change, with the credentials the workflows would map.
+
+    env = {
+        "SANDBOX_CLIENT_ID": SANDBOX_CLIENT_ID,
+        "SANDBOX_CLIENT_SECRET": SANDBOX_CLIENT_SECRET,
+        "CLINIC_CLIENT_ID": CLINIC_CLIENT_ID,
+        "CLINIC_CLIENT_SECRET": CLINIC_CLIENT_SECRET,
+    }
+    planned = subprocess.run(
+        [sys.executable, "-m", "reconciler", "plan", *api],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**_clean_env(), **env},
+    )
+    assert planned.stdout == "Plan: 0 to change, 2 unchanged, 0 errors.\n", planned.stderr
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("OYSTEHR_", "GITHUB_"))}
+
+
+def test_init_without_credentials_for_an_export_is_one_line(tmp_path, emulator):
+    result = _init(str(tmp_path), "--project-id", SANDBOX_ID, "--api-url", emulator.api_url)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: no credentials: set OYSTEHR_ACCESS_TOKEN")
+    assert result.output.count("\n") == 1
+    assert not (tmp_path / "projects").exists()
+
+
+@pytest.mark.parametrize("bad", ["acme", "acme/reconciler", "acme/rec onciler@v1", "@v1"])
+def test_a_bad_action_reference_is_one_line(tmp_path, bad):
+    result = _init(str(tmp_path), "--action", bad)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: --action {bad!r}: expected OWNER/REPO@REF, like my-org/reconciler@v1\n"
+    )
+    assert not tmp_path.joinpath("projects").exists()
+
+
+def test_the_action_option_names_the_action_and_the_hook(tmp_path):
+    result = _init(str(tmp_path), "--action", "my-org/reconciler@v2.3.4")
+    assert result.exit_code == 0
+    text = (tmp_path / ".github" / "workflows" / "apply.yml").read_text(encoding="utf-8")
+    assert text.count("uses: my-org/reconciler/.github/actions/reconciler@v2.3.4\n") == 5
+    hook = yaml.safe_load((tmp_path / ".pre-commit-config.yaml").read_text())["repos"][0]
+    assert (hook["repo"], hook["rev"]) == ("https://github.com/my-org/reconciler", "v2.3.4")
+
+
+def test_the_readme_shows_what_init_writes_and_cites_nothing_outside_the_repository():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Use it in your repository") : readme.index("## Benchmarks")]
+    for path in TREE:
+        assert path in section, path
+    assert "reconciler init" in section and "gh secret set READ_" in section
+    for rule in READ_ONLY_POLICY["rule"]:
+        assert json.dumps(rule) in section
+    assert "SPEC" not in readme and "../shared" not in readme
+
+
+@pytest.mark.parametrize(
+    ("name", "slug", "env"),
+    [
+        ("Patient Portal (staging)", "patient-portal-staging", "PATIENT_PORTAL_STAGING"),
+        ("GitHub demo", "github-demo", "PROJECT_GITHUB_DEMO"),
+        ("Actions", "actions", "PROJECT_ACTIONS"),
+        ("Reconciler var", "reconciler-var", "PROJECT_RECONCILER_VAR"),
+        ("2026 pilot", "project-fd9b1113", "PROJECT_FD9B1113"),
+        ("", "project-fd9b1113", "PROJECT_FD9B1113"),
+    ],
+)
+def test_slugs_and_credential_names(name, slug, env):
+    from reconciler.init import slug_for, with_auth
+
+    assert slug_for(name, SANDBOX_ID, set()) == slug
+    text = with_auth(f"id: {SANDBOX_ID}\n", slug)
+    assert yaml.safe_load(text)["auth"] == {
+        "clientIdEnv": f"{env}_CLIENT_ID",
+        "clientSecretEnv": f"{env}_CLIENT_SECRET",
+    }
+
+
+def test_two_projects_with_one_name_get_two_files():
+    from reconciler.init import slug_for
+
+    taken: set[str] = set()
+    assert [slug_for("Clinic", pid, taken) for pid in ("a", "b", "c")] == [
+        "clinic",
+        "clinic-2",
+        "clinic-3",
+    ]
