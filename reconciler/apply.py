@@ -16,6 +16,7 @@ from typing import Any
 
 from reconciler.client import ClientCredentials, ProjectApi, resolve_credentials, same_url
 from reconciler.errors import ApiError, ReconcilerError, RefusedError, UncertainWriteError
+from reconciler.escape import plural
 from reconciler.fleet import IN_FLIGHT, Stopper, run_each
 from reconciler.kinds import BY_NAME, M2M, ROLE, Kind
 from reconciler.objects import is_ref, object_fingerprint
@@ -59,8 +60,8 @@ def refusals(
     writes = sum(len(p.objects) + (1 if p.patch else 0) for p in plan.changed)
     if max_changes is not None and writes > max_changes:
         raise RefusedError(
-            f"the plan makes {_count(writes, 'write')} (settings PATCHes and object writes) "
-            f"in {_count(len(plan.changed), 'Project')}, more than --max-changes "
+            f"the plan makes {plural(writes, 'write')} (settings PATCHes and object writes) "
+            f"in {plural(len(plan.changed), 'Project')}, more than --max-changes "
             f"{max_changes}; nothing was applied"
         )
 
@@ -353,7 +354,3 @@ def _outcome(
 
 def _object_outcome(change: ObjectChange, status: str, error: str | None = None) -> ObjectOutcome:
     return ObjectOutcome(change.kind, change.name, change.action, status, error)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -2,14 +2,16 @@
 
 Starts an emulator on a free port seeded with bundled example data, copies the
 bundled example project files to a temporary folder, and runs the real
-commands in-process: validate -> plan -> apply -> drift, then a hand edit that
-drift catches. Nothing outside the temporary folder is touched.
+commands as a user would, each in its own process over HTTP: validate -> plan
+-> apply -> drift, then a hand edit that drift catches. Nothing outside the
+temporary folder is touched.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -38,13 +40,18 @@ STEPS = [
         ["validate", "projects"],
         0,
     ),
-    ("Plan: what would change, Project by Project", ["plan", "--out", "plan.json"], 0),
+    (
+        "Plan: what would change, Project by Project. Staging's file declares a role and "
+        "makes it the default patient role in the same plan, with its app and back-end",
+        ["plan", "--out", "plan.json"],
+        0,
+    ),
     (
         "Apply the reviewed plan (re-reads only the changed Projects, refuses a stale plan)",
         ["apply", "--plan", "plan.json", "--yes"],
         0,
     ),
-    ("Drift check: live settings now match the files", ["drift"], 0),
+    ("Drift check: the live Projects now match their files", ["drift"], 0),
 ]
 HAND_EDIT_STEP = (
     "Someone turns off self-signup in staging by hand; drift catches it (exit 2)",
@@ -55,8 +62,6 @@ HAND_EDIT_STEP = (
 
 def run_demo(echo=click.echo) -> int:
     """Run every step and return 0 when each exited as expected."""
-    from reconciler.cli import cli
-
     data = resources.files("reconciler") / "data" / "demo"
     with tempfile.TemporaryDirectory(prefix="reconciler-demo-") as folder:
         work = Path(folder)
@@ -72,28 +77,31 @@ def run_demo(echo=click.echo) -> int:
             ok = True
             with _environment(env), _cwd(work):
                 for number, (heading, args, expected) in enumerate(STEPS, start=1):
-                    ok &= _step(cli, number, heading, args, expected, echo)
+                    ok &= _step(number, heading, args, expected, echo)
                 emu.store.set_project_fields(STAGING, {"signupEnabled": False})
                 heading, args, expected = HAND_EDIT_STEP
-                ok &= _step(cli, len(STEPS) + 1, heading, args, expected, echo)
+                ok &= _step(len(STEPS) + 1, heading, args, expected, echo)
     echo("")
     echo("Done: every step behaved as expected." if ok else "A step did not behave as expected.")
     return 0 if ok else 1
 
 
-def _step(cli, number: int, heading: str, args: list[str], expected: int, echo) -> bool:
+def _step(number: int, heading: str, args: list[str], expected: int, echo) -> bool:
+    """One command in its own process (`python -m reconciler`), its output shown as is."""
     echo("")
     echo(click.style(f"== {number}. {heading}", bold=True))
     echo(f"$ reconciler {' '.join(args)}")
-    sys.stdout.flush()  # keep the command's stderr lines in order with its stdout
-    try:
-        cli.main(args=args, prog_name="reconciler")
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0
-    echo(f"(exit {code})")
-    sys.stdout.flush()
-    return code == expected
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, so errors stay in order with output
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+        check=False,
+    )
+    echo(done.stdout, nl=False)
+    echo(f"(exit {done.returncode})")
+    return done.returncode == expected
 
 
 @contextmanager

@@ -28,7 +28,7 @@ APPLIED, FAILED, SKIPPED = "applied", "failed", "skipped"
 UNKNOWN = "unknown"
 
 _ICONS = {CHANGED: "🟡", UNCHANGED: "⚪", ERROR: "🔴"}
-_COLOURS = {"~": "33", "!": "31", "+": "32", "=": "2", "bold": "1"}
+_COLOURS = {"~": "33", "!": "31", "+": "32", "-": "31", "?": "31", "=": "2", "bold": "1"}
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,10 @@ def format_value(value: Any) -> str:
 _ACTION_MARKS = {"create": "+", "update": "~", "rename": "~", "delete": "-"}
 
 
-def object_lines(change: ObjectChange) -> list[tuple[int, str, str]]:
+def object_lines(change: ObjectChange, *, drift: bool = False) -> list[tuple[int, str, str]]:
     """One object change as lines a person reads: (depth, mark, text). A policy shows the
-    rules it adds and removes, each on one line, never two blobs."""
+    rules it adds and removes, each on one line, never two blobs. A drift report reads
+    from what is live to what the file says."""
     mark = _ACTION_MARKS[change.action]
     title = f"{change.kind} {change.name}"
     if change.renamed_from is not None:
@@ -124,6 +125,10 @@ def object_lines(change: ObjectChange) -> list[tuple[int, str, str]]:
                 lines.append((1, "+" if change.action == "create" else "~", f"{name}: no rules"))
         elif change.action == "create":
             lines.append((1, "+", f"{name}: {format_value(after)}"))
+        elif drift:
+            lines.append(
+                (1, "~", f"{name}: live {format_value(before)} → file {format_value(after)}")
+            )
         else:
             lines.append((1, "~", f"{name}: {format_value(before)} -> {format_value(after)}"))
     return lines
@@ -141,14 +146,13 @@ def _leftovers(project: ProjectPlan) -> list[str]:
     return lines
 
 
-def _object_summary(plan: Plan) -> str:
-    if not plan.manages_objects:
-        return ""
+def _object_counts(plan: Plan, *, drift: bool = False) -> str:
+    """Terraform's object counts (`N to add, N to change, N to destroy`) when the plan
+    manages objects (a drift report: when any object drifted), else ""."""
     counts = plan.object_summary
-    return (
-        f" Objects: {counts['add']} to add, {counts['change']} to change, "
-        f"{counts['destroy']} to destroy."
-    )
+    if not plan.manages_objects or (drift and not any(counts.values())):
+        return ""
+    return f"{counts['add']} to add, {counts['change']} to change, {counts['destroy']} to destroy"
 
 
 def _paint(text: str, style: str, colour: bool) -> str:
@@ -186,9 +190,9 @@ def render_text(
                     line = f"    ~ {change.field}: {before} -> {after}"
                 fh.write(_paint(line, "~", colour) + "\n")
             for change in project.objects:
-                for depth, mark, text in object_lines(change):
+                for depth, mark, text in object_lines(change, drift=drift):
                     line = "    " * (depth + 1) + f"{mark} {term(text)}"
-                    fh.write(_paint(line, mark if mark in "+~" else "!", colour) + "\n")
+                    fh.write(_paint(line, mark, colour) + "\n")
             for text in _leftovers(project):
                 fh.write(_paint(f"    = {term(text)}", "=", colour) + "\n")
             fh.write("\n")
@@ -213,7 +217,10 @@ def render_text(
             f"Plan: {summary[CHANGED]} to change, {summary[UNCHANGED]} unchanged, "
             f"{summary['errors']} errors."
         )
-    fh.write(_paint(line + _object_summary(plan), "bold", colour) + "\n")
+    objects = _object_counts(plan, drift=drift)
+    if objects:
+        line += f" Objects: {objects}."
+    fh.write(_paint(line, "bold", colour) + "\n")
 
 
 def render_apply_text(outcomes: Sequence[Outcome], fh: TextIO, *, colour: bool = False) -> None:
@@ -232,7 +239,31 @@ def render_apply_text(outcomes: Sequence[Outcome], fh: TextIO, *, colour: bool =
         if outcome.error:
             line += f": {term(outcome.error)}"
         fh.write(_paint(line, style, colour) + "\n")
+        for result in outcome.objects:
+            mark, style = marks[result.status]
+            if result.status == APPLIED:
+                mark = style = _ACTION_MARKS[result.action]
+            line = f"    {mark} {term(result.kind)} {term(result.name)}: {_object_result(result)}"
+            fh.write(_paint(line, style, colour) + "\n")
     fh.write(_paint(f"Apply: {_apply_counts(outcomes)}.", "bold", colour) + "\n")
+
+
+_DONE = {"create": "created", "update": "updated", "rename": "renamed", "delete": "deleted"}
+
+
+def _object_result(result: ObjectOutcome) -> str:
+    if result.status == APPLIED:
+        return _DONE[result.action]
+    return result.status + (f": {term(result.error)}" if result.error else "")
+
+
+def _object_tally(outcome: Outcome) -> str:
+    """`3 created, 1 deleted`: what apply did to a Project's objects."""
+    counts: dict[str, int] = {}
+    for result in outcome.objects:
+        if result.status == APPLIED:
+            counts[_DONE[result.action]] = counts.get(_DONE[result.action], 0) + 1
+    return ", ".join(f"{n} {word}" for word, n in counts.items())
 
 
 def _apply_counts(outcomes: Sequence[Outcome]) -> str:
@@ -296,12 +327,9 @@ def render_markdown(
             f"### reconciler plan: {summary[CHANGED]} to change, {summary[UNCHANGED]} unchanged, "
             f"{summary['errors']} errors"
         )
-    if plan.manages_objects:
-        counts = plan.object_summary
-        heading += (
-            f"; objects: {counts['add']} to add, {counts['change']} to change, "
-            f"{counts['destroy']} to destroy"
-        )
+    objects = _object_counts(plan, drift=drift)
+    if objects:
+        heading += f"; objects: {objects}"
     status_text = {
         CHANGED: "drifted" if drift else "to change",
         UNCHANGED: "in sync" if drift else "unchanged",
@@ -325,7 +353,7 @@ def render_markdown(
     ]
     if rows:
         head += ["| Project | File | Status |", "| --- | --- | --- |"]
-    blocks = [_md_block(p) for p in plan.projects if p.status in (CHANGED, ERROR)]
+    blocks = [_md_block(p, drift) for p in plan.projects if p.status in (CHANGED, ERROR)]
     unchanged = [p for p in plan.projects if p.status == UNCHANGED]
     if unchanged:
         listed = "\n".join(f"- {_md_title(p)} — {markdown(p.file)}" for p in unchanged)
@@ -344,7 +372,7 @@ def _attention_first(project: ProjectPlan) -> int:
     return {ERROR: 0, CHANGED: 1, UNCHANGED: 2}[project.status]
 
 
-def _md_block(project: ProjectPlan) -> str:
+def _md_block(project: ProjectPlan, drift: bool = False) -> str:
     if project.status == ERROR:
         return (
             f"<details open><summary>🔴 {_md_title(project)} — error</summary>\n\n"
@@ -366,7 +394,7 @@ def _md_block(project: ProjectPlan) -> str:
         ]
         lines.append("")
     for change in project.objects:
-        for depth, mark, text in object_lines(change):
+        for depth, mark, text in object_lines(change, drift=drift):
             lines.append("  " * depth + f"- {_MD_MARKS[mark]} {markdown(text)}")
     for text in _leftovers(project):
         lines.append(f"- {_MD_MARKS['=']} {markdown(text)}")
@@ -438,9 +466,9 @@ def render_apply_markdown(outcomes: Sequence[Outcome], fh: TextIO) -> None:
     if shown:
         lines += ["| Project | File | Result |", "| --- | --- | --- |"]
         for outcome in shown:
-            result = outcome.status + (
-                f": {markdown(outcome.error, MD_ERROR_LIMIT)}" if outcome.error else ""
-            )
+            tally = _object_tally(outcome)
+            result = outcome.status + (f" ({tally})" if tally else "")
+            result += f": {markdown(outcome.error, MD_ERROR_LIMIT)}" if outcome.error else ""
             lines.append(f"| {_md_title(outcome)} | {markdown(outcome.file)} | {result} |")
     text = "\n".join(lines) + "\n"
     fh.write(text[:MARKDOWN_LIMIT])

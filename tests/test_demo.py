@@ -17,7 +17,14 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
     out = result.stdout
     for line in (
         "$ reconciler validate projects",
-        "Plan: 3 to change, 0 unchanged, 0 errors.",
+        "Plan: 3 to change, 0 unchanged, 0 errors. Objects: 3 to add, 1 to change, 1 to destroy.",
+        "    ~ defaultPatientRole: Patient (",
+        ") -> Self-registered Patient (created by this plan)\n",
+        "    + role Self-registered Patient\n",
+        "    + application Patient Portal (staging)\n",
+        "    + m2m intake-sync\n",
+        "    - m2m legacy-export\n",
+        "    + role Self-registered Patient: created\n",
         "Apply: 3 applied, 0 unchanged, 0 failed.",
         "Drift: 0 drifted, 3 in sync, 0 errors.",
         "Drift: 1 drifted, 2 in sync, 0 errors.",
