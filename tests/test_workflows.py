@@ -263,16 +263,22 @@ def test_apply_plans_guards_then_applies_that_artifact_in_production():
     assert plan["if"] == "github.ref == 'refs/heads/main'" and "environment" not in plan
     assert _commands("apply.yml", "plan") == [
         "validate",
-        "plan --format markdown --out plan.json",
+        "plan --format markdown --out plan.json --detailed-exitcode",
         "github guard --plan-file plan.json",
     ]
+    planned = next(s for s in plan["steps"] if s.get("id") == "plan")
+    assert planned["with"]["allowed-exit-codes"] == "0 2"
     upload = next(s for s in plan["steps"] if s.get("uses", "").startswith("actions/upload-"))
-    assert plan["outputs"] == {"artifact": "${{ steps.artifact.outputs.name }}"}
+    assert plan["outputs"] == {
+        "artifact": "${{ steps.artifact.outputs.name }}",
+        "changes": "${{ steps.plan.outputs.exit-code == '2' }}",
+    }
     assert upload["with"]["name"] == "${{ steps.artifact.outputs.name }}"
     assert upload["with"]["path"] == "plan.json"
     assert plan["steps"].index(upload) < len(plan["steps"]) - 1  # the guard comes last
 
     assert apply["needs"] == "plan" and apply["environment"] == "production"
+    assert apply["if"] == "needs.plan.outputs.changes == 'true'"  # nothing to approve
     assert apply["concurrency"] == {"group": "reconciler-apply", "cancel-in-progress": False}
     tip = next(s for s in apply["steps"] if s.get("id") == "tip")
     assert tip["with"] == {
