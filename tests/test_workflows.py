@@ -346,3 +346,35 @@ def test_pre_commit_hook_runs_reconciler_validate_on_project_files():
     files = re.compile(hook["files"])
     assert files.search("projects/sandbox.yaml") and files.search("projects/eu/prod.yml")
     assert not files.search("projects/README.md") and not files.search("other/x.yaml")
+
+
+def test_every_command_in_the_workflows_parses(monkeypatch):
+    """A typo in a workflow's reconciler command would only show on GitHub: parse each."""
+    import shlex
+
+    import click
+
+    from reconciler.cli import cli
+
+    commands = [
+        re.sub(r"\$\{\{[^}]*\}\}", "7", step["with"]["command"])
+        for path in WORKFLOW_FILES
+        for job in _load(path)["jobs"].values()
+        for step in job["steps"]
+        if step.get("uses") == LOCAL_ACTION
+    ]
+    assert len(commands) == 12
+    # What the runner sets in every job.
+    monkeypatch.setenv("GITHUB_REPOSITORY", "acme/settings")
+    monkeypatch.setenv("GITHUB_SHA", "0" * 40)
+    for command in commands:
+        args = shlex.split(command)
+        if args == ["--version"]:
+            continue
+        group: click.Group = cli
+        while isinstance(group.get_command(None, args[0]), click.Group):
+            group, args = group.get_command(None, args[0]), args[1:]
+        command_obj = group.get_command(None, args[0])
+        assert command_obj is not None, command
+        with command_obj.make_context(args[0], args[1:], resilient_parsing=False) as ctx:
+            assert ctx.params is not None
