@@ -398,7 +398,7 @@ def merged_pulls(
     numbers = {n for sha in shas if sha != head for n in _merged_pulls_of(api, repo, sha)}
     deadline = time.monotonic() + wait
     while not (at_head := _merged_pulls_of(api, repo, head)) and time.monotonic() < deadline:
-        sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+        sleep(min(2.0, max(0.0, deadline - time.monotonic())))
     return sorted(numbers | at_head)
 
 

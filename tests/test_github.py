@@ -772,7 +772,7 @@ def test_guard_waits_for_github_to_link_the_merge_commit(fake_github, tmp_path):
     fake_github.deploy("c0", "success")
     fake_github.merge_pull(_plan_comment(("signupEnabled", True)), lag=1)
     doc = _plan_doc(("signupEnabled", True))
-    result, _ = _guard(fake_github, tmp_path, doc, "c1", "--wait", "3")
+    result, _ = _guard(fake_github, tmp_path, doc, "c1", "--wait", "0.5")
     assert result.exit_code == 0, result.output
     pulls = [r for r in fake_github.requests if r.startswith(f"GET /repos/{REPO}/commits/c1/")]
     assert len(pulls) == 2

@@ -234,7 +234,8 @@ def test_plan_validates_forks_and_plans_only_with_secrets():
 
 def test_plan_comments_even_when_the_plan_fails_then_fails_the_job():
     steps = _steps("plan.yml", "plan")
-    assert _commands("plan.yml", "plan")[0] == "validate"  # installs before any secret
+    # Installs before any secret is in reach, and lets a typo through to the plan step.
+    assert _commands("plan.yml", "plan")[0] == "--version"
     assert not _secrets(steps[:2])
     plan = next(s for s in steps if s.get("id") == "plan")
     assert plan["with"] == {
@@ -262,16 +263,22 @@ def test_apply_plans_guards_then_applies_that_artifact_in_production():
     assert plan["if"] == "github.ref == 'refs/heads/main'" and "environment" not in plan
     assert _commands("apply.yml", "plan") == [
         "validate",
-        "plan --format markdown --out plan.json",
+        "plan --format markdown --out plan.json --detailed-exitcode",
         "github guard --plan-file plan.json",
     ]
+    planned = next(s for s in plan["steps"] if s.get("id") == "plan")
+    assert planned["with"]["allowed-exit-codes"] == "0 2"
     upload = next(s for s in plan["steps"] if s.get("uses", "").startswith("actions/upload-"))
-    assert plan["outputs"] == {"artifact": "${{ steps.artifact.outputs.name }}"}
+    assert plan["outputs"] == {
+        "artifact": "${{ steps.artifact.outputs.name }}",
+        "changes": "${{ steps.plan.outputs.exit-code == '2' }}",
+    }
     assert upload["with"]["name"] == "${{ steps.artifact.outputs.name }}"
     assert upload["with"]["path"] == "plan.json"
     assert plan["steps"].index(upload) < len(plan["steps"]) - 1  # the guard comes last
 
     assert apply["needs"] == "plan" and apply["environment"] == "production"
+    assert apply["if"] == "needs.plan.outputs.changes == 'true'"  # nothing to approve
     assert apply["concurrency"] == {"group": "reconciler-apply", "cancel-in-progress": False}
     tip = next(s for s in apply["steps"] if s.get("id") == "tip")
     assert tip["with"] == {
@@ -339,3 +346,35 @@ def test_pre_commit_hook_runs_reconciler_validate_on_project_files():
     files = re.compile(hook["files"])
     assert files.search("projects/sandbox.yaml") and files.search("projects/eu/prod.yml")
     assert not files.search("projects/README.md") and not files.search("other/x.yaml")
+
+
+def test_every_command_in_the_workflows_parses(monkeypatch):
+    """A typo in a workflow's reconciler command would only show on GitHub: parse each."""
+    import shlex
+
+    import click
+
+    from reconciler.cli import cli
+
+    commands = [
+        re.sub(r"\$\{\{[^}]*\}\}", "7", step["with"]["command"])
+        for path in WORKFLOW_FILES
+        for job in _load(path)["jobs"].values()
+        for step in job["steps"]
+        if step.get("uses") == LOCAL_ACTION
+    ]
+    assert len(commands) == 12
+    # What the runner sets in every job.
+    monkeypatch.setenv("GITHUB_REPOSITORY", "acme/settings")
+    monkeypatch.setenv("GITHUB_SHA", "0" * 40)
+    for command in commands:
+        args = shlex.split(command)
+        if args == ["--version"]:
+            continue
+        group: click.Group = cli
+        while isinstance(group.get_command(None, args[0]), click.Group):
+            group, args = group.get_command(None, args[0]), args[1:]
+        command_obj = group.get_command(None, args[0])
+        assert command_obj is not None, command
+        with command_obj.make_context(args[0], args[1:], resilient_parsing=False) as ctx:
+            assert ctx.params is not None
