@@ -299,9 +299,10 @@ def _refuse_stale(
     changed: Sequence[ProjectPlan], api: ProjectApi, env: Mapping[str, str], *, concurrency: int
 ) -> dict[str, str]:
     """Re-read what each changed Project's plan writes, once: its settings when they change
-    (GET /project), and each object it updates, renames or deletes (one GET each). Stale
-    ones refuse the whole apply; ones that cannot be read fail on their own (returned), so
-    the others still apply."""
+    (GET /project), each object it updates, renames or deletes (one GET each), and the list
+    of each kind it creates in (a name it creates must still be free). Stale ones refuse
+    the whole apply; ones that cannot be read fail on their own (returned), so the others
+    still apply."""
 
     def check(project: ProjectPlan) -> tuple[str, str | None]:
         try:
@@ -310,8 +311,10 @@ def _refuse_stale(
                 live = normalise_live(api.get_project(project.project_id, credentials))
                 if fingerprint(live, project.managed_keys) != project.live_fingerprint:
                     return "stale", "settings"
+            creates: dict[str, set[str]] = {}
             for change in project.objects:
                 if change.id is None:
+                    creates.setdefault(change.kind, set()).add(change.name)
                     continue
                 kind = BY_NAME[change.kind]
                 try:
@@ -323,6 +326,15 @@ def _refuse_stale(
                 changes = [c.to_dict() for c in change.changes]
                 if object_fingerprint(kind, changes, live_object) != change.live_fingerprint:
                     return "stale", f"{kind.name} {change.name!r}"
+            # A name the plan creates must still be free, or apply would make a second one.
+            for kind_name, names in creates.items():
+                kind = BY_NAME[kind_name]
+                live_names = {
+                    o["name"] for o in api.list_objects(kind, project.project_id, credentials)
+                }
+                taken = sorted(names & live_names)
+                if taken:
+                    return "stale", f"{kind.name} {', '.join(map(repr, taken))} exists now"
         except ReconcilerError as exc:
             return "unreadable", str(exc)
         return "fresh", None

@@ -49,8 +49,21 @@ def normalise_policy(policy: Any) -> dict[str, Any]:
 
 
 def policy_rules(policy: Any) -> list[str]:
-    """Each rule of a policy as one canonical line, for showing rules added and removed."""
-    return [_canonical(rule) for rule in normalise_policy(policy)["rule"]]
+    """Each rule of a policy as one line a person reads, for showing rules added and
+    removed: `Allow FHIR:Read, FHIR:Update on FHIR:Patient:*` (`when …` for a condition)."""
+    return [_rule_line(rule) for rule in normalise_policy(policy)["rule"]]
+
+
+def _rule_line(rule: Any) -> str:
+    if not isinstance(rule, Mapping) or set(rule) - {"effect", "action", "resource", "condition"}:
+        return _canonical(rule)
+    text = (
+        f"{rule.get('effect')} {', '.join(map(str, rule.get('action', [])))} "
+        f"on {', '.join(map(str, rule.get('resource', [])))}"
+    )
+    if "condition" in rule:
+        text += f" when {_canonical(rule['condition'])}"
+    return text
 
 
 def _canonical(value: Any) -> str:

@@ -79,10 +79,8 @@ def test_apply_writes_one_request_per_changed_object_and_one_settings_patch(repo
     plan = run(["plan"], emu)
     assert plan.exit_code == 0
     assert (
-        '        - accessPolicy rule {"action": ["FHIR:Read"], "effect": "Allow", '
-        '"resource": ["FHIR:Patient:*"]}\n'
-        '        + accessPolicy rule {"action": ["FHIR:Read", "FHIR:Update"], "effect": "Allow", '
-        '"resource": ["FHIR:Patient:*"]}\n'
+        "        - accessPolicy rule Allow FHIR:Read on FHIR:Patient:*\n"
+        "        + accessPolicy rule Allow FHIR:Read, FHIR:Update on FHIR:Patient:*\n"
     ) in plan.stdout
     assert '    ~ role Legacy\n        ~ description: null -> "kept for now"\n' in plan.stdout
     assert plan.stdout.endswith(
@@ -238,8 +236,24 @@ def test_a_saved_plan_applies_a_created_role_and_the_default_that_names_it(repo,
     emu.reset_stats()
     result = run(["apply", "--plan", "plan.json", "--yes"], emu)
     assert result.exit_code == 0, result.output
-    # The settings are re-read (is the plan stale?); the role, a create, has nothing to re-read.
-    assert emu.stats() == {"GET /v1/project": 1, "POST /v1/iam/role": 1, "PATCH /v1/project": 1}
+    # Re-read: the settings (is the plan stale?) and the role list (is the name still free?).
+    assert emu.stats() == {
+        "GET /v1/project": 1,
+        "GET /v1/iam/role": 1,
+        "POST /v1/iam/role": 1,
+        "PATCH /v1/project": 1,
+    }
+
+
+def test_a_saved_plan_is_refused_when_a_name_it_creates_was_taken_since(repo, emu):
+    project(repo, "roles:\n  Nurse: {description: Nurses}\n")
+    assert run(["plan", "--out", "plan.json"], emu).exit_code == 0
+    api(emu, "POST", "/iam/role", {"name": "Nurse"})
+    emu.reset_stats()
+    result = run(["apply", "--plan", "plan.json", "--yes"], emu)
+    assert result.exit_code == 1
+    assert "stale plan" in result.stderr and "role 'Nurse' exists now" in result.stderr
+    assert emu.stats() == {"GET /v1/iam/role": 1}
     assert api(emu, "GET", "/project")["defaultSSOUserRole"]["name"] == "Nurse"
 
 
