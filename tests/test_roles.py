@@ -243,6 +243,7 @@ def test_a_saved_plan_applies_a_created_role_and_the_default_that_names_it(repo,
         "POST /v1/iam/role": 1,
         "PATCH /v1/project": 1,
     }
+    assert api(emu, "GET", "/project")["defaultSSOUserRole"]["name"] == "Nurse"
 
 
 def test_a_saved_plan_is_refused_when_a_name_it_creates_was_taken_since(repo, emu):
@@ -254,7 +255,6 @@ def test_a_saved_plan_is_refused_when_a_name_it_creates_was_taken_since(repo, em
     assert result.exit_code == 1
     assert "stale plan" in result.stderr and "role 'Nurse' exists now" in result.stderr
     assert emu.stats() == {"GET /v1/iam/role": 1}
-    assert api(emu, "GET", "/project")["defaultSSOUserRole"]["name"] == "Nurse"
 
 
 def _crafted(repo, edit) -> str:
