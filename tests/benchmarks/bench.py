@@ -509,7 +509,14 @@ def plan_rows(
             f"(floor {floor:.2f} s = {reads:,} reads, {timing['best'] / floor:.1f}x)",
             f"<= {target:.2f} s (2 x floor + 0.5 s)",
             timing["best"] <= target,
-            {**timing, "reads": reads, "floor": round(floor, 3), "target": round(target, 3)},
+            {
+                **timing,
+                "reads": reads,
+                "floor": round(floor, 3),
+                # A Project's reads go one after another, C Projects at a time.
+                "chain_bound": round(-(-n // concurrency) * reads / n * latency / 1000, 3),
+                "target": round(target, 3),
+            },
         ),
         Row(
             f"{label}: requests",
