@@ -434,7 +434,11 @@ def measure(command: list[str], env: dict[str, str] | None = None) -> Measured:
 
 def expect(result: Measured, code: int, what: str) -> None:
     if result.returncode != code:
-        tail = (result.stdout[-1500:] + result.stderr[-1500:]).strip()
+        # stderr's first lines say why (a refusal names every Project after them).
+        err = result.stderr
+        if len(err) > 3000:
+            err = err[:1500] + " [...] " + err[-1500:]
+        tail = (result.stdout[-1500:] + err).strip()
         raise SystemExit(f"{what}: exit {result.returncode}, expected {code}\n{tail}")
 
 
