@@ -2,7 +2,8 @@
 
     python tests/benchmarks/bench.py [--projects 1000] [--latency-ms 20] [--concurrency 32]
                                      [--big 10000] [--apply-changes 50] [--repeat 5]
-                                     [--fault-projects 200] [--json FILE]
+                                     [--fault-projects 200] [--object-projects 100]
+                                     [--only ROWS] [--json FILE]
 
 Everything runs as a user would run it: `reconciler emulator` and every
 `reconciler` command are separate processes (the console scripts next to this
@@ -21,6 +22,20 @@ Rows (each with its figure, its target and whether it is met):
 - the fault drill: apply of --fault-projects Projects under --error-rate 0.3
   --rate-limit-every 5 with --retries 10 converges, and a second plan is clean.
 
+Rows of SPEC section 9 (the whole Project as code), one Developer token for all:
+
+- roles: plan of --object-projects Projects x 10 managed roles (description and
+  policy each), in sync: exactly N x (project + role list + 10 role GETs) reads,
+  time against the floor of those reads (target 2 x floor + 0.5 s);
+- whole: the same with 10 roles, 3 applications and 5 M2M clients per Project,
+  default roles among them: exactly N x 22 reads, 2 x floor + 0.5 s;
+- new-project: a bare Project whose file declares those 18 objects: its plan's
+  4 reads, then `apply --yes` makes exactly 18 creates + 1 settings PATCH (and
+  `apply --plan` of a saved plan 1 GET + the same writes); a second plan exits 0.
+
+`--only` picks rows by name (validate, plan, apply, memory, faults, roles, whole,
+new-project) or group (`settings` = section 7, `objects` = section 9).
+
 Exit status: 0 when every target is met, 1 otherwise.
 """
 
@@ -31,6 +46,7 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -43,6 +59,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "schemas" / "project.schema.json"
@@ -157,6 +175,167 @@ def edit_descriptions(fleet: Fleet, count: int, revision: str) -> None:
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+# -- the whole-Project fleet (SPEC section 9) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How many objects of each kind a Project's file manages; 0 leaves the kind out."""
+
+    roles: int
+    applications: int = 0
+    m2m: int = 0
+
+    def per_project_reads(self) -> dict[str, int]:
+        """The reads of an in-sync plan of one such Project (SPEC section 9): the
+        Project, each managed kind's list, and one GET per object (every object here
+        manages a field its list does not carry)."""
+        reads = {"GET /v1/project": 1}
+        for count, path, item in (
+            (self.roles, "/v1/iam/role", "/v1/iam/role/{id}"),
+            (self.applications, "/v1/application", "/v1/application/{id}"),
+            (self.m2m, "/v1/m2m/v2/list", "/v1/m2m/{id}"),
+        ):
+            if count:
+                reads[f"GET {path}"] = 1
+                reads[f"GET {item}"] = count
+        return reads
+
+    def creates(self) -> dict[str, int]:
+        made = {
+            "POST /v1/iam/role": self.roles,
+            "POST /v1/application": self.applications,
+            "POST /v1/m2m": self.m2m,
+        }
+        return {key: value for key, value in made.items() if value}
+
+    def objects(self) -> int:
+        return self.roles + self.applications + self.m2m
+
+
+RESOURCES = [
+    "FHIR:Patient:*",
+    "FHIR:Encounter:*",
+    "FHIR:Appointment:*",
+    "Z3:reports/*",
+    "App:User:*",
+]
+ACTIONS = ["FHIR:Read", "FHIR:Update", "FHIR:Create", "FHIR:Search", "Z3:GetObject"]
+
+
+def _policy(rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An access policy as the file writes it and as the emulator is seeded with it:
+    the same set of rules, written differently (rule order, list order, a string for
+    a list of one), so an in-sync plan must compare policies as sets (SPEC section 9)."""
+    rules = []
+    for resource in rng.sample(RESOURCES, rng.randint(1, 3)):
+        actions = rng.sample(ACTIONS, rng.randint(1, 3))
+        rules.append(
+            {
+                "resource": resource,
+                "action": actions[0] if len(actions) == 1 else actions,
+                "effect": rng.choice(["Allow", "Allow", "Deny"]),
+            }
+        )
+    seeded = [
+        {
+            "resource": [rule["resource"]],
+            "action": [rule["action"]]
+            if isinstance(rule["action"], str)
+            else list(reversed(rule["action"])),
+            "effect": rule["effect"],
+        }
+        for rule in reversed(rules)
+    ]
+    return {"rule": rules}, {"rule": seeded}
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def make_object_fleet(
+    root: Path, count: int, shape: Shape, rng: random.Random, *, live: bool = True
+) -> Fleet:
+    """`count` project files managing `shape`'s objects, and the emulator seed.
+
+    live=True: the seed holds every object exactly as its file declares it (policies
+    written differently but equal as sets), so a plan is in sync. live=False: the seed
+    holds the bare Projects (no roles, applications or M2M clients, no default roles)
+    and every file declares its objects afresh: an apply creates them all.
+    Each file names its default patient and SSO roles among its own roles.
+    """
+    folder = root / "projects"
+    folder.mkdir(parents=True)
+    files, ids, seed_projects = [], [], []
+    for index in range(count):
+        project_id = _uuid(rng)
+        name = f"Practice {index:04d}"
+        description = f"Practice number {index}, roles and apps as code"
+        doc: dict[str, Any] = {"id": project_id, "name": name, "description": description}
+        seeded: dict[str, Any] = dict(doc)
+        role_names = [f"Role {i}" for i in range(shape.roles)]
+        if role_names:
+            doc["defaultPatientRole"] = role_names[0]
+            doc["defaultSSOUserRole"] = role_names[min(1, len(role_names) - 1)]
+            doc["roles"], seeded["roles"] = {}, []
+        for i, role in enumerate(role_names):
+            written, stored = _policy(rng)
+            text = f"Role {i} of {name}: what it may read and write"
+            doc["roles"][role] = {"description": text, "accessPolicy": written}
+            seeded["roles"].append(
+                {"id": _uuid(rng), "name": role, "description": text, "accessPolicy": stored}
+            )
+        if shape.applications:
+            doc["applications"], seeded["applications"] = {}, []
+        for i in range(shape.applications):
+            host = f"https://app{i}.practice{index:04d}.example.com"
+            fields = {
+                "description": f"Application {i} of {name}",
+                "allowedCallbackUrls": [f"{host}/callback", f"{host}/silent-callback"],
+                "allowedLogoutUrls": [f"{host}/"],
+                "loginWithEmailEnabled": True,
+                "passwordlessSMS": i % 2 == 1,
+                "mfaEnabled": i == 0,
+            }
+            doc["applications"][f"App {i}"] = fields
+            seeded["applications"].append({"id": _uuid(rng), "name": f"App {i}", **fields})
+        if shape.m2m:
+            doc["m2mClients"], seeded["m2mClients"] = {}, []
+        for i in range(shape.m2m):
+            held = sorted({role_names[i % shape.roles], role_names[(i + 3) % shape.roles]})
+            fields = {"description": f"back-end job {i}", "roles": held}
+            if i == 0:
+                fields["accessPolicy"] = _policy(rng)[0]
+            doc["m2mClients"][f"job {i}"] = fields
+            seeded["m2mClients"].append(
+                {
+                    "clientId": f"bench-{index:04d}-{i}",
+                    "clientSecret": f"bench-secret-{index:04d}-{i}",
+                    "name": f"job {i}",
+                    **fields,
+                    "roles": list(reversed(held)),  # roles compare as a set
+                }
+            )
+        if role_names:
+            seeded["defaultPatientRole"] = doc["defaultPatientRole"]
+            seeded["defaultSSOUserRole"] = doc["defaultSSOUserRole"]
+        path = folder / f"practice-{index:04d}.yaml"
+        header = "# yaml-language-server: $schema=../schemas/project.schema.json\n"
+        path.write_text(
+            header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8"
+        )
+        files.append(path)
+        ids.append(project_id)
+        seed_projects.append(
+            seeded if live else {"id": project_id, "name": name, "description": description}
+        )
+    seed = root / "seed.json"
+    doc = {"projects": seed_projects, "developers": [{"accessToken": DEV_TOKEN, "projects": ids}]}
+    seed.write_text(json.dumps(doc), encoding="utf-8")
+    return Fleet(folder, seed, files, ids)
+
+
 # -- the emulator in its own process ------------------------------------------------
 
 
@@ -255,7 +434,11 @@ def measure(command: list[str], env: dict[str, str] | None = None) -> Measured:
 
 def expect(result: Measured, code: int, what: str) -> None:
     if result.returncode != code:
-        tail = (result.stdout[-1500:] + result.stderr[-1500:]).strip()
+        # stderr's first lines say why (a refusal names every Project after them).
+        err = result.stderr
+        if len(err) > 3000:
+            err = err[:1500] + " [...] " + err[-1500:]
+        tail = (result.stdout[-1500:] + err).strip()
         raise SystemExit(f"{what}: exit {result.returncode}, expected {code}\n{tail}")
 
 
@@ -280,39 +463,228 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def bench_plan(fleet: Fleet, emu: Emulator, args: argparse.Namespace) -> list[Row]:
+    n = len(fleet.files)
+    return plan_rows(
+        f"plan {n} Projects",
+        fleet,
+        emu,
+        args,
+        {"GET /v1/project": n},
+        f"exactly {n} GET /v1/project, 0 GET /v1/iam/role, nothing else (every run)",
+    )
+
+
+def plan_rows(
+    label: str,
+    fleet: Fleet,
+    emu: Emulator,
+    args: argparse.Namespace,
+    wanted: dict[str, int],
+    wanted_text: str,
+) -> list[Row]:
+    """Time an in-sync `plan --detailed-exitcode` (exit 0, every Project unchanged)
+    against the floor of its reads (sum(wanted) x L / C), and check its requests."""
     n, latency, concurrency = len(fleet.files), args.latency_ms, args.concurrency
-    floor = n * latency / 1000 / concurrency
+    reads = sum(wanted.values())
+    floor = reads * latency / 1000 / concurrency
     target = 2 * floor + 0.5
-    command = [*tool("reconciler"), "plan", "--concurrency", str(concurrency), str(fleet.folder)]
+    command = [
+        *tool("reconciler"),
+        "plan",
+        "--detailed-exitcode",
+        "--concurrency",
+        str(concurrency),
+        str(fleet.folder),
+    ]
     times, counts = [], []
     for _ in range(args.repeat):
         emu.reset_stats()
         result = measure(command, emu.env())
-        expect(result, 0, "plan")
-        if f"Plan: 0 to change, {n} unchanged, 0 errors." not in result.stdout:
-            raise SystemExit("plan: unexpected summary\n" + result.stdout[-500:])
+        expect(result, 0, f"{label} (in sync)")
+        if f"Plan: 0 to change, {n} unchanged, 0 errors" not in result.stdout:
+            raise SystemExit(f"{label}: unexpected summary\n" + result.stdout[-500:])
         times.append(result.seconds)
-        counts.append(emu.stats())
+        counts.append(by_template(emu.stats()))
     timing = spread(times)
-    exact = all(
-        c.get("GET /v1/project") == n and not c.get("GET /v1/iam/role") and len(c) == 1
-        for c in counts
-    )
     return [
         Row(
-            f"plan {n} Projects, latency {latency} ms, concurrency {concurrency}",
+            f"{label}, latency {latency} ms, concurrency {concurrency}",
             f"{timing['best']:.2f} s best, {timing['median']:.2f} s median "
-            f"(floor {floor:.2f} s, {timing['best'] / floor:.1f}x)",
+            f"(floor {floor:.2f} s = {reads:,} reads, {timing['best'] / floor:.1f}x)",
             f"<= {target:.2f} s (2 x floor + 0.5 s)",
             timing["best"] <= target,
-            {**timing, "floor": round(floor, 3), "target": round(target, 3)},
+            {
+                **timing,
+                "reads": reads,
+                "floor": round(floor, 3),
+                # A Project's reads go one after another, C Projects at a time.
+                "chain_bound": round(-(-n // concurrency) * reads / n * latency / 1000, 3),
+                "target": round(target, 3),
+            },
         ),
         Row(
-            f"plan {n} Projects: requests",
-            ", ".join(f"{k}: {v}" for k, v in counts[-1].items()),
-            f"exactly {n} GET /v1/project, 0 GET /v1/iam/role, nothing else (every run)",
-            exact,
-            {"runs": counts},
+            f"{label}: requests",
+            show_counts(counts[-1]),
+            wanted_text,
+            all(c == wanted for c in counts),
+            {"wanted": wanted, "runs": counts},
+        ),
+    ]
+
+
+# A path segment that is an object's id: stats count `GET /v1/iam/role/<id>` per id.
+_ID_SEGMENT = re.compile(
+    r"/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?=/|$)"
+)
+
+
+def by_template(counts: dict[str, int]) -> dict[str, int]:
+    """Request counts summed over ids: `GET /v1/iam/role/{id}` instead of one per role."""
+    summed: dict[str, int] = {}
+    for key, value in counts.items():
+        template = _ID_SEGMENT.sub("/{id}", key)
+        summed[template] = summed.get(template, 0) + value
+    return summed
+
+
+def show_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key}: {value:,}" for key, value in counts.items()) or "none"
+
+
+def per_fleet(per_project: dict[str, int], n: int) -> dict[str, int]:
+    return {key: value * n for key, value in per_project.items()}
+
+
+def check_valid(fleet: Fleet) -> None:
+    """The generated files are what a user would write: `reconciler validate` passes."""
+    expect(measure([*tool("reconciler"), "validate", str(fleet.folder)]), 0, "validate")
+
+
+def bench_roles(root: Path, args: argparse.Namespace) -> list[Row]:
+    """Issue 12: N Projects x 10 managed roles (description + policy), all in sync."""
+    n, shape = args.object_projects, Shape(roles=10)
+    fleet = make_object_fleet(root / "roles", n, shape, random.Random(17))
+    check_valid(fleet)
+    wanted = per_fleet(shape.per_project_reads(), n)
+    with Emulator(fleet.seed, "--latency-ms", str(args.latency_ms)) as emu:
+        return plan_rows(
+            f"plan {n} Projects x {shape.roles} roles",
+            fleet,
+            emu,
+            args,
+            wanted,
+            f"exactly {n} x (1 project + 1 role list + {shape.roles} role GETs) "
+            f"= {sum(wanted.values()):,} reads, nothing else (every run)",
+        )
+
+
+def bench_whole(root: Path, args: argparse.Namespace) -> list[Row]:
+    """Issue 13 / SPEC section 9 target: N Projects x (10 roles, 3 applications,
+    5 M2M clients), default roles among them, all managed and in sync."""
+    n, shape = args.object_projects, WHOLE
+    fleet = make_object_fleet(root / "whole", n, shape, random.Random(19))
+    check_valid(fleet)
+    wanted = per_fleet(shape.per_project_reads(), n)
+    with Emulator(fleet.seed, "--latency-ms", str(args.latency_ms)) as emu:
+        return plan_rows(
+            f"plan {n} whole Projects ({shape.roles} roles, {shape.applications} apps, "
+            f"{shape.m2m} M2M)",
+            fleet,
+            emu,
+            args,
+            wanted,
+            f"exactly {n} x (1 project + 3 lists + {shape.objects()} object GETs) "
+            f"= {sum(wanted.values()):,} reads, nothing else (every run)",
+        )
+
+
+WHOLE = Shape(roles=10, applications=3, m2m=5)
+
+
+def bench_new_project(root: Path, args: argparse.Namespace) -> list[Row]:
+    """SPEC section 9 target: apply of a new Project's file declaring 18 objects and
+    its default roles among them. Two bare seeded Projects per run, so every run
+    creates from nothing: for one, plan (exit 2), `apply --yes`, plan again (exit 0);
+    for the other, `plan --out`, `apply --plan`, plan again (exit 0)."""
+    shape = WHOLE
+    fleet = make_object_fleet(root / "new", 2 * args.repeat, shape, random.Random(23), live=False)
+    check_valid(fleet)
+    empty_reads = {key: 1 for key in shape.per_project_reads() if "{id}" not in key}
+    writes = {**shape.creates(), "PATCH /v1/project": 1}
+    wanted_apply = {**empty_reads, **writes}
+    # A saved plan re-reads what it changes: the settings (the objects are all new).
+    wanted_saved = {"GET /v1/project": 1, **writes}
+    wanted_after = shape.per_project_reads()
+    plan_file = root / "new" / "plan.json"
+    # (seconds, requests) of each run's step
+    plans: list[tuple[float, dict[str, int]]] = []
+    applies: list[tuple[float, dict[str, int]]] = []
+    saved: list[tuple[float, dict[str, int]]] = []
+    afters: list[tuple[float, dict[str, int]]] = []
+    with Emulator(fleet.seed, "--latency-ms", str(args.latency_ms)) as emu:
+
+        def step(command: list[str], code: int, into: list[tuple[float, dict[str, int]]]) -> None:
+            emu.reset_stats()
+            options = ["--concurrency", str(args.concurrency)]
+            result = measure([*tool("reconciler"), *command, *options], emu.env())
+            expect(result, code, " ".join(command[:2]) + " of a new Project")
+            into.append((result.seconds, by_template(emu.stats())))
+
+        for path in fleet.files[::2]:
+            only = ["--project", path.stem, str(fleet.folder)]
+            step(["plan", "--detailed-exitcode", *only], 2, plans)
+            step(["apply", "--yes", *only], 0, applies)
+            step(["plan", "--detailed-exitcode", *only], 0, afters)
+        for path in fleet.files[1::2]:
+            only = ["--project", path.stem, str(fleet.folder)]
+            step(["plan", "--detailed-exitcode", "--out", str(plan_file), *only], 2, plans)
+            step(["apply", "--plan", str(plan_file), "--yes"], 0, saved)
+            step(["plan", "--detailed-exitcode", *only], 0, afters)
+    return [
+        Row(
+            f"plan of a new Project ({shape.objects()} objects to create)",
+            show_counts(plans[-1][1]),
+            f"exactly {sum(empty_reads.values())} reads (project + 3 lists), exit 2 (every run)",
+            all(c == empty_reads for _, c in plans),
+            {"wanted": empty_reads, "runs": [c for _, c in plans]},
+        ),
+        *apply_rows(
+            "apply --yes of the new Project",
+            applies,
+            wanted_apply,
+            f"its plan's {sum(empty_reads.values())} reads",
+        ),
+        *apply_rows("apply --plan of the new Project", saved, wanted_saved, "1 GET /v1/project"),
+        Row(
+            "plan after those applies",
+            f"exit 0 (no change); {show_counts(afters[-1][1])}",
+            f"exit 0 and {sum(wanted_after.values())} reads (every run)",
+            all(c == wanted_after for _, c in afters),
+            {"wanted": wanted_after, "runs": [c for _, c in afters]},
+        ),
+    ]
+
+
+def apply_rows(
+    label: str, runs: list[tuple[float, dict[str, int]]], wanted: dict[str, int], reads: str
+) -> list[Row]:
+    """An apply that creates a whole Project: its requests (exact) and its time."""
+    timing = spread([seconds for seconds, _ in runs])
+    creates = sum(v for k, v in wanted.items() if k.startswith("POST "))
+    return [
+        Row(
+            f"{label}: requests",
+            show_counts(runs[-1][1]),
+            f"{reads} + exactly {creates} creates + 1 PATCH /v1/project, nothing else (every run)",
+            all(c == wanted for _, c in runs),
+            {"wanted": wanted, "runs": [c for _, c in runs]},
+        ),
+        Row(
+            f"{label}: time",
+            f"{timing['best']:.2f} s best, {timing['median']:.2f} s median",
+            "(reported)",
+            None,
+            timing,
         ),
     ]
 
@@ -487,6 +859,36 @@ def print_table(rows: list[Row]) -> None:
             print("  ".join("-" * width for width in widths) + "  -------")
 
 
+ROWS = ("validate", "plan", "apply", "memory", "faults", "roles", "whole", "new-project")
+GROUPS = {
+    "settings": {"validate", "plan", "apply", "memory", "faults"},  # SPEC section 7
+    "objects": {"roles", "whole", "new-project"},  # SPEC section 9
+}
+
+
+def only_rows(text: str) -> set[str]:
+    """`--only objects,plan`: the rows named, groups expanded."""
+    chosen: set[str] = set()
+    for word in filter(None, (part.strip() for part in text.split(","))):
+        if word in GROUPS:
+            chosen |= GROUPS[word]
+        elif word in ROWS:
+            chosen.add(word)
+        else:
+            known = ", ".join([*GROUPS, *ROWS])
+            raise argparse.ArgumentTypeError(f"unknown row {word!r} (rows: {known})")
+    if not chosen:
+        raise argparse.ArgumentTypeError("name at least one row")
+    return chosen
+
+
+def setting(value: Any) -> Any:
+    """An option's value as JSON: paths as text, sets of rows as sorted lists."""
+    if isinstance(value, Path):
+        return str(value)
+    return sorted(value) if isinstance(value, set) else value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--projects", type=int, default=1000)
@@ -495,25 +897,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", type=int, default=10000, help="0 skips the memory row")
     parser.add_argument("--apply-changes", type=int, default=50)
     parser.add_argument("--fault-projects", type=int, default=200, help="0 skips the drill")
+    parser.add_argument(
+        "--object-projects",
+        type=int,
+        default=100,
+        help="Projects in the roles and whole-Project rows",
+    )
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--only",
+        type=only_rows,
+        default=None,
+        metavar="ROWS",
+        help="comma-separated rows or groups: " + ", ".join([*GROUPS, *ROWS]),
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     if args.apply_changes > args.projects or min(args.projects, args.repeat) < 1:
         parser.error("need --projects >= 1, --repeat >= 1, --apply-changes <= --projects")
+    if args.object_projects < 1:
+        parser.error("need --object-projects >= 1")
+    chosen = args.only or set(ROWS)
 
     started = time.perf_counter()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="reconciler-bench-") as scratch:
         root = Path(scratch)
-        fleet = make_fleet(root / "main", args.projects, random.Random(7))
-        rows += bench_validate(fleet, args)
-        with Emulator(fleet.seed, "--latency-ms", str(args.latency_ms)) as emu:
-            rows += bench_plan(fleet, emu, args)
-            rows += bench_apply(fleet, emu, args, root)
-        if args.big:
+        if chosen & {"validate", "plan", "apply"}:
+            fleet = make_fleet(root / "main", args.projects, random.Random(7))
+            if "validate" in chosen:
+                rows += bench_validate(fleet, args)
+            with Emulator(fleet.seed, "--latency-ms", str(args.latency_ms)) as emu:
+                if "plan" in chosen:
+                    rows += bench_plan(fleet, emu, args)
+                if "apply" in chosen:
+                    rows += bench_apply(fleet, emu, args, root)
+        if args.big and "memory" in chosen:
             rows += bench_memory(root, args)
-        if args.fault_projects:
+        if args.fault_projects and "faults" in chosen:
             rows += bench_faults(root, args)
+        if "roles" in chosen:
+            rows += bench_roles(root, args)
+        if "whole" in chosen:
+            rows += bench_whole(root, args)
+        if "new-project" in chosen:
+            rows += bench_new_project(root, args)
 
     print_table(rows)
     elapsed = time.perf_counter() - started
@@ -532,7 +960,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpus": os.cpu_count(),
                 "loadavg": os.getloadavg(),
             },
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "settings": {k: setting(v) for k, v in vars(args).items()},
             "rows": [asdict(r) for r in rows],
             "seconds": round(elapsed, 1),
         }
