@@ -31,7 +31,7 @@ Rows of SPEC section 9 (the whole Project as code), one Developer token for all:
   default roles among them: exactly N x 22 reads, 2 x floor + 0.5 s;
 - new-project: a bare Project whose file declares those 18 objects: its plan's
   4 reads, then `apply --yes` makes exactly 18 creates + 1 settings PATCH (and
-  `apply --plan` of a saved plan 1 GET + the same writes); a second plan exits 0.
+  `apply --plan` of a saved plan 1 GET + 3 lists + the same writes); a second plan exits 0.
 
 `--only` picks rows by name (validate, plan, apply, memory, faults, roles, whole,
 new-project) or group (`settings` = section 7, `objects` = section 9).
@@ -612,8 +612,10 @@ def bench_new_project(root: Path, args: argparse.Namespace) -> list[Row]:
     empty_reads = {key: 1 for key in shape.per_project_reads() if "{id}" not in key}
     writes = {**shape.creates(), "PATCH /v1/project": 1}
     wanted_apply = {**empty_reads, **writes}
-    # A saved plan re-reads what it changes: the settings (the objects are all new).
-    wanted_saved = {"GET /v1/project": 1, **writes}
+    # A saved plan re-reads what it changes: the settings, and the list of each kind it
+    # creates in (a name it creates must still be free).
+    lists = {"GET /v1/iam/role": 1, "GET /v1/application": 1, "GET /v1/m2m/v2/list": 1}
+    wanted_saved = {"GET /v1/project": 1, **lists, **writes}
     wanted_after = shape.per_project_reads()
     plan_file = root / "new" / "plan.json"
     # (seconds, requests) of each run's step
@@ -654,7 +656,12 @@ def bench_new_project(root: Path, args: argparse.Namespace) -> list[Row]:
             wanted_apply,
             f"its plan's {sum(empty_reads.values())} reads",
         ),
-        *apply_rows("apply --plan of the new Project", saved, wanted_saved, "1 GET /v1/project"),
+        *apply_rows(
+            "apply --plan of the new Project",
+            saved,
+            wanted_saved,
+            "1 GET /v1/project + 3 lists",
+        ),
         Row(
             "plan after those applies",
             f"exit 0 (no change); {show_counts(afters[-1][1])}",
