@@ -18,7 +18,7 @@ import click
 
 from reconciler import __version__
 from reconciler.errors import ConfigError, ReconcilerError, RefusedError
-from reconciler.escape import plural, term
+from reconciler.escape import CREDENTIAL_VARIABLES, plural, set_secrets, term
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -112,6 +112,8 @@ class ReconcilerGroup(click.Group):
 
     def main(self, *args, **kwargs):  # type: ignore[override]
         kwargs["standalone_mode"] = False
+        # Known before anything can print: every credential value is redacted from output.
+        set_secrets(os.environ.get(name) for name in CREDENTIAL_VARIABLES)
         previous = None
         if threading.current_thread() is threading.main_thread():
             # SIGTERM (CI cancelling a job) stops like Ctrl-C: apply finishes the writes in
@@ -128,6 +130,13 @@ class ReconcilerGroup(click.Group):
             code = EXIT_ERROR
         except ReconcilerError as exc:
             click.echo(f"Error: {term(exc)}", err=True)
+            code = EXIT_ERROR
+        except Exception as exc:  # a bug: still one line, still redacted, never a traceback
+            click.echo(
+                f"Error: unexpected {type(exc).__name__}: {term(exc)} (a bug in reconciler; "
+                "please report it)",
+                err=True,
+            )
             code = EXIT_ERROR
         finally:
             if previous is not None:
@@ -312,6 +321,7 @@ def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
     run = Run(options)
     if plan_file:
         the_plan = read_plan_file(plan_file)
+        run.auths = [p.auth for p in the_plan.projects]
         refusals(the_plan, api_url=options["api_url"], max_changes=max_changes, saved=True)
     else:
         the_plan = run.read_plan(paths)
@@ -411,6 +421,7 @@ class Run:
         self.env = os.environ
         self.verbose = options.get("verbose", False)
         self.quiet = options.get("quiet", False)
+        self.auths: list = []  # the auth blocks of the Projects in this run
         self._api = None
         self.colour = (
             not options.get("no_color") and not os.environ.get("NO_COLOR") and sys.stdout.isatty()
@@ -425,7 +436,14 @@ class Run:
     def api(self):
         """The run's one client, so tokens are fetched once per M2M client per run."""
         if self._api is None:
-            from reconciler.client import ProjectApi
+            from reconciler.client import ProjectApi, check_credentials
+            from reconciler.escape import add_secrets, credential_variables
+
+            # At start, before any request: credentials unfit for a header are refused by
+            # name, and every credential value is kept out of all output.
+            names = credential_variables(self.auths)
+            check_credentials([name for name in names if name != "GITHUB_TOKEN"], self.env)
+            add_secrets(self.env.get(name) for name in names)
 
             self._api = ProjectApi(
                 self.options["api_url"],
@@ -451,6 +469,7 @@ class Run:
             raise ConfigError(
                 f"{_count(count, 'problem')} in the project files; nothing was read or written"
             )
+        self.auths = [project.auth for project in result.projects]
         return select(result.projects, self.options.get("project_filters", ()), shard)
 
     def read_plan(self, paths: tuple[str, ...]):

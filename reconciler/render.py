@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from reconciler.escape import markdown, md_escape, term, without_userinfo  # noqa: F401 (md_escape: re-exported)
+from reconciler.escape import markdown, md_escape, plural, term, without_userinfo  # noqa: F401 (md_escape: re-exported)
 from reconciler.plan import CHANGED, ERROR, UNCHANGED, Plan, ProjectPlan
 
 PLAN_MARKER = "<!-- reconciler-plan -->"
@@ -109,12 +109,12 @@ def render_text(
     if drift:
         line = (
             f"Drift: {summary[CHANGED]} drifted, {summary[UNCHANGED]} in sync, "
-            f"{summary['errors']} errors."
+            f"{plural(summary['errors'], 'error')}."
         )
     else:
         line = (
             f"Plan: {summary[CHANGED]} to change, {summary[UNCHANGED]} unchanged, "
-            f"{summary['errors']} errors."
+            f"{plural(summary['errors'], 'error')}."
         )
     fh.write(_paint(line, "bold", colour) + "\n")
 
@@ -192,12 +192,12 @@ def render_markdown(
     if drift:
         heading = (
             f"### reconciler drift: {summary[CHANGED]} drifted, {summary[UNCHANGED]} in sync, "
-            f"{summary['errors']} errors"
+            f"{plural(summary['errors'], 'error')}"
         )
     else:
         heading = (
             f"### reconciler plan: {summary[CHANGED]} to change, {summary[UNCHANGED]} unchanged, "
-            f"{summary['errors']} errors"
+            f"{plural(summary['errors'], 'error')}"
         )
     status_text = {
         CHANGED: "drifted" if drift else "to change",

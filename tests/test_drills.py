@@ -22,7 +22,16 @@ from typing import Any
 import httpx
 import yaml
 from click.testing import CliRunner, Result
-from hostile import HostileServer, Reply, Request, hang, json_response, project_doc, trickle
+from hostile import (
+    HostileServer,
+    Reply,
+    Request,
+    hang,
+    json_response,
+    project_doc,
+    project_files,
+    trickle,
+)
 
 from reconciler.cli import cli
 from reconciler.emulator import Faults, load_seed, serve
@@ -326,16 +335,6 @@ def test_shards_split_the_fleet_exactly_and_stably(repo):
 # (e) hostile servers: a hung PATCH and a trickle -------------------------------------
 
 
-def hostile_fleet(folder: Path, count: int) -> list[str]:
-    ids = [pid(100 + index) for index in range(count)]
-    for index, project_id in enumerate(ids):
-        (folder / "projects").mkdir(parents=True, exist_ok=True)
-        (folder / "projects" / f"p{index}.yaml").write_text(
-            f"id: {project_id}\nname: New name\n", encoding="utf-8"
-        )
-    return ids
-
-
 def sigterm_once(
     server: HostileServer, key: str, count: int, args: list[str], summary: Path
 ) -> tuple[int, str, str, float]:
@@ -366,7 +365,7 @@ def sigterm_once(
 
 
 def test_sigterm_during_a_hung_patch_ends_within_2_s_with_unknown_in_the_report(repo):
-    ids = hostile_fleet(repo, 2)
+    ids = project_files(repo, 2)
 
     def answer(request: Request) -> Reply:
         if request.method == "PATCH":
@@ -402,7 +401,7 @@ def test_sigterm_during_a_hung_patch_ends_within_2_s_with_unknown_in_the_report(
 
 
 def test_sigterm_during_a_hung_read_ends_within_2_s(repo):
-    hostile_fleet(repo, 3)
+    project_files(repo, 3)
     with HostileServer(lambda request: hang()) as server:
         code, out, err, seconds = sigterm_once(
             server, "GET /v1/project", 3, ["plan"], repo / "summary.md"
@@ -412,7 +411,7 @@ def test_sigterm_during_a_hung_read_ends_within_2_s(repo):
 
 
 def test_a_trickling_server_is_cut_at_the_timeout(repo):
-    [project_id] = hostile_fleet(repo, 1)
+    [project_id] = project_files(repo, 1)
     body = json_response(200, project_doc(project_id))
 
     with HostileServer(lambda request: trickle(body, every=1.0)) as server:
