@@ -191,6 +191,10 @@ class PooledTransport(httpx.BaseTransport):
                 raise _timed_out(request) from exc
             if isinstance(exc, httpx.HTTPError):
                 raise
+            if isinstance(exc, ValueError):  # http.client's message would quote the header
+                raise httpx.LocalProtocolError(
+                    "a header or the URL holds a character HTTP does not allow", request=request
+                ) from None
             if isinstance(
                 exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
             ):
