@@ -13,6 +13,7 @@ from typing import Any
 
 from reconciler.client import ProjectApi, resolve_credentials, same_url
 from reconciler.errors import ReconcilerError, RefusedError
+from reconciler.escape import plural
 from reconciler.fleet import IN_FLIGHT, Stopper, run_each
 from reconciler.plan import (
     CHANGED,
@@ -52,7 +53,7 @@ def refusals(
         )
     if max_changes is not None and len(plan.changed) > max_changes:
         raise RefusedError(
-            f"the plan changes {len(plan.changed)} Projects, more than --max-changes "
+            f"the plan changes {plural(len(plan.changed), 'Project')}, more than --max-changes "
             f"{max_changes}; nothing was applied"
         )
 

@@ -269,8 +269,9 @@ def _fit(head: list[str], rows: list[str], blocks: list[str], footer: list[str],
         if omitted_rows or omitted_blocks:
             parts.append("")
             parts.append(
-                f"> **Truncated** to fit a comment: {omitted_rows} more table rows and "
-                f"{omitted_blocks} more Projects' details are not shown. "
+                f"> **Truncated** to fit a comment: {plural(omitted_rows, 'more table row')} "
+                f"and {omitted_blocks} more {_possessive(omitted_blocks)} details are not "
+                "shown. "
                 "The full plan is in the JSON plan artifact."
             )
         parts.append("")
@@ -289,6 +290,10 @@ def _fit(head: list[str], rows: list[str], blocks: list[str], footer: list[str],
         rows_kept = max(0, rows_kept - max(1, (rows_kept // 8)))
     text = join(rows_kept, blocks_kept)
     return text[:limit] if len(text) > limit else text
+
+
+def _possessive(count: int) -> str:
+    return "Project's" if count == 1 else "Projects'"
 
 
 def render_apply_markdown(outcomes: Sequence[Outcome], fh: TextIO) -> None:
