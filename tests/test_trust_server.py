@@ -360,3 +360,35 @@ def test_json_status_for_a_wrong_patch_answer(repo):
     assert doc["summary"]["failed"] == 1
     assert doc["projects"][0]["projectId"] == ids[0]
     assert doc["projects"][0]["status"] == "failed"
+
+
+@pytest.mark.parametrize("transport", ["PooledTransport", "ClientTransport"])
+def test_both_transports_bound_time_and_size_and_never_follow_redirects(transport):
+    # ClientTransport is what runs behind a proxy (HTTPS_PROXY set): the same bounds hold.
+    import time
+
+    import httpx
+    from hostile import hang, trickle
+
+    from reconciler import transport as transports
+
+    wire = getattr(transports, transport)()
+
+    def send(server: HostileServer, timeout: float = 1.0) -> httpx.Response:
+        timeouts = httpx.Timeout(timeout).as_dict()
+        request = httpx.Request("GET", server.url + "/x", extensions={"timeout": timeouts})
+        return wire.handle_request(request)
+
+    for answer in (lambda r: trickle(json_response(200, {"a": "b" * 20}), 0.2), lambda r: hang()):
+        with HostileServer(answer) as server:
+            started = time.monotonic()
+            with pytest.raises(httpx.ReadTimeout, match="no complete answer within 1 s"):
+                send(server)
+            assert time.monotonic() - started < 1.5
+    big = response(200, b"x" * (11 * 1024 * 1024))
+    with HostileServer(lambda r: big) as server, pytest.raises(transports.BodyTooLarge):
+        send(server, 10)
+    with HostileServer(lambda r: json_response(302, {}, headers={"Location": "/y"})) as server:
+        assert send(server).status_code == 302
+        assert [r.path for r in server.requests] == ["/x"]
+    wire.close()
