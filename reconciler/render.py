@@ -152,7 +152,9 @@ def _apply_counts(outcomes: Sequence[Outcome]) -> str:
 
 
 def render_json(plan: Plan, fh: TextIO) -> None:
-    json.dump(plan.to_dict(), fh, indent=2, ensure_ascii=False)
+    # ASCII only: JSON escapes C0 controls itself, but a C1 control (a terminal's 8-bit
+    # CSI) or a bidi override would otherwise reach a terminal or CI log raw.
+    json.dump(plan.to_dict(), fh, indent=2, ensure_ascii=True)
     fh.write("\n")
 
 
@@ -161,7 +163,7 @@ def render_apply_json(outcomes: Sequence[Outcome], fh: TextIO) -> None:
         "summary": apply_summary(outcomes),
         "projects": [outcome.to_dict() for outcome in outcomes],
     }
-    json.dump(doc, fh, indent=2, ensure_ascii=False)
+    json.dump(doc, fh, indent=2, ensure_ascii=True)
     fh.write("\n")
 
 

@@ -72,7 +72,7 @@ def test_hostile_live_names_reach_no_output_raw(repo, evil_emu, tmp_path):
     files(repo)
     summary = tmp_path / "summary.md"
     env = {"GITHUB_STEP_SUMMARY": str(summary)}
-    for fmt in ("text", "markdown"):
+    for fmt in ("text", "markdown", "json"):
         result = run(["plan", "--format", fmt, "--out", "plan.json"], evil_emu, env)
         assert result.exit_code == 0, result.output
         assert_inert(result.stdout + result.stderr)
