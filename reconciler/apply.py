@@ -166,7 +166,7 @@ class ProjectWriter:
         if project.patch:
             error = self._guarded(lambda: self._patch_settings(credentials))
             if error:
-                return self._stopped(error, deletes, settings_failed=True)
+                return self._stopped(error, deletes)
         for index, change in enumerate(deletes):
             error = self._guarded(lambda c=change: self._delete_object(credentials, c), change)
             if error:
@@ -189,7 +189,6 @@ class ProjectWriter:
         rest: Sequence[ObjectChange],
         *,
         failed: ObjectChange | None = None,
-        settings_failed: bool = False,
     ) -> Outcome:
         results = list(self.results)
         if failed is not None:
@@ -198,7 +197,6 @@ class ProjectWriter:
             _object_outcome(c, SKIPPED, "not started: an earlier write failed") for c in rest
         ]
         where = f"{failed.kind} {failed.name!r}: " if failed else ""
-        where = "settings: " if settings_failed else where
         return _outcome(self.project, FAILED, where + error, objects=results)
 
     def _refuse_deleting_self(self, credentials: Any, deletes: Sequence[ObjectChange]) -> None:

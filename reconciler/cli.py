@@ -7,6 +7,7 @@ Exit codes are an API (SPEC section 4): 0 ok, 1 any error or usage error,
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -17,7 +18,7 @@ import click
 from reconciler import __version__
 from reconciler.commands import EXIT_ERROR, EXIT_OK
 from reconciler.errors import ReconcilerError
-from reconciler.escape import term
+from reconciler.escape import CREDENTIAL_VARIABLES, set_secrets, term
 
 
 def _stack(*decorators: Callable) -> Callable:
@@ -107,6 +108,8 @@ class ReconcilerGroup(click.Group):
 
     def main(self, *args, **kwargs):  # type: ignore[override]
         kwargs["standalone_mode"] = False
+        # Known before anything can print: every credential value is redacted from output.
+        set_secrets(os.environ.get(name) for name in CREDENTIAL_VARIABLES)
         previous = None
         if threading.current_thread() is threading.main_thread():
             # SIGTERM (CI cancelling a job) stops like Ctrl-C: apply finishes the writes in
@@ -123,6 +126,13 @@ class ReconcilerGroup(click.Group):
             code = EXIT_ERROR
         except ReconcilerError as exc:
             click.echo(f"Error: {term(exc)}", err=True)
+            code = EXIT_ERROR
+        except Exception as exc:  # a bug: still one line, still redacted, never a traceback
+            click.echo(
+                f"Error: unexpected {type(exc).__name__}: {term(exc)} (a bug in reconciler; "
+                "please report it)",
+                err=True,
+            )
             code = EXIT_ERROR
         finally:
             if previous is not None:

@@ -6,16 +6,18 @@ its message free of tokens and client secrets.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import random
+import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -29,7 +31,7 @@ from reconciler.errors import (
     TransportError,
     UncertainWriteError,
 )
-from reconciler.escape import plural
+from reconciler.escape import add_secrets, plural, redact, without_userinfo
 from reconciler.kinds import Kind
 from reconciler.transport import Abandoned, default_transport
 
@@ -60,11 +62,26 @@ class AccessToken:
 class ClientCredentials:
     """An M2M client: exchanged for a token once per (auth URL, client id) per run."""
 
-    client_id: str
+    client_id: str = field(repr=False)
     client_secret: str = field(repr=False)
+    source: str = "OYSTEHR_CLIENT_ID"  # the variable holding the id: messages name it
 
 
 Credentials = AccessToken | ClientCredentials
+
+GLOBAL_CREDENTIALS = ("OYSTEHR_ACCESS_TOKEN", "OYSTEHR_CLIENT_ID", "OYSTEHR_CLIENT_SECRET")
+_UNSAFE_IN_CREDENTIAL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+
+
+def check_credentials(names: Iterable[str], env: Mapping[str, str]) -> None:
+    """Refuse, naming the variable (never its value), a credential holding whitespace or
+    a control character: a pasted newline would otherwise travel into a header."""
+    bad = [name for name in names if _UNSAFE_IN_CREDENTIAL.search(env.get(name) or "")]
+    if bad:
+        raise ConfigError(
+            f"{', '.join(bad)} {'holds' if len(bad) == 1 else 'hold'} whitespace or a control "
+            "character (a pasted newline?); set the value alone"
+        )
 
 
 def resolve_credentials(auth: Mapping[str, str] | None, env: Mapping[str, str]) -> Credentials:
@@ -77,17 +94,64 @@ def resolve_credentials(auth: Mapping[str, str] | None, env: Mapping[str, str]) 
         if missing:
             names = ", ".join(missing)
             raise CredentialsError(f"auth names environment variable(s) that are not set: {names}")
+        check_credentials(auth.values(), env)
         if "accessTokenEnv" in auth:
             return AccessToken(env[auth["accessTokenEnv"]], source=auth["accessTokenEnv"])
-        return ClientCredentials(env[auth["clientIdEnv"]], env[auth["clientSecretEnv"]])
+        return ClientCredentials(
+            env[auth["clientIdEnv"]], env[auth["clientSecretEnv"]], source=auth["clientIdEnv"]
+        )
+    check_credentials(GLOBAL_CREDENTIALS, env)
     if env.get("OYSTEHR_ACCESS_TOKEN"):
         return AccessToken(env["OYSTEHR_ACCESS_TOKEN"])
-    if env.get("OYSTEHR_CLIENT_ID") and env.get("OYSTEHR_CLIENT_SECRET"):
-        return ClientCredentials(env["OYSTEHR_CLIENT_ID"], env["OYSTEHR_CLIENT_SECRET"])
+    client_id, secret = env.get("OYSTEHR_CLIENT_ID"), env.get("OYSTEHR_CLIENT_SECRET")
+    if client_id and secret:
+        return ClientCredentials(client_id, secret)
+    if client_id or secret:
+        have, lack = (
+            ("OYSTEHR_CLIENT_ID", "OYSTEHR_CLIENT_SECRET")
+            if client_id
+            else ("OYSTEHR_CLIENT_SECRET", "OYSTEHR_CLIENT_ID")
+        )
+        raise CredentialsError(f"{have} is set but {lack} is not: an M2M client needs both")
     raise CredentialsError(
         "no credentials: set OYSTEHR_ACCESS_TOKEN, or OYSTEHR_CLIENT_ID and "
         "OYSTEHR_CLIENT_SECRET, or name variables in the file's auth block"
     )
+
+
+def check_url(url: str, what: str) -> str:
+    """`url` when it is https:// (or http:// to this machine) without user:pass@."""
+    shown = without_userinfo(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(
+            f"{what} {shown!r} must start with https:// (or http:// for loopback), "
+            "like https://project-api.zapehr.com/v1"
+        )
+    if "@" in parts.netloc:
+        raise ConfigError(
+            f"{what} must not hold credentials (user:pass@): give them in the environment "
+            "(OYSTEHR_ACCESS_TOKEN, or OYSTEHR_CLIENT_ID and OYSTEHR_CLIENT_SECRET)"
+        )
+    if parts.scheme == "http" and not _loopback(host):
+        raise ConfigError(
+            f"{what} {shown} must use https://: plain http:// is only for loopback "
+            "(localhost, 127.0.0.0/8, ::1), so a token never crosses a network in the clear"
+        )
+    return url
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def same_url(a: str, b: str) -> bool:
@@ -108,8 +172,8 @@ class ProjectApi:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], Any] | None = None,
     ) -> None:
-        self.api_url = api_url.rstrip("/")
-        self.auth_url = auth_url
+        self.api_url = check_url(api_url, "--api-url (OYSTEHR_PROJECT_API_URL)").rstrip("/")
+        self.auth_url = check_url(auth_url, "--auth-url (OYSTEHR_AUTH_URL)")
         self.retries = retries
         self._aborted = threading.Event()
         # Waits (backoff, Retry-After) end early when the run is interrupted.
@@ -121,7 +185,6 @@ class ProjectApi:
         self._tokens: dict[tuple[str, str], str] = {}
         self._token_locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._secrets: set[str] = set()
 
     def __enter__(self) -> ProjectApi:
         return self
@@ -143,17 +206,31 @@ class ProjectApi:
     # The Project API --------------------------------------------------------------
 
     def get_project(self, project_id: str, credentials: Credentials) -> dict[str, Any]:
-        return self._call("GET", "/project", project_id, credentials)
+        answer = self._call("GET", "/project", project_id, credentials)
+        return expect_project(answer, f"GET {self.api_url}/project")
 
     def patch_project(
         self, project_id: str, credentials: Credentials, body: Mapping[str, Any]
     ) -> dict[str, Any]:
-        return self._call("PATCH", "/project", project_id, credentials, body=dict(body))
+        """PATCH /project. Once the PATCH has been answered 2xx, an answer that cannot be
+        read says so: the write may have happened."""
+        try:
+            answer = self._call("PATCH", "/project", project_id, credentials, body=dict(body))
+            return expect_project(answer, f"PATCH {self.api_url}/project")
+        except (ShapeError, NotJson) as exc:
+            raise type(exc)(
+                f"{exc}; the PATCH was sent and may have been applied: plan again to see"
+            ) from None
 
     def list_roles(self, project_id: str, credentials: Credentials) -> list[dict[str, Any]]:
-        roles = self._call("GET", "/iam/role", project_id, credentials)
-        if not isinstance(roles, list):
-            raise TransportError(f"GET {self.api_url}/iam/role did not answer with a list")
+        what = f"GET {self.api_url}/iam/role"
+        roles = expect_list_of_objects(
+            self._call("GET", "/iam/role", project_id, credentials), what
+        )
+        for index, role in enumerate(roles):
+            expect_object(role, f"{what}[{index}]", required=("id",))
+            expect(role["id"], str, f"{what}[{index}].id")
+            expect(role.get("name"), (str, type(None)), f"{what}[{index}].name")
         return roles
 
     # Objects of a kind (SPEC section 9) ------------------------------------------------
@@ -162,13 +239,13 @@ class ProjectApi:
         """Every live object of a kind: every page of a paged list, never more."""
         if not kind.paged:
             items = self._call("GET", kind.list_path, project_id, credentials)
-            return _objects(items, f"GET {kind.list_path}")
+            return _objects(items, f"GET {self.api_url}{kind.list_path}")
         items: list[dict] = []
         cursors: set[str] = set()
         query = f"?limit={PAGE_SIZE}"
         while True:
             page = self._call("GET", kind.list_path + query, project_id, credentials)
-            what = f"GET {kind.list_path}"
+            what = f"GET {self.api_url}{kind.list_path}"
             page = expect_object(page, what, required=("data",))
             items += _objects(page["data"], f"{what}: data")
             metadata = expect(page.get("metadata") or {}, dict, f"{what}: metadata")
@@ -184,7 +261,7 @@ class ProjectApi:
         self, kind: Kind, project_id: str, credentials: Credentials, object_id: str
     ) -> dict:
         answer = self._call("GET", kind.path_of(object_id), project_id, credentials)
-        return _object(answer, f"GET {kind.item_path}")
+        return _object(answer, f"GET {self.api_url}{kind.item_path}")
 
     def create_object(
         self, kind: Kind, project_id: str, credentials: Credentials, body: Mapping[str, Any]
@@ -193,7 +270,7 @@ class ProjectApi:
         answer = self._call(
             "POST", kind.create_path, project_id, credentials, body=dict(body), idempotent=False
         )
-        return _object(answer, f"POST {kind.create_path}")
+        return _object(answer, f"POST {self.api_url}{kind.create_path}")
 
     def update_object(
         self,
@@ -206,7 +283,7 @@ class ProjectApi:
         answer = self._call(
             "PATCH", kind.path_of(object_id), project_id, credentials, body=dict(body)
         )
-        return _object(answer, f"PATCH {kind.item_path}")
+        return _object(answer, f"PATCH {self.api_url}{kind.item_path}")
 
     def delete_object(
         self, kind: Kind, project_id: str, credentials: Credentials, object_id: str
@@ -219,7 +296,8 @@ class ProjectApi:
 
     def m2m_me(self, project_id: str, credentials: Credentials) -> dict:
         """The M2M client these credentials belong to."""
-        return _object(self._call("GET", "/m2m/me", project_id, credentials), "GET /m2m/me")
+        answer = self._call("GET", "/m2m/me", project_id, credentials)
+        return _object(answer, f"GET {self.api_url}/m2m/me")
 
     # Plumbing ---------------------------------------------------------------------
 
@@ -248,7 +326,7 @@ class ProjectApi:
             expired = response.status_code == 401 and isinstance(credentials, ClientCredentials)
             if expired and not fresh_token:
                 continue
-            return self._decode(response, f"{method} {path}")
+            return self._decode(response, f"{method} {self.api_url}{path}")
         raise AssertionError("unreachable")
 
     def _token(self, credentials: Credentials, *, fresh: bool = False) -> str:
@@ -287,11 +365,11 @@ class ProjectApi:
         if response.status_code in (400, 401, 403):
             message = self._message(response)
             raise AuthError(
-                f"token request for client {credentials.client_id!r} refused "
+                f"token request for the M2M client in {credentials.source} refused "
                 f"({response.status_code}): {message}",
                 status=response.status_code,
             )
-        doc = self._decode(response, "POST token")
+        doc = self._decode(response, f"POST {self.auth_url}", auth=True)
         token = doc.get("access_token") if isinstance(doc, dict) else None
         if not isinstance(token, str) or not token:
             raise TransportError(f"{self.auth_url} answered without an access_token")
@@ -371,44 +449,99 @@ class ProjectApi:
         log.debug("%s; retry %d of %d in %.2f s", why, attempt, self.retries, delay)
         self._sleep(delay)
 
-    def _decode(self, response: httpx.Response, what: str) -> Any:
+    def _decode(self, response: httpx.Response, what: str, *, auth: bool = False) -> Any:
+        """The answer's JSON, or one line saying what went wrong: status, what was sent
+        back (never an HTML page itself) and, where it helps, which URL to check."""
         status = response.status_code
+        if 300 <= status < 400:
+            raise ApiError(f"{what} answered {status}: redirects are not followed", status=status)
+        doc = _json_or_none(response)
         if status >= 400:
-            message = self._message(response)
             error = AuthError if status in (401, 403) else ApiError
-            code = _json_or_none(response)
+            if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+                message = f"{what} answered {status}: {redact(doc['message'])}"
+            else:
+                message = f"{what} answered {status} with {self._content(response)}"
             raise error(
-                f"{what} answered {status}: {message}",
+                message + self._hint(status, doc, auth),
                 status=status,
-                code=code.get("code") if isinstance(code, dict) else None,
+                code=doc.get("code") if isinstance(doc, dict) else None,
             )
-        if status == 204 or not response.content:
-            return None
-        try:
-            return response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            kind = response.headers.get("content-type", "no content type")
-            raise TransportError(
-                f"{what} answered {status} with non-JSON ({kind}); is the API URL right?"
-            ) from None
+        if status == 204 and not response.content:
+            return None  # a DELETE's answer: nothing to say
+        if doc is None:
+            raise NotJson(
+                f"{what} answered {status} with {self._content(response)}, not JSON"
+                + self._hint(status, doc, auth, always=True)
+            )
+        return doc
+
+    @staticmethod
+    def _content(response: httpx.Response) -> str:
+        kind = response.headers.get("content-type", "").split(";")[0].strip()
+        if not response.content:
+            return "an empty body"
+        return f"a {kind} page" if kind else "a body of no content type"
+
+    def _hint(self, status: int, doc: Any, auth: bool, *, always: bool = False) -> str:
+        """Which URL to check, when the answer does not look like the API's."""
+        foreign = always or not isinstance(doc, dict)
+        if auth:
+            if not foreign:
+                return ""
+            return (
+                f"; is the auth URL right? {without_userinfo(self.auth_url)} should be the "
+                "OAuth token endpoint (--auth-url)"
+            )
+        if status == 404 and not self.api_url.endswith("/v1"):
+            return "; is the API URL right? it should end in /v1"
+        if not foreign:
+            return ""
+        if status >= 500:
+            return "; the server, or a proxy in front of it, failed"
+        return "; is the API URL right? (--api-url)"
 
     def _message(self, response: httpx.Response) -> str:
         doc = _json_or_none(response)
         if isinstance(doc, dict) and isinstance(doc.get("message"), str):
-            text = doc["message"]
-        else:
-            text = response.text[:200].strip() or response.reason_phrase
-        return self._redact(text)
+            return redact(doc["message"])
+        return f"{response.status_code} with {self._content(response)}"
 
     def _remember_secret(self, secret: str) -> None:
-        if secret and secret not in self._secrets:
-            with self._locks_guard:
-                self._secrets.add(secret)
+        add_secrets([secret])
 
     def _redact(self, text: str) -> str:
-        for secret in list(self._secrets):
-            text = text.replace(secret, "***")
-        return text
+        return redact(text)
+
+
+class NotJson(TransportError):
+    """A 2xx answer whose body is not JSON."""
+
+
+def expect_project(value: Any, what: str) -> dict[str, Any]:
+    """A Project as GET/PATCH /project answers it: an object whose known fields have
+    their types, roles as {id, name} objects or absent/null."""
+    project = expect_object(value, what)
+    for key, types in _PROJECT_TYPES.items():
+        if key in project:
+            expect(project[key], types, f"{what}: {key}")
+    for key in ("defaultPatientRole", "defaultSSOUserRole"):
+        role = project.get(key)
+        if role is not None:
+            expect_object(role, f"{what}: {key}", required=("id",))
+            expect(role["id"], str, f"{what}: {key}.id")
+            expect(role.get("name"), (str, type(None)), f"{what}: {key}.name")
+    return project
+
+
+_PROJECT_TYPES: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "name": str,
+    "description": (str, type(None)),
+    "signupEnabled": bool,
+    "sandbox": bool,
+    "fhirVersion": str,
+}
 
 
 # Shape checks for JSON from outside (API answers, plan files) ------------------------
@@ -464,7 +597,7 @@ def describe_json(value: Any, limit: int = 80) -> str:
 
 def _object(value: Any, what: str) -> dict:
     """An API object: a JSON object with a string id."""
-    expect(expect_object(value, what, required=("id",))["id"], str, f"{what}: id")
+    expect(expect_object(value, what, required=("id",))["id"], str, f"{what}.id")
     return value
 
 
@@ -472,7 +605,7 @@ def _objects(value: Any, what: str) -> list[dict]:
     """An API list: objects each with a string id and a string name."""
     for index, item in enumerate(expect_list_of_objects(value, what)):
         _object(item, f"{what}[{index}]")
-        expect(item.get("name"), str, f"{what}[{index}]: name")
+        expect(item.get("name"), str, f"{what}[{index}].name")
     return value
 
 

@@ -35,6 +35,7 @@ class Run:
         self.env = os.environ
         self.verbose = options.get("verbose", False)
         self.quiet = options.get("quiet", False)
+        self.auths: list = []  # the auth blocks of the Projects in this run
         self._api = None
         self.colour = (
             not options.get("no_color") and not os.environ.get("NO_COLOR") and sys.stdout.isatty()
@@ -49,7 +50,14 @@ class Run:
     def api(self):
         """The run's one client, so tokens are fetched once per M2M client per run."""
         if self._api is None:
-            from reconciler.client import ProjectApi
+            from reconciler.client import ProjectApi, check_credentials
+            from reconciler.escape import add_secrets, credential_variables
+
+            # At start, before any request: credentials unfit for a header are refused by
+            # name, and every credential value is kept out of all output.
+            names = credential_variables(self.auths)
+            check_credentials([name for name in names if name != "GITHUB_TOKEN"], self.env)
+            add_secrets(self.env.get(name) for name in names)
 
             self._api = ProjectApi(
                 self.options["api_url"],
@@ -82,6 +90,7 @@ class Run:
             raise ConfigError(
                 f"{plural(count, 'problem')} in the project files; nothing was read or written"
             )
+        self.auths = [project.auth for project in result.projects]
         return select(result.projects, self.options.get("project_filters", ()), shard)
 
     def read_plan(self, paths: Sequence[str], fmt: str = "text") -> Plan:
@@ -201,6 +210,7 @@ def apply(
     options = run.options
     if plan_file:
         the_plan = read_plan_file(plan_file)
+        run.auths = [p.auth for p in the_plan.projects]
         refusals(the_plan, api_url=options["api_url"], max_changes=max_changes, saved=True)
     else:
         the_plan = run.read_plan(paths)

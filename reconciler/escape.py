@@ -13,13 +13,19 @@ it is written, and through :func:`markdown` before it goes into a comment.
   character escaped.
 - :func:`shorten` cuts one value to 200 characters with a visible note.
 - :func:`markdown` is both, plus the markdown escaping of a table cell.
+- :func:`redact` replaces every credential value the run knows (:func:`set_secrets`,
+  :func:`add_secrets`) with ``***``, in its plain, ``repr`` and JSON forms;
+  :func:`term` (and so :func:`markdown`) redacts before anything else.
 
 The JSON plan is not escaped: it is data, and keeps every value whole.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -42,8 +48,9 @@ def _visible(match: re.Match[str]) -> str:
 
 
 def term(value: Any) -> str:
-    """``value`` as text that is safe on one line of a terminal or CI log."""
-    text = _UNSAFE.sub(_visible, value if isinstance(value, str) else str(value))
+    """``value`` as text that is safe on one line of a terminal or CI log: credentials
+    redacted, controls visible, no workflow command."""
+    text = _UNSAFE.sub(_visible, redact(value if isinstance(value, str) else str(value)))
     return _WORKFLOW_COMMAND.sub(lambda m: f"{m[1]}\\x{ord(m[2]):02x}", text)
 
 
@@ -97,3 +104,69 @@ def without_userinfo(url: str) -> str:
 def plural(count: int, noun: str) -> str:
     """`1 error`, `2 errors`, `0 errors`."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+# Credential values -------------------------------------------------------------------
+
+# The variables that hold credentials whatever the files say; each `auth` block adds its own.
+CREDENTIAL_VARIABLES = (
+    "OYSTEHR_ACCESS_TOKEN",
+    "OYSTEHR_CLIENT_ID",
+    "OYSTEHR_CLIENT_SECRET",
+    "GITHUB_TOKEN",
+)
+
+
+def credential_variables(auths: Iterable[Any] = ()) -> list[str]:
+    """Every variable that may hold a credential in this run: the global ones, then each
+    name an `auth` block (a mapping of env-var names) gives."""
+    names = list(CREDENTIAL_VARIABLES)
+    for auth in auths:
+        if isinstance(auth, dict):
+            names += [n for n in auth.values() if isinstance(n, str) and n not in names]
+    return names
+
+
+# Shorter values are not redacted: replacing every "ab" would garble all output, and a
+# credential that short protects nothing.
+MIN_SECRET_CHARS = 4
+_secrets: tuple[str, ...] = ()
+_secrets_lock = threading.Lock()
+
+
+def _forms(secret: str) -> set[str]:
+    """The ways a value shows up in text: as is, inside a repr (of str or bytes: a
+    header error says ``b'Bearer …\\r'``), inside JSON."""
+    forms = {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]}
+    try:
+        forms.add(repr(secret.encode("latin-1"))[2:-1])
+    except UnicodeEncodeError:
+        forms.add(repr(secret.encode())[2:-1])
+    return forms
+
+
+def set_secrets(values: Iterable[str | None]) -> None:
+    """The run's credential values (unset and short ones are ignored); replaces any
+    earlier set, so each command starts with its own."""
+    global _secrets
+    with _secrets_lock:
+        _secrets = ()
+    add_secrets(values)
+
+
+def add_secrets(values: Iterable[str | None]) -> None:
+    """More credential values to redact from now on (tokens fetched, auth-named variables)."""
+    global _secrets
+    new = {form for v in values if v and len(v) >= MIN_SECRET_CHARS for form in _forms(v)}
+    with _secrets_lock:
+        if new - set(_secrets):
+            # Longest first: a secret that contains another is replaced whole.
+            _secrets = tuple(sorted(new | set(_secrets), key=len, reverse=True))
+
+
+def redact(text: str) -> str:
+    """``text`` with every known credential value replaced by ``***``."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text

@@ -36,6 +36,7 @@ from yaml.resolver import BaseResolver
 
 from reconciler import kinds, schema
 from reconciler.errors import ConfigError
+from reconciler.escape import credential_variables
 
 PROJECT_SUFFIXES = (".yaml", ".yml")
 
@@ -77,6 +78,8 @@ class ProjectFile:
     data: dict
     locations: dict[Path, Location] = field(default_factory=dict)
     key_locations: dict[Path, Location] = field(default_factory=dict)
+    # (path, VAR, value) for each value ${VAR} took from the environment.
+    substituted: list[tuple[Path, str, str]] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -137,7 +140,7 @@ def load_projects(paths: Sequence[str], env: Mapping[str, str] | None = None) ->
             failed.add(path)
             problems.extend(file_problems)
 
-    for problem in _duplicate_ids(loaded):
+    for problem in _duplicate_ids(loaded) + credential_problems(loaded, env):
         failed.add(problem.file)
         problems.append(problem)
 
@@ -160,8 +163,14 @@ def find_project_files(paths: Sequence[str]) -> tuple[list[str], list[Problem]]:
     found: dict[str, str] = {}  # real path -> displayed path
     problems: list[Problem] = []
 
-    def add(path: str) -> None:
-        found.setdefault(os.path.realpath(path), display_path(path, cwd))
+    def add(path: str, root: str, root_name: str) -> None:
+        real = os.path.realpath(path)
+        if not real.startswith(os.path.realpath(root).rstrip(os.sep) + os.sep):
+            # A link out of the folder (to /etc/shadow, say): never read, never echoed.
+            message = f"refused: a link to a file outside {root_name}; a project file lives in it"
+            problems.append(Problem(display_path(path, cwd), 1, 1, message))
+            return
+        found.setdefault(real, display_path(path, cwd))
 
     def unreadable(error: OSError) -> None:
         name = display_path(error.filename or "", cwd)
@@ -171,13 +180,13 @@ def find_project_files(paths: Sequence[str]) -> tuple[list[str], list[Problem]]:
         if not os.path.lexists(raw):
             raise ConfigError(f"no such file or directory: {raw}")
         if not os.path.isdir(raw):
-            add(raw)
+            add(raw, os.path.dirname(os.path.abspath(raw)), "its folder")
             continue
         for folder, subfolders, names in os.walk(raw, onerror=unreadable):
             subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
             for name in sorted(names):
                 if name.endswith(PROJECT_SUFFIXES):
-                    add(os.path.join(folder, name))
+                    add(os.path.join(folder, name), raw, display_path(raw, cwd))
 
     if not found and not problems:
         raise ConfigError(f"no project files found in: {', '.join(paths)}")
@@ -251,7 +260,7 @@ def parse_project(
         data = builder.build(root, ())
     except RecursionError:
         return None, [Problem(path, 1, 1, "invalid YAML: nested too deeply")]
-    project = ProjectFile(path, data, builder.locations, builder.key_locations)
+    project = ProjectFile(path, data, builder.locations, builder.key_locations, builder.substituted)
     problems = builder.problems
     findings = schema.check(data, builder.written)
     findings += [schema.Finding(*problem) for problem in kinds.check_objects(data)]
@@ -274,12 +283,22 @@ def parse_project(
 _REFERENCE = re.compile(r"\$\$\{|\$\{(?:([A-Za-z_][A-Za-z0-9_]*)(?:(:-)((?:(?!\$\{)[^}])*))?\})?")
 
 
-def substitute(value: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+VARIABLE_PREFIX = "RECONCILER_VAR_"
+# Substituted values shorter than this are not compared with credentials: too many
+# ordinary words would match a short one.
+MIN_COMPARED_CHARS = 8
+
+
+def substitute(
+    value: str, env: Mapping[str, str], read: list[tuple[str, str]] | None = None
+) -> tuple[str, list[str]]:
     """Replace ``${VAR}`` / ``${VAR:-default}`` / ``$${`` in one string.
 
-    Returns the new string and the problems found (unset variables, malformed
-    references). ``${VAR:-default}`` takes the default when VAR is unset or
-    empty, as the shell does.
+    ``${VAR}`` reads ``RECONCILER_VAR_VAR`` (never ``VAR`` itself: a CI job's credentials
+    cannot be written into a setting). Returns the new string and the problems found
+    (unset variables, malformed references); ``read`` collects ``(VAR, value)`` for each
+    value taken from the environment (defaults are not). ``${VAR:-default}`` takes the
+    default when the variable is unset or empty, as the shell does.
     """
     if "${" not in value:
         return value, []
@@ -298,15 +317,43 @@ def substitute(value: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
                 "${NAME:-default}, or $${ for a literal ${"
             )
             return text
-        current = env.get(name)
-        if has_default:
-            return current if current else default
+        current = env.get(VARIABLE_PREFIX + name)
+        if has_default and not current:
+            return default
         if current is None:
-            problems.append(f"environment variable {name} is not set")
+            also = f" ({name} is set but is not read)" if name in env else ""
+            problems.append(f"{VARIABLE_PREFIX}{name} is not set{also}")
             return text
+        if read is not None:
+            read.append((name, current))
         return current
 
     return _REFERENCE.sub(replace, value), problems
+
+
+def credential_problems(projects: Sequence[ProjectFile], env: Mapping[str, str]) -> list[Problem]:
+    """A problem for each substituted value that holds a credential the run can see (the
+    variables any file's auth names, and the global ones), naming the variable, never
+    the value: it would go into plans and PR comments."""
+    names = credential_variables(project.auth for project in projects)
+    credentials = [
+        (name, env[name]) for name in names if len(env.get(name) or "") >= MIN_COMPARED_CHARS
+    ]
+    problems = []
+    for project in projects:
+        for path, variable, value in project.substituted:
+            for name, credential in credentials:
+                if credential in value:
+                    problems.append(
+                        project.problem(
+                            f"{schema.field_name(path)}: {VARIABLE_PREFIX}{variable} holds the "
+                            f"value of {name}, a credential: it would show in plans and PR "
+                            "comments",
+                            *path,
+                        )
+                    )
+                    break
+    return problems
 
 
 # --- YAML ----------------------------------------------------------------------------
@@ -376,6 +423,7 @@ class _Builder:
         self.problems: list[Problem] = []
         self.reported: set[Path] = set()  # paths whose schema findings would repeat a problem
         self.written: dict[Path, str] = {}  # the file's text where ${VAR} put in another value
+        self.substituted: list[tuple[Path, str, str]] = []
         self._seen: set[int] = set()
 
     def build(self, node: Node, path: Path) -> Any:
@@ -440,7 +488,9 @@ class _Builder:
         return self._bad_tag(node, path)
 
     def _string(self, text: str, path: Path) -> str:
-        value, problems = substitute(text, self.env)
+        read: list[tuple[str, str]] = []
+        value, problems = substitute(text, self.env, read)
+        self.substituted += [(path, name, current) for name, current in read]
         if value != text:
             self.written[path] = text
         field_prefix = f"{schema.field_name(path)}: " if path else ""

@@ -8,6 +8,7 @@ Project becomes that Project's status and never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import queue
@@ -136,20 +137,27 @@ def run_each(
     if not items:
         return results
     todo: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-    finished: queue.SimpleQueue[tuple[int, Any, BaseException | None]] = queue.SimpleQueue()
+    wake: queue.SimpleQueue[int] = queue.SimpleQueue()
+    # Workers record outcomes here, not only in a queue: an interrupt landing while the
+    # main thread takes an item off a queue must not lose a write that was answered.
+    outcomes: dict[int, tuple[Any, BaseException | None]] = {}
+    lock = threading.Lock()
 
     def worker() -> None:
         while (index := todo.get()) is not None:
             try:
-                finished.put((index, work(items[index]), None))
+                outcome: tuple[Any, BaseException | None] = (work(items[index]), None)
             except BaseException as exc:  # handed to the main thread, raised there
-                finished.put((index, None, exc))
+                outcome = (None, exc)
+            with lock:
+                outcomes[index] = outcome
+            wake.put(index)
 
     workers = min(concurrency, len(items))
     for _ in range(workers):
         threading.Thread(target=worker, name="reconciler-worker", daemon=True).start()
     running: set[int] = set()
-    next_index = done = 0
+    next_index = 0
     give_up_at: float | None = None
 
     def refill() -> None:
@@ -163,6 +171,18 @@ def run_each(
             todo.put(next_index)
             next_index += 1
 
+    def collect() -> None:
+        """Take in every finished item (idempotent: safe to repeat after an interrupt)."""
+        with lock:
+            ready = [(index, outcomes[index]) for index in running if index in outcomes]
+        for index, (result, error) in ready:
+            if error is not None:
+                raise error
+            results[index] = result
+            running.discard(index)
+        if ready and progress:
+            progress(next_index - len(running), len(items))
+
     try:
         refill()
         while running:
@@ -170,17 +190,9 @@ def run_each(
                 wait = 0.5 if give_up_at is None else give_up_at - time.monotonic()
                 if wait <= 0:
                     break
-                try:
-                    index, result, error = finished.get(timeout=wait)
-                except queue.Empty:
-                    continue
-                running.discard(index)
-                if error is not None:
-                    raise error
-                results[index] = result
-                done += 1
-                if progress:
-                    progress(done, len(items))
+                with contextlib.suppress(queue.Empty):
+                    wake.get(timeout=wait)
+                collect()
                 refill()
             except KeyboardInterrupt:
                 if stopper is None:
@@ -194,6 +206,7 @@ def run_each(
     finally:
         for _ in range(workers):
             todo.put(None)  # idle workers end; busy ones end with their request
+    collect()
     if running:
         log.debug("abandoning %d item(s) in flight", len(running))
         if abandon:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from reconciler.digest import digest_comment
-from reconciler.escape import markdown, md_escape, term, without_userinfo  # noqa: F401 (md_escape: re-exported)
+from reconciler.escape import markdown, md_escape, plural, term, without_userinfo  # noqa: F401 (md_escape: re-exported)
 from reconciler.kinds import BY_NAME, policy_rules
 from reconciler.objects import is_ref
 from reconciler.plan import CHANGED, ERROR, UNCHANGED, ObjectChange, Plan, ProjectPlan
@@ -210,12 +210,12 @@ def render_text(
     if drift:
         line = (
             f"Drift: {summary[CHANGED]} drifted, {summary[UNCHANGED]} in sync, "
-            f"{summary['errors']} errors."
+            f"{plural(summary['errors'], 'error')}."
         )
     else:
         line = (
             f"Plan: {summary[CHANGED]} to change, {summary[UNCHANGED]} unchanged, "
-            f"{summary['errors']} errors."
+            f"{plural(summary['errors'], 'error')}."
         )
     objects = _object_counts(plan, drift=drift)
     if objects:
@@ -280,7 +280,9 @@ def _apply_counts(outcomes: Sequence[Outcome]) -> str:
 
 
 def render_json(plan: Plan, fh: TextIO) -> None:
-    json.dump(plan.to_dict(), fh, indent=2, ensure_ascii=False)
+    # ASCII only: JSON escapes C0 controls itself, but a C1 control (a terminal's 8-bit
+    # CSI) or a bidi override would otherwise reach a terminal or CI log raw.
+    json.dump(plan.to_dict(), fh, indent=2, ensure_ascii=True)
     fh.write("\n")
 
 
@@ -289,7 +291,7 @@ def render_apply_json(outcomes: Sequence[Outcome], fh: TextIO) -> None:
         "summary": apply_summary(outcomes),
         "projects": [outcome.to_dict() for outcome in outcomes],
     }
-    json.dump(doc, fh, indent=2, ensure_ascii=False)
+    json.dump(doc, fh, indent=2, ensure_ascii=True)
     fh.write("\n")
 
 
@@ -320,12 +322,12 @@ def render_markdown(
     if drift:
         heading = (
             f"### reconciler drift: {summary[CHANGED]} drifted, {summary[UNCHANGED]} in sync, "
-            f"{summary['errors']} errors"
+            f"{plural(summary['errors'], 'error')}"
         )
     else:
         heading = (
             f"### reconciler plan: {summary[CHANGED]} to change, {summary[UNCHANGED]} unchanged, "
-            f"{summary['errors']} errors"
+            f"{plural(summary['errors'], 'error')}"
         )
     objects = _object_counts(plan, drift=drift)
     if objects:
@@ -415,8 +417,9 @@ def _fit(head: list[str], rows: list[str], blocks: list[str], footer: list[str],
         if omitted_rows or omitted_blocks:
             parts.append("")
             parts.append(
-                f"> **Truncated** to fit a comment: {omitted_rows} more table rows and "
-                f"{omitted_blocks} more Projects' details are not shown. "
+                f"> **Truncated** to fit a comment: {plural(omitted_rows, 'more table row')} "
+                f"and {omitted_blocks} more {_possessive(omitted_blocks)} details are not "
+                "shown. "
                 "The full plan is in the JSON plan artifact."
             )
         parts.append("")
@@ -458,6 +461,10 @@ def render_problems_markdown(
         for p in problems
     ]
     fh.write(_fit(head, rows, [], [], limit))
+
+
+def _possessive(count: int) -> str:
+    return "Project's" if count == 1 else "Projects'"
 
 
 def render_apply_markdown(outcomes: Sequence[Outcome], fh: TextIO) -> None:

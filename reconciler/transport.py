@@ -31,6 +31,7 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
+from typing import Any
 
 import httpx
 
@@ -191,6 +192,10 @@ class PooledTransport(httpx.BaseTransport):
                 raise _timed_out(request) from exc
             if isinstance(exc, httpx.HTTPError):
                 raise
+            if isinstance(exc, ValueError):  # http.client's message would quote the header
+                raise httpx.LocalProtocolError(
+                    "a header or the URL holds a character HTTP does not allow", request=request
+                ) from None
             if isinstance(
                 exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
             ):
@@ -294,12 +299,35 @@ class ClientTransport(httpx.BaseTransport):
         self._aborted = True
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        """The answer read in chunks: stopped over MAX_BODY, and past the timeout (checked
-        between chunks: through a proxy there is no socket of ours to cut)."""
+        """Through a proxy there is no socket of ours to cut at the deadline, so the request
+        runs in a daemon thread of its own and is given up at the deadline (or on abort)."""
         if self._aborted:
             raise Abandoned("not sent: the run was interrupted", request=request)
         limit = request.extensions.get("timeout", {}).get("read")
         deadline = time.monotonic() + limit if limit is not None else float("inf")
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["response"] = self._read(request)
+            except BaseException as exc:  # raised in the caller's thread below
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="proxied-request", daemon=True).start()
+        while not done.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if self._aborted:
+                raise Abandoned("abandoned: the run was interrupted", request=request)
+            if time.monotonic() >= deadline:
+                raise _timed_out(request)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["response"]
+
+    def _read(self, request: httpx.Request) -> httpx.Response:
+        """The answer, its body read in chunks and stopped over MAX_BODY."""
         response = self._client.send(request, stream=True)
         chunks, size = [], 0
         try:
@@ -311,10 +339,6 @@ class ClientTransport(httpx.BaseTransport):
                         "stopped reading",
                         request=request,
                     )
-                if time.monotonic() > deadline:
-                    raise _timed_out(request)
-                if self._aborted:
-                    raise Abandoned("abandoned: the run was interrupted", request=request)
                 chunks.append(chunk)
         finally:
             response.close()

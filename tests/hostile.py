@@ -188,3 +188,16 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     started = time.monotonic()
     result = fn()
     return result, time.monotonic() - started
+
+
+def project_files(folder: Any, count: int, body: str = "name: New name\n") -> list[str]:
+    """`count` project files projects/p0.yaml… each asking for `body`; their ids."""
+    import uuid
+
+    ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"hostile-{index}")) for index in range(count)]
+    for index, project_id in enumerate(ids):
+        (folder / "projects").mkdir(parents=True, exist_ok=True)
+        (folder / "projects" / f"p{index}.yaml").write_text(
+            f"id: {project_id}\n{body}", encoding="utf-8"
+        )
+    return ids

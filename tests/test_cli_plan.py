@@ -107,7 +107,7 @@ def test_role_errors_name_file_line_and_roles(repo, emu, body, message):
     assert message in result.stdout
     # The other Project's plan is not hidden by this one's error.
     assert "~ Beta Sandbox" in result.stdout
-    assert result.stdout.endswith("Plan: 1 to change, 0 unchanged, 1 errors.\n")
+    assert result.stdout.endswith("Plan: 1 to change, 0 unchanged, 1 error.\n")
 
 
 def test_fhir_version_is_immutable(repo, emu):
@@ -158,7 +158,7 @@ def test_missing_auth_variable_is_an_error_for_that_project_only(repo, emu):
     result = run(["plan"], emu)
     assert result.exit_code == 1
     assert "BETA_TOKEN" in result.stdout and "not set" in result.stdout
-    assert "Plan: 0 to change, 1 unchanged, 1 errors." in result.stdout
+    assert "Plan: 0 to change, 1 unchanged, 1 error." in result.stdout
 
 
 def test_bad_secret_is_refused_and_never_echoed(repo, emu):
@@ -238,7 +238,7 @@ def test_drift_exit_codes_and_markdown(repo, emu):
     write(repo, "projects/gamma.yaml", f"id: {GAMMA}\nfhirVersion: r4\n")
     result = run(["drift"], emu)
     assert result.exit_code == 1  # an error wins over drift
-    assert "Drift: 1 drifted, 0 in sync, 1 errors." in result.stdout
+    assert "Drift: 1 drifted, 0 in sync, 1 error." in result.stdout
 
 
 def test_markdown_out_file_and_step_summary(repo, emu):
@@ -339,7 +339,8 @@ def test_an_api_answering_html_is_one_clear_error(repo, emu):
             server.shutdown()
             thread.join()
     assert result.exit_code == 1
-    assert "GET /project answered 200 with non-JSON (text/html); is the API URL right?" in (
-        result.stdout
-    )
+    assert (
+        f"error: GET {url}/project answered 200 with a text/html page, not JSON; "
+        "is the API URL right? (--api-url)\n"
+    ) in result.stdout
     assert "Traceback" not in result.output

@@ -20,9 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from click.testing import CliRunner, Result
-from hostile import HostileServer, Reply, Request, hang, json_response, project_doc, trickle
+from hostile import (
+    HostileServer,
+    Reply,
+    Request,
+    hang,
+    json_response,
+    project_doc,
+    project_files,
+    trickle,
+)
 
 from reconciler.cli import cli
 from reconciler.emulator import Faults, load_seed, serve
@@ -326,21 +336,17 @@ def test_shards_split_the_fleet_exactly_and_stably(repo):
 # (e) hostile servers: a hung PATCH and a trickle -------------------------------------
 
 
-def hostile_fleet(folder: Path, count: int) -> list[str]:
-    ids = [pid(100 + index) for index in range(count)]
-    for index, project_id in enumerate(ids):
-        (folder / "projects").mkdir(parents=True, exist_ok=True)
-        (folder / "projects" / f"p{index}.yaml").write_text(
-            f"id: {project_id}\nname: New name\n", encoding="utf-8"
-        )
-    return ids
-
-
 def sigterm_once(
-    server: HostileServer, key: str, count: int, args: list[str], summary: Path
+    server: HostileServer,
+    key: str,
+    count: int,
+    args: list[str],
+    summary: Path,
+    signum: int = signal.SIGTERM,
 ) -> tuple[int, str, str, float]:
-    """Run reconciler ARGS against `server` in its own process, SIGTERM it once the server
-    has seen `count` requests `key`; (exit code, stdout, stderr, seconds to exit)."""
+    """Run reconciler ARGS against `server` in its own process, SIGTERM (or `signum`) it
+    once the server has seen `count` requests `key`; (exit code, stdout, stderr, seconds
+    to exit)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OYSTEHR_", "GITHUB_"))}
     env.update({k: v for k, v in env_for(server.api_url, server.auth_url).items() if v})
     env["GITHUB_STEP_SUMMARY"] = str(summary)
@@ -353,7 +359,7 @@ def sigterm_once(
     )
     try:
         server.wait_for(key, count)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         started = time.monotonic()
         out, err = process.communicate(timeout=10)
         seconds = time.monotonic() - started
@@ -361,12 +367,12 @@ def sigterm_once(
         if process.poll() is None:
             process.kill()
             process.communicate()
-    print(f"{' '.join(args)}: exited {seconds:.2f} s after SIGTERM")
+    print(f"{' '.join(args)}: exited {seconds:.2f} s after {signal.Signals(signum).name}")
     return process.returncode, out, err, seconds
 
 
 def test_sigterm_during_a_hung_patch_ends_within_2_s_with_unknown_in_the_report(repo):
-    ids = hostile_fleet(repo, 2)
+    ids = project_files(repo, 2)
 
     def answer(request: Request) -> Reply:
         if request.method == "PATCH":
@@ -401,18 +407,19 @@ def test_sigterm_during_a_hung_patch_ends_within_2_s_with_unknown_in_the_report(
         assert server.count("PATCH /v1/project") == 4
 
 
-def test_sigterm_during_a_hung_read_ends_within_2_s(repo):
-    hostile_fleet(repo, 3)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_hung_read_ends_within_2_s(repo, signum):
+    project_files(repo, 3)
     with HostileServer(lambda request: hang()) as server:
         code, out, err, seconds = sigterm_once(
-            server, "GET /v1/project", 3, ["plan"], repo / "summary.md"
+            server, "GET /v1/project", 3, ["plan"], repo / "summary.md", signum
         )
     assert (code, seconds < 2.0) == (1, True), out + err
     assert err.strip() == "Interrupted; nothing more was started."
 
 
 def test_a_trickling_server_is_cut_at_the_timeout(repo):
-    [project_id] = hostile_fleet(repo, 1)
+    [project_id] = project_files(repo, 1)
     body = json_response(200, project_doc(project_id))
 
     with HostileServer(lambda request: trickle(body, every=1.0)) as server:

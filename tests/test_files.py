@@ -216,16 +216,27 @@ def test_the_pure_python_loader_reads_the_same(monkeypatch):
         ("$${A}", {"A": "x"}, "${A}"),
         ("cost: $5 and $$", {}, "cost: $5 and $$"),
         ("${A}", {"A": "${B}"}, "${B}"),  # a value from the environment is not re-read
+        ("${a}", {"a": "lower"}, "lower"),  # case is kept: RECONCILER_VAR_a
     ],
 )
 def test_substitution(value, env, expected):
-    assert substitute(value, env) == (expected, [])
+    # ${A} reads RECONCILER_VAR_A, never A (SPEC section 2).
+    prefixed = {f"RECONCILER_VAR_{name}": v for name, v in env.items()}
+    assert substitute(value, prefixed) == (expected, [])
+
+
+def test_substitution_never_reads_the_variable_itself():
+    assert substitute("${A}", {"A": "x"}) == (
+        "${A}",
+        ["RECONCILER_VAR_A is not set (A is set but is not read)"],
+    )
+    assert substitute("${A:-default}", {"A": "x"}) == ("default", [])
 
 
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
-        ("${MISSING}", "environment variable MISSING is not set"),
+        ("${MISSING}", "RECONCILER_VAR_MISSING is not set"),
         ("${1A}", "invalid reference '${1A}'"),
         ("${FOO", "invalid reference '${FOO'"),
         ("${}", "invalid reference '${}'"),
@@ -240,7 +251,7 @@ def test_substitution_problems(value, problem):
 
 def test_substitution_happens_in_strings_only_never_keys():
     text = f"id: {ID_A}\nname: ${{N}}\n'${{K}}': 1\nsignupEnabled: ${{T:-true}}\n"
-    project, problems = parse(text, {"N": "Portal", "K": "name"})
+    project, problems = parse(text, {"RECONCILER_VAR_N": "Portal", "RECONCILER_VAR_K": "name"})
     assert project.data["name"] == "Portal"
     assert "${K}" in project.data
     assert project.data["signupEnabled"] == "true"
@@ -253,7 +264,7 @@ def test_substitution_happens_in_strings_only_never_keys():
 
 def test_messages_quote_the_file_never_the_environment():
     # A variable may hold a secret: a message shows the reference, not its value.
-    env = {"PROJECT_ID": "hunter2-not-an-id", "FLAG": "s3cret"}
+    env = {"RECONCILER_VAR_PROJECT_ID": "hunter2-not-an-id", "RECONCILER_VAR_FLAG": "s3cret"}
     _, problems = parse("id: ${PROJECT_ID}\nname: x-${FLAG}\nsignupEnabled: ${FLAG}\n", env)
     assert problems == [
         "1:5: id: '${PROJECT_ID}' is not a valid UUID "
@@ -266,16 +277,15 @@ def test_messages_quote_the_file_never_the_environment():
 def test_an_unset_variable_is_not_reported_twice():
     # The schema would also reject "${ID}" as a UUID: one problem is enough.
     _, problems = parse("id: ${ID}\n")
-    assert problems == ["1:5: id: environment variable ID is not set"]
+    assert problems == ["1:5: id: RECONCILER_VAR_ID is not set"]
 
 
 def test_load_projects_reads_the_environment_by_default(tmp_path, monkeypatch):
     write(tmp_path, "p.yaml", "id: ${PROJECT_ID}\n")
-    monkeypatch.setenv("PROJECT_ID", ID_A)
+    monkeypatch.setenv("RECONCILER_VAR_PROJECT_ID", ID_A)
     assert [p.id for p in load_projects([str(tmp_path)]).projects] == [ID_A]
-    assert [p.id for p in load_projects([str(tmp_path)], env={"PROJECT_ID": ID_B}).projects] == [
-        ID_B
-    ]
+    env = {"RECONCILER_VAR_PROJECT_ID": ID_B}
+    assert [p.id for p in load_projects([str(tmp_path)], env=env).projects] == [ID_B]
 
 
 # --- finding files, duplicate ids ------------------------------------------------------

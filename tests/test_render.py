@@ -55,7 +55,7 @@ def test_text_is_terraform_like_with_roles_as_name_and_id():
         "! b1  projects/bad.yaml\n"
         "    error: GET /project answered 403: Forbidden\n"
         "\n"
-        "Plan: 1 to change, 1 unchanged, 1 errors.\n"
+        "Plan: 1 to change, 1 unchanged, 1 error.\n"
     )
 
 
@@ -70,7 +70,7 @@ def test_markdown_has_marker_table_and_details():
     text = _render(render_markdown, _plan(CHANGED, UNCHANGED, FAILED))
     marker, digest, heading = text.split("\n")[:3]  # the digest: tests/test_digest.py
     assert (marker, digest[:33]) == (PLAN_MARKER, "<!-- reconciler-digest v1 sha256:")
-    assert heading == "### reconciler plan: 1 to change, 1 unchanged, 1 errors"
+    assert heading == "### reconciler plan: 1 to change, 1 unchanged, 1 error"
     assert "| Project | File | Status |" in text
     # Errors first, then changes; unchanged Projects are counted, and listed folded.
     assert text.index("| b1 | projects/bad.yaml | 🔴 error |") < text.index("🟡 to change (2)")

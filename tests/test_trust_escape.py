@@ -15,7 +15,7 @@ from e2e import ALPHA, BETA, GAMMA, SEED, run, write
 
 from reconciler.cli import cli
 from reconciler.emulator import serve
-from reconciler.escape import markdown, shorten, term
+from reconciler.escape import add_secrets, markdown, redact, set_secrets, shorten, term
 
 EVIL = "Evil\n::error title=Apply OK::all good\x1b[2J\x1b]0;pwned\x07\u202egnp.exe\x9b31m"
 # Anything a terminal or the GitHub runner would act on.
@@ -72,7 +72,7 @@ def test_hostile_live_names_reach_no_output_raw(repo, evil_emu, tmp_path):
     files(repo)
     summary = tmp_path / "summary.md"
     env = {"GITHUB_STEP_SUMMARY": str(summary)}
-    for fmt in ("text", "markdown"):
+    for fmt in ("text", "markdown", "json"):
         result = run(["plan", "--format", fmt, "--out", "plan.json"], evil_emu, env)
         assert result.exit_code == 0, result.output
         assert_inert(result.stdout + result.stderr)
@@ -113,3 +113,28 @@ def test_a_file_name_cannot_start_a_workflow_command(repo):
     assert result.exit_code == 1
     assert result.stdout.startswith("\\x3a:warning::x.yaml:1:5: id: 'nope' is not a valid UUID")
     assert_inert(result.stdout + result.stderr)
+
+
+def test_redaction_covers_the_repr_and_json_forms():
+    set_secrets(["abc-token\r", "short", None, "ab"])
+    try:
+        assert redact("Invalid header value b'Bearer abc-token\\r'") == (
+            "Invalid header value b'Bearer ***'"
+        )
+        assert redact('{"token": "abc-token\\r"}') == '{"token": "***"}'
+        assert redact("abc-token\r and short") == "*** and ***"
+        assert redact("ab stays: too brief to be a secret") == "ab stays: too brief to be a secret"
+        add_secrets(["ünï-cödé-secret"])
+        assert term("x ünï-cödé-secret \\xfc") == "x *** \\xfc"
+    finally:
+        set_secrets([])
+
+
+def test_a_header_the_transport_cannot_send_never_quotes_the_value(emulator):
+    import httpx
+
+    from reconciler.transport import PooledTransport
+
+    with httpx.Client(transport=PooledTransport()) as client, pytest.raises(httpx.HTTPError) as err:
+        client.get(emulator.api_url + "/version", headers={"authorization": "Bearer abc\rdef"})
+    assert "abc" not in str(err.value)

@@ -126,6 +126,11 @@ CASES = [
         "projects[0].auth.accessTokenEnv must be the NAME of an environment variable "
         "(letters, digits and _, like SANDBOX_CLIENT_SECRET), not its value",
     ),
+    (
+        set_in(["projects", 0, "auth"], {"accessTokenEnv": "GITHUB_TOKEN"}),
+        "projects[0].auth.accessTokenEnv may not name a variable starting with GITHUB_, "
+        "ACTIONS_ or RECONCILER_VAR_",
+    ),
     (forged_patch, "projects[0].changes[0].field: signupEnabled is not in managedKeys"),
     (
         extra_patch_key,

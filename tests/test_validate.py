@@ -78,7 +78,7 @@ EXPECTED = {
     ],
     "substituted-stays-string.yaml": [
         "2:16: signupEnabled: expected a boolean, got string "
-        "'${RECONCILER_FIXTURE_UNSET:-true}' (a value from ${...} is always a string)",
+        "'${FIXTURE_UNSET:-true}' (a value from ${...} is always a string)",
     ],
     "tab.yaml": [
         "3:1: tab character: YAML indents with spaces, not tabs",
@@ -87,7 +87,7 @@ EXPECTED = {
         "2:1: unknown key 'nmae' (did you mean 'name'?)",
     ],
     "unset-variable.yaml": [
-        "2:7: name: environment variable RECONCILER_FIXTURE_UNSET is not set",
+        "2:7: name: RECONCILER_VAR_FIXTURE_UNSET is not set",
     ],
     "wrong-type.yaml": [
         "2:16: signupEnabled: expected a boolean, got string 'yes'",
@@ -108,7 +108,7 @@ def validate(*args: str):
 @pytest.fixture
 def in_repo(monkeypatch):
     monkeypatch.chdir(REPO)
-    monkeypatch.delenv("RECONCILER_FIXTURE_UNSET", raising=False)
+    monkeypatch.delenv("RECONCILER_VAR_FIXTURE_UNSET", raising=False)
 
 
 @pytest.fixture
@@ -232,7 +232,7 @@ def test_every_problem_in_a_file_is_reported(project):
 
 
 def test_an_environment_variable_fills_a_value(project, monkeypatch):
-    monkeypatch.setenv("PROJECT_NAME", "Portal")
+    monkeypatch.setenv("RECONCILER_VAR_PROJECT_NAME", "Portal")
     name = project(f"id: {PROJECT_ID}\nname: ${{PROJECT_NAME}}\n")
     result = validate(name)
     assert result.exit_code == 0, result.stdout
@@ -240,12 +240,14 @@ def test_an_environment_variable_fills_a_value(project, monkeypatch):
 
 
 def test_unset_variable_names_the_variable_at_its_line(project, monkeypatch):
-    monkeypatch.delenv("PROJECT_NAME", raising=False)
+    monkeypatch.delenv("RECONCILER_VAR_PROJECT_NAME", raising=False)
+    monkeypatch.setenv("PROJECT_NAME", "not read")
     name = project(f"id: {PROJECT_ID}\ndescription: >-\n  made by ${{PROJECT_NAME}}\n")
     result = validate(name)
     assert result.exit_code == 1
-    assert (
-        result.stdout == "p.yaml:2:14: description: environment variable PROJECT_NAME is not set\n"
+    assert result.stdout == (
+        "p.yaml:2:14: description: RECONCILER_VAR_PROJECT_NAME is not set "
+        "(PROJECT_NAME is set but is not read)\n"
     )
 
 
