@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 Normaliser = Callable[[Any], Any]
 
@@ -100,7 +101,8 @@ class Kind:
     normalisers: Mapping[str, Normaliser] = field(default_factory=dict)
 
     def path_of(self, object_id: str) -> str:
-        return self.item_path.format(id=object_id)
+        # An id comes from the API or a plan file: never let it change the path.
+        return self.item_path.format(id=quote(str(object_id), safe=""))
 
     def normalise(self, field_name: str, value: Any) -> Any:
         """A field's value as it compares: policies as sets of rules, role lists as id sets."""
