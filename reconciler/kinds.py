@@ -95,6 +95,7 @@ class Kind:
     list_fields: frozenset[str]  # what the list carries besides id
     read_only: tuple[str, ...]
     required_on_create: tuple[str, ...] = ()
+    required_one_of_on_create: tuple[str, ...] = ()  # at least one of these, non-empty
     role_fields: tuple[str, ...] = ()  # fields that hold role references
     policy_fields: tuple[str, ...] = ()
     paged: bool = False  # the list is {data, metadata: {nextCursor}}
@@ -117,8 +118,9 @@ class Kind:
         missing = [name for name in self.required_on_create if name not in desired]
         if missing:
             return f"creating it needs {' and '.join(missing)}"
-        if self.name == "m2m" and not desired.get("roles") and "accessPolicy" not in desired:
-            return "creating it needs roles (non-empty) or an accessPolicy"
+        one_of = self.required_one_of_on_create
+        if one_of and not any(desired.get(name) not in (None, [], {}) for name in one_of):
+            return f"creating it needs {' or '.join(one_of)} (non-empty)"
         return None
 
 
@@ -175,6 +177,7 @@ M2M = Kind(
     write_fields=("name", "description", "roles", "accessPolicy", "jwksUrl"),
     list_fields=frozenset({"name"}),
     read_only=("id", "clientId", "profile"),
+    required_one_of_on_create=("roles", "accessPolicy"),
     role_fields=("roles",),
     policy_fields=("accessPolicy",),
     paged=True,

@@ -66,7 +66,7 @@ def test_an_m2m_create_needs_roles_or_a_policy(repo, emu):
     project(repo, "m2mClients:\n  backend: {description: nightly}\n")
     result = run(["plan"], emu)
     assert result.exit_code == 1
-    assert "m2m 'backend': creating it needs roles (non-empty) or an accessPolicy" in result.stdout
+    assert "m2m 'backend': creating it needs roles or accessPolicy (non-empty)" in result.stdout
 
 
 def test_an_m2m_client_takes_roles_by_name_including_one_the_plan_creates(repo, emu):
