@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-from e2e import DEV_TOKEN
+from e2e import DEV_TOKEN, write
 
 from reconciler.emulator import serve
 
@@ -95,6 +95,11 @@ def objects_emulator(**changes: Any) -> Iterator[Any]:
     seed["projects"][0].update(changes)
     with serve(seed) as emu:
         yield emu
+
+
+def project(repo, text: str) -> None:
+    """The Project's file, `id` first, then `text`."""
+    write(repo, "projects/objects.yaml", f"id: {PID}\n" + text)
 
 
 def api(emu, method: str, path: str, body: Any = None) -> Any:

@@ -9,7 +9,17 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import pytest
 import yaml
 from e2e import run, write
-from objects_e2e import CI_CLIENT, CI_SECRET, M2M_ENV, PID, SEED, api, counts, objects_emulator
+from objects_e2e import (
+    CI_CLIENT,
+    CI_SECRET,
+    M2M_ENV,
+    PID,
+    SEED,
+    api,
+    counts,
+    objects_emulator,
+    project,
+)
 
 from reconciler.emulator import serve
 from reconciler.emulator.app import make_app
@@ -23,10 +33,6 @@ CI_ID = seed_m2m_id(CI_CLIENT)
 def emu():
     with objects_emulator() as running:
         yield running
-
-
-def project(repo, text: str) -> None:
-    write(repo, "projects/objects.yaml", f"id: {PID}\n" + text)
 
 
 def test_an_application_create_needs_its_callback_urls(repo, emu):

@@ -14,6 +14,7 @@ from objects_e2e import (
     STAFF_POLICY,
     api,
     objects_emulator,
+    project,
 )
 
 STAFF_FILE = """
@@ -30,10 +31,6 @@ STAFF_FILE = """
 def emu():
     with objects_emulator() as running:
         yield running
-
-
-def project(repo, text: str) -> None:
-    write(repo, "projects/objects.yaml", f"id: {PID}\n" + text)
 
 
 def test_an_in_sync_plan_reads_the_project_the_role_list_and_one_get_per_role_with_fields(
