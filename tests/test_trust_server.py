@@ -146,6 +146,7 @@ def test_a_role_list_of_the_wrong_shape_is_that_projects_error(repo, roles, reas
             "PATCH {api}/project: the answer's body is over 10 MB; stopped reading",
         ),
     ],
+    ids=["a list", "an HTML page", "a 302", "11 MB"],
 )
 def test_a_patch_answered_wrongly_is_failed_and_the_report_still_prints(repo, patch_reply, reason):
     ids = project_files(repo, 2)
