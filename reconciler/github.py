@@ -55,6 +55,7 @@ from reconciler.errors import (
     ReconcilerError,
     TransportError,
 )
+from reconciler.escape import term
 from reconciler.render import md_escape
 
 log = logging.getLogger(__name__)
@@ -798,7 +799,7 @@ def check_tip(repo: str, branch: str, sha: str) -> None:
         f"Superseded: {branch} moved on to {tip[:12]} since this run's commit {sha[:12]}; "
         "nothing was applied here (the newer run applies)."
     )
-    click.echo(f"::notice title=reconciler::{line}")
+    click.echo(f"::notice title=reconciler::{term(line)}")
     append_step_summary(f"**reconciler:** {md_escape(line)}\n")
     raise SystemExit(EXIT_SUPERSEDED)
 

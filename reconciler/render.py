@@ -449,7 +449,7 @@ def render_problems_markdown(
     count = len(problems)
     head = [
         PLAN_MARKER,
-        f"### reconciler plan: {count} problem{'s' if count != 1 else ''} in the project files",
+        f"### reconciler plan: {plural(count, 'problem')} in the project files",
         "",
         "Nothing was read or written. Fix these and push again:",
         "",
@@ -457,7 +457,7 @@ def render_problems_markdown(
         "| --- | --- | --- | --- |",
     ]
     rows = [
-        f"| {md_escape(str(p.file))} | {p.line} | {p.column} | {md_escape(str(p.message))} |"
+        f"| {markdown(p.file)} | {p.line} | {p.column} | {markdown(p.message, MD_ERROR_LIMIT)} |"
         for p in problems
     ]
     fh.write(_fit(head, rows, [], [], limit))
