@@ -87,13 +87,12 @@ class Kind:
 
     name: str  # "role": the plan file's `kind`, and how output names it
     key: str  # "roles": the project file's key and the `prune` word
-    title: str  # "Roles": headings
     list_path: str
     item_path: str  # with {id}
     create_path: str
     write_fields: tuple[str, ...]  # canonical order (export, changes)
     list_fields: frozenset[str]  # what the list carries besides id
-    read_only: tuple[str, ...]
+    read_only: tuple[str, ...]  # refused in a file (the schema says so; a test holds them equal)
     required_on_create: tuple[str, ...] = ()
     required_one_of_on_create: tuple[str, ...] = ()  # at least one of these, non-empty
     role_fields: tuple[str, ...] = ()  # fields that hold role references
@@ -129,7 +128,6 @@ _POLICY = {"accessPolicy": normalise_policy}
 ROLE = Kind(
     name="role",
     key="roles",
-    title="Roles",
     list_path="/iam/role",
     item_path="/iam/role/{id}",
     create_path="/iam/role",
@@ -143,7 +141,6 @@ ROLE = Kind(
 APPLICATION = Kind(
     name="application",
     key="applications",
-    title="Applications",
     list_path="/application",
     item_path="/application/{id}",
     create_path="/application",
@@ -170,7 +167,6 @@ APPLICATION = Kind(
 M2M = Kind(
     name="m2m",
     key="m2mClients",
-    title="M2M clients",
     list_path="/m2m/v2/list",
     item_path="/m2m/{id}",
     create_path="/m2m",

@@ -139,8 +139,6 @@ class RoleIndex:
     live: Sequence[Mapping[str, Any]] | None  # the role list, None when it was not read
     planned: dict[str, Any] = field(default_factory=dict)  # declared name -> live id or ref
     renamed: dict[str, str] = field(default_factory=dict)  # live id -> its name after the plan
-    deleted: set[str] = field(default_factory=set)  # live ids the plan deletes
-    managed: bool = False
 
     def names(self) -> list[str]:
         after = {self.renamed.get(str(r.get("id")), r.get("name")) for r in self.live or ()}
@@ -186,17 +184,12 @@ class RoleIndex:
         name = self.renamed.get(found_id, found.get("name"))
         if role_name is not None and name != role_name:
             raise ValueError(f"{what}: role {found_id} is named {name!r}, not {role_name!r}")
-        if found_id in self.deleted:
-            raise ValueError(
-                f"{what}: role {name!r} is deleted by this plan (prune: [roles]); "
-                "declare it under roles to keep it"
-            )
         return {"id": found_id, "name": name}
 
 
 def role_index(roles: Matching | None, live_roles: Sequence[Mapping] | None) -> RoleIndex:
     """The index a plan resolves role references through."""
-    index = RoleIndex(live=live_roles, managed=roles is not None)
+    index = RoleIndex(live=live_roles)
     for m in roles.matches if roles else ():
         if m.live is not None:
             index.planned[m.name] = str(m.live["id"])

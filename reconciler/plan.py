@@ -10,14 +10,13 @@ is unmanaged: it never enters the diff, the patch or the fingerprint.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from reconciler import __version__
+from reconciler import __version__, objects
+from reconciler.objects import sha256_of
 
 FORMAT_VERSION = 2
 
@@ -230,19 +229,14 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _sha256_of(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
 def checksum(doc: Mapping[str, Any]) -> str:
     """sha256 over the plan document without its "checksum" key."""
-    return _sha256_of({k: v for k, v in doc.items() if k != "checksum"})
+    return sha256_of({k: v for k, v in doc.items() if k != "checksum"})
 
 
 def fingerprint(live: Mapping[str, Any], keys: Iterable[str]) -> str:
     """sha256 over the normalised live values of the keys a file manages."""
-    return _sha256_of({key: live.get(key) for key in keys})
+    return sha256_of({key: live.get(key) for key in keys})
 
 
 def normalise_live(project: Mapping[str, Any]) -> dict[str, Any]:
@@ -356,8 +350,6 @@ def diff(
     `live_objects` what was read of the kinds the file manages;
     `locate(*keys)` may return "FILE:LINE:COL" to prefix error messages.
     """
-    from reconciler import objects
-
     project_id = str(desired.get("id"))
     live = normalise_live(live_project)
     keys = managed_keys(desired)
@@ -473,7 +465,6 @@ def _prune_problems(
     live_objects: LiveObjects,
 ) -> list[str]:
     """Roles prune may not delete: a default role after the plan, or one still held."""
-    from reconciler import objects
 
     deletes = [c.to_dict() for c in changes if c.kind == "role" and c.action == "delete"]
     if not deletes:

@@ -33,9 +33,9 @@ _COLOURS = {"~": "33", "!": "31", "+": "32", "-": "31", "?": "31", "=": "2", "bo
 
 @dataclass(frozen=True)
 class ObjectOutcome:
-    """What apply did to one object (or to the settings) of a Project."""
+    """What apply did to one object of a Project."""
 
-    kind: str  # role | application | m2m | settings
+    kind: str  # role | application | m2m
     name: str
     action: str
     status: str  # applied | failed | skipped

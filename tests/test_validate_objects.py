@@ -97,3 +97,27 @@ prune: [roles, m2mClients]
     )
     result = CliRunner().invoke(cli, ["validate", str(path)])
     assert result.exit_code == 0, result.output
+
+
+def test_each_kinds_declaration_and_its_schema_agree():
+    """The fields a Kind writes are the ones its schema allows, and its read-only fields the
+    ones the schema refuses as read-only."""
+    from reconciler.kinds import KINDS
+    from reconciler.schema import load_schema
+
+    defs = load_schema()["$defs"]
+    for kind in KINDS:
+        object_schema = defs[f"{kind.name}Object"]
+        refused = {
+            name
+            for name, sub in object_schema["properties"].items()
+            if sub.get("$ref") == "#/$defs/readOnlyField"
+        }
+        assert refused == set(kind.read_only), kind.name
+        writable = set(object_schema["properties"]) - refused - {"renamedFrom"}
+        writable -= {
+            name
+            for name, sub in object_schema["properties"].items()
+            if "secret" in sub.get("$ref", "").lower()
+        }
+        assert writable == set(kind.write_fields) - {"name"}, kind.name
