@@ -143,10 +143,10 @@ class ReconcilerGroup(click.Group):
 @click.group(cls=ReconcilerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="reconciler")
 def cli() -> None:
-    """GitOps for Oystehr Project settings.
+    """GitOps for Oystehr Projects: settings, roles, applications, M2M clients.
 
     One YAML file per Project under projects/, validated offline, planned
-    against the live API, applied as the smallest PATCH.
+    against the live API, applied as the smallest writes in dependency order.
 
     \b
       reconciler validate projects
@@ -202,11 +202,12 @@ def _plan_command(fn: Callable) -> Callable:
     help="Exit 2 when the plan succeeded and something would change.",
 )
 def plan(paths, fmt, out, detailed_exitcode, **options) -> None:
-    """Show what apply would change: files vs the live Project settings.
+    """Show what apply would change: files vs the live Projects.
 
     Validates every file first (any problem stops before a request), reads
-    each Project once, and prints the changes. Exit 0 ok, 1 any error,
-    2 with --detailed-exitcode when something would change.
+    each Project (and the lists and objects its file manages, no more), and
+    prints the changes. Exit 0 ok, 1 any error, 2 with --detailed-exitcode
+    when something would change.
 
     \b
       reconciler plan
@@ -224,7 +225,7 @@ def plan(paths, fmt, out, detailed_exitcode, **options) -> None:
     ["text", "markdown", "json"], "text for a terminal, markdown for an issue, json for machines."
 )
 def drift(paths, fmt, **options) -> None:
-    """Report Projects whose live settings no longer match their files (read-only).
+    """Report Projects whose live settings or objects no longer match their files.
 
     Exit 0 no drift, 2 drift, 1 any error (an error wins over drift; the
     report still prints).
@@ -251,21 +252,23 @@ def drift(paths, fmt, **options) -> None:
     "--max-changes",
     type=click.IntRange(min=0),
     default=None,
-    help="Refuse, before any write, to change more than N Projects.",
+    help="Refuse, before any write, a plan of more than N writes (PATCHes and object writes).",
 )
 @format_option(
     ["text", "json"],
     "Format of the result: per Project applied, unchanged, failed, unknown or skipped.",
 )
 def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
-    """Plan, show the plan, then PATCH what changed.
+    """Plan, show the plan, then write what changed.
 
-    Asks `Apply? [y/N]` on a terminal; --yes skips the question; without a
-    terminal and without --yes it refuses and writes nothing. With --plan it
-    applies a reviewed plan, refusing before any PATCH if the file was
-    edited, has errors, was made for another API, or any changed Project was
-    changed since (stale). Exit 0 all applied (or nothing to do), 1 anything
-    failed, refused or interrupted.
+    Per Project: roles, applications, M2M clients (creates, updates,
+    renames), then the settings PATCH, then deletes. Asks `Apply? [y/N]` on a
+    terminal; --yes skips the question; without a terminal and without --yes
+    it refuses and writes nothing. With --plan it applies a reviewed plan,
+    refusing before any write if the file is not a consistent plan, has
+    errors, was made for another API, or anything it changes changed since
+    (stale). Exit 0 all applied (or nothing to do), 1 anything failed,
+    refused or interrupted.
 
     \b
       reconciler apply --yes
@@ -299,13 +302,16 @@ def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
 )
 @api_options
 def export(project_id, output, force, include, **options) -> None:
-    """Write a project file from a Project's live settings (bring it under management).
+    """Write a project file from a live Project (bring it under management).
 
-    Uses OYSTEHR_ACCESS_TOKEN, or OYSTEHR_CLIENT_ID + OYSTEHR_CLIENT_SECRET.
-    Planning the exported file shows no change.
+    Settings, then every role (with its policy), application and M2M client
+    (with role names); never a secret, never prune. Uses OYSTEHR_ACCESS_TOKEN,
+    or OYSTEHR_CLIENT_ID + OYSTEHR_CLIENT_SECRET. Planning the exported file
+    shows no change.
 
     \b
       reconciler export --project-id fd9b1113-... --output projects/sandbox.yaml
+      reconciler export --project-id fd9b1113-... --include settings,roles
     """
     from reconciler import commands
 
