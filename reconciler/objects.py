@@ -232,9 +232,8 @@ def plan_kind(
             if why:
                 problems.append(f"{kind.name} {m.name!r}: {why}")
                 continue
-            after = {"name": m.name, **desired}
             changes.append(
-                _object_change(kind, m.name, None, CREATE, {}, after, live_fingerprint=None)
+                _object_change(kind, m.name, None, CREATE, {}, {"name": m.name, **desired})
             )
             continue
         live = {**m.live, **details.get(str(m.live["id"]), {})}
@@ -249,9 +248,7 @@ def plan_kind(
         action = RENAME if m.renamed_from else UPDATE
         if not m.renamed_from:
             before.pop("name"), after.pop("name")
-        change = _object_change(kind, m.name, str(live["id"]), action, before, after, None)
-        change["liveFingerprint"] = object_fingerprint(kind, change["changes"], live)
-        changes.append(change)
+        changes.append(_object_change(kind, m.name, live, action, before, after))
     not_managed, kept = [], []
     for item in matching.unclaimed:
         name = str(item.get("name"))
@@ -260,9 +257,7 @@ def plan_kind(
         elif me is not None and str(item.get("id")) == me:
             kept.append(name)
         else:
-            delete = _object_change(kind, name, str(item["id"]), DELETE, {}, {}, None)
-            delete["liveFingerprint"] = object_fingerprint(kind, (), item)
-            changes.append(delete)
+            changes.append(_object_change(kind, name, item, DELETE, {}, {}))
     return changes, not_managed, kept, problems
 
 
@@ -305,12 +300,12 @@ def _same(kind: Kind, name: str, live: Any, desired: Any) -> bool:
 def _object_change(
     kind: Kind,
     name: str,
-    object_id: str | None,
+    live: Mapping[str, Any] | None,
     action: str,
     before: Mapping[str, Any],
     after: Mapping[str, Any],
-    live_fingerprint: str | None,
 ) -> dict[str, Any]:
+    """One object change as the plan file holds it; `live` is None for a create."""
     fields = [f for f in kind.write_fields if f in after or f in before]
     changes = [
         {"field": f, "before": before.get(f) if action != CREATE else None, "after": after.get(f)}
@@ -320,11 +315,11 @@ def _object_change(
     return {
         "kind": kind.name,
         "name": name,
-        "id": object_id,
+        "id": None if live is None else str(live["id"]),
         "action": action,
         "changes": changes,
         "body": body_of(kind, changes),
-        "liveFingerprint": live_fingerprint,
+        "liveFingerprint": None if live is None else object_fingerprint(kind, changes, live),
     }
 
 
