@@ -349,7 +349,7 @@ def render_markdown(
     rows = [
         f"| {_md_title(p)} | {markdown(p.file)} | "
         f"{_ICONS[p.status]} {status_text[p.status]}"
-        + (f" ({len(p.changes)})" if p.status == CHANGED else "")
+        + (f" ({len(p.changes) + len(p.objects)})" if p.status == CHANGED else "")
         + " |"
         for p in attention
     ]
