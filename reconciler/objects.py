@@ -223,7 +223,7 @@ def plan_kind(
             problems.append(m.error)
             continue
         try:
-            desired = _resolved(kind, m.fields, index)
+            desired = _resolved(kind, m.name, m.fields, index)
         except ValueError as exc:
             problems.append(str(exc))
             continue
@@ -261,7 +261,9 @@ def plan_kind(
     return changes, not_managed, kept, problems
 
 
-def _resolved(kind: Kind, fields: Mapping[str, Any], index: RoleIndex) -> dict[str, Any]:
+def _resolved(
+    kind: Kind, object_name: str, fields: Mapping[str, Any], index: RoleIndex
+) -> dict[str, Any]:
     """The file's fields with role references as sorted [{id, name}] lists."""
     desired = {}
     for name in kind.write_fields:
@@ -269,7 +271,8 @@ def _resolved(kind: Kind, fields: Mapping[str, Any], index: RoleIndex) -> dict[s
             continue
         value = fields[name]
         if name in kind.role_fields:
-            roles = [index.resolve(role, f"{kind.name} {name}") for role in value or ()]
+            what = f"{kind.name} {object_name!r}: {name}"
+            roles = [index.resolve(role, what) for role in value or ()]
             value = sorted(roles, key=lambda r: (str(r["name"]), json.dumps(r["id"])))
         desired[name] = value
     return desired

@@ -243,3 +243,13 @@ def test_export_writes_every_kind_and_plans_clean(repo, emu):
     assert run(["plan", "--detailed-exitcode"], emu).exit_code == 0
     listed = run(["export", "--project-id", PID, "--include", "applications"], emu)
     assert list(yaml.safe_load(listed.stdout)) == ["id", "applications"]
+
+
+def test_an_m2m_role_that_resolves_nowhere_names_the_client_and_lists_the_roles(repo, emu):
+    project(repo, "m2mClients:\n  backend: {roles: [Nurse]}\n")
+    result = run(["plan"], emu)
+    assert result.exit_code == 1
+    assert (
+        "m2m 'backend': roles: no role named 'Nurse' in this Project "
+        "(roles: FrontDesk, Held, Legacy, Staff)"
+    ) in result.stdout
