@@ -286,5 +286,6 @@ def read_objects(
 
 
 def _where(project: ProjectFile, *keys: str) -> str:
-    line, column = project.location(*keys)
+    # A setting is located at its value; an object (kind, name) at its name.
+    line, column = project.key_location(*keys) if len(keys) > 1 else project.location(*keys)
     return f"{project.path}:{line}:{column}"

@@ -209,28 +209,29 @@ def plan_kind(
     *,
     prune: bool,
     me: str | None = None,
-) -> tuple[list[dict[str, Any]], list[str], list[str], list[str]]:
-    """(object changes as dicts, names not managed, names kept, problems) for one kind.
+) -> tuple[list[dict[str, Any]], list[str], list[str], list[tuple[str, str]]]:
+    """(object changes as dicts, names not managed, names kept, (name, problem) pairs)
+    for one kind.
 
     `details` holds the GET answers by id; `me` is the calling M2M client's id, which
     prune never deletes.
     """
     kind = matching.kind
     changes: list[dict[str, Any]] = []
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []  # (object name, message)
     for m in matching.matches:
         if m.error:
-            problems.append(m.error)
+            problems.append((m.name, m.error))
             continue
         try:
             desired = _resolved(kind, m.name, m.fields, index)
         except ValueError as exc:
-            problems.append(str(exc))
+            problems.append((m.name, str(exc)))
             continue
         if m.live is None:
             why = kind.create_problem(m.fields)
             if why:
-                problems.append(f"{kind.name} {m.name!r}: {why}")
+                problems.append((m.name, f"{kind.name} {m.name!r}: {why}"))
                 continue
             changes.append(
                 _object_change(kind, m.name, None, CREATE, {}, {"name": m.name, **desired})

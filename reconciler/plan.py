@@ -407,8 +407,8 @@ def diff(
             prune=kind.key in prune,
             me=live_objects.me if kind.name == "m2m" else None,
         )
-        for message in kind_problems:
-            fail(message, kind.key)
+        for object_name, message in kind_problems:
+            fail(message, kind.key, object_name)
         object_changes += [ObjectChange.from_dict(change) for change in planned]
         not_managed += [(kind.name, name) for name in unnamed]
         kept += [(kind.name, name) for name in keep]
