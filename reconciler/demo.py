@@ -32,6 +32,16 @@ DEMO_ENV = {
     "STAGING_ACCESS_TOKEN": "demo-staging-token",
 }
 STAGING = "31f7e0b1-b7ae-439d-a141-27b4e09ba6a1"
+STAGING_STAFF = "0b7d0f5e-6a43-4c8e-9f8e-1f6f7f0a9e11"
+WIDER_STAFF = {
+    "rule": [
+        {
+            "resource": "FHIR:*",
+            "action": ["FHIR:Read", "FHIR:Update", "FHIR:Create", "FHIR:Delete"],
+            "effect": "Allow",
+        }
+    ]
+}
 
 # (heading, command line, exit code that means the step went as the demo expects)
 STEPS = [
@@ -54,7 +64,8 @@ STEPS = [
     ("Drift check: the live Projects now match their files", ["drift"], 0),
 ]
 HAND_EDIT_STEP = (
-    "Someone turns off self-signup in staging by hand; drift catches it (exit 2)",
+    "Someone turns off self-signup in staging and gives its Staff role FHIR:Delete, by hand; "
+    "drift catches both (exit 2)",
     ["drift", "--format", "text"],
     2,
 )
@@ -79,6 +90,7 @@ def run_demo(echo=click.echo) -> int:
                 for number, (heading, args, expected) in enumerate(STEPS, start=1):
                     ok &= _step(number, heading, args, expected, echo)
                 emu.store.set_project_fields(STAGING, {"signupEnabled": False})
+                emu.store.update_role(STAGING, STAGING_STAFF, {"accessPolicy": WIDER_STAFF})
                 heading, args, expected = HAND_EDIT_STEP
                 ok &= _step(len(STEPS) + 1, heading, args, expected, echo)
     echo("")

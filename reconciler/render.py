@@ -119,8 +119,9 @@ def object_lines(change: ObjectChange, *, drift: bool = False) -> list[tuple[int
         if kind is not None and name in kind.policy_fields:
             old = set() if change.action == "create" else set(policy_rules(before))
             new = set(policy_rules(after))
-            lines += [(1, "-", f"{name} rule {rule}") for rule in sorted(old - new)]
-            lines += [(1, "+", f"{name} rule {rule}") for rule in sorted(new - old)]
+            live_only, file_only = (" (live only)", " (file only)") if drift else ("", "")
+            lines += [(1, "-", f"{name} rule {rule}{live_only}") for rule in sorted(old - new)]
+            lines += [(1, "+", f"{name} rule {rule}{file_only}") for rule in sorted(new - old)]
             if not old ^ new:
                 lines.append((1, "+" if change.action == "create" else "~", f"{name}: no rules"))
         elif change.action == "create":

@@ -25,6 +25,8 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
         "    + m2m intake-sync\n",
         "    - m2m legacy-export\n",
         "    + role Self-registered Patient: created\n",
+        "        - accessPolicy rule Allow FHIR:Create, FHIR:Delete, FHIR:Read, FHIR:Update on "
+        "FHIR:* (live only)\n",
         "Apply: 3 applied, 0 unchanged, 0 failed.",
         "Drift: 0 drifted, 3 in sync, 0 errors.",
         "Drift: 1 drifted, 2 in sync, 0 errors.",
