@@ -1,11 +1,14 @@
-"""Plans as plain data: Change, ProjectPlan and Plan, and diff(desired, live).
+"""Plans as plain data: Change, ObjectChange, ProjectPlan and Plan, and
+diff(desired, live).
 
-Pure: no I/O. The live settings come in as the API returned them; the desired
-settings as the project file holds them after ${VAR} substitution. Live is
-normalised to the file's shape (roles as {id, name} or None), role names in the
-file are resolved against the live Project (and, only when needed, its role
-list), and DeepDiff says which managed keys differ. A key absent from the file
-is unmanaged: it never enters the diff, the patch or the fingerprint.
+Pure: no I/O. The live settings (and the lists and objects a file manages) come
+in as the API returned them; the desired ones as the project file holds them
+after ${VAR} substitution. Live is normalised to the file's shape (roles as
+{id, name} or None), role names in the file are resolved through the roles as
+they will be after the plan (``objects.RoleIndex``; the role list only when
+needed), DeepDiff says which managed keys differ, and ``objects.plan_kind`` does
+the same for each kind of object. A key absent from the file is unmanaged: it
+never enters the diff, the patch or the fingerprint.
 """
 
 from __future__ import annotations
