@@ -321,3 +321,25 @@ def test_export_writes_roles_with_policies_and_plans_clean(repo, emu):
     assert doc["roles"]["Staff"] == {"description": "Staff", "accessPolicy": STAFF_POLICY}
     assert doc["defaultPatientRole"] == "FrontDesk"
     assert run(["plan", "--detailed-exitcode"], emu).exit_code == 0
+
+
+def test_markdown_shows_objects_under_their_project_with_rules_one_per_line(repo, emu):
+    project(
+        repo,
+        "defaultPatientRole: Nurse\nroles:"
+        + STAFF_FILE.replace('action: ["FHIR:Read"]', 'action: ["FHIR:Read", "FHIR:Update"]')
+        + "  Nurse: {description: Nurses}\n  Front Desk: {renamedFrom: FrontDesk}\n",
+    )
+    text = run(["plan", "--format", "markdown"], emu).stdout
+    assert "; objects: 1 to add, 2 to change, 0 to destroy\n" in text
+    assert "| defaultPatientRole | FrontDesk (" in text
+    assert "| Nurse (created by this plan) |" in text
+    assert '- ➕ role Nurse\n  - ➕ description: "Nurses"\n' in text
+    assert "- ✏️ role Front Desk (renamed from FrontDesk)\n" in text
+    assert (
+        "  - ➖ accessPolicy rule Allow FHIR:Read on FHIR:Patient:\\*\n"
+        "  - ➕ accessPolicy rule Allow FHIR:Read, FHIR:Update on FHIR:Patient:\\*\n"
+    ) in text
+    assert "🟡 to change (4)" in text
+    drift = run(["drift", "--format", "markdown"], emu).stdout
+    assert "accessPolicy rule Allow FHIR:Read on FHIR:Patient:\\* (live only)" in drift
