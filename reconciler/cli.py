@@ -19,83 +19,7 @@ from reconciler import __version__
 from reconciler.commands import EXIT_ERROR, EXIT_OK
 from reconciler.errors import ReconcilerError
 from reconciler.escape import CREDENTIAL_VARIABLES, set_secrets, term
-
-
-def _stack(*decorators: Callable) -> Callable:
-    """Apply several click decorators as one, so each option is defined once."""
-
-    def wrap(fn: Callable) -> Callable:
-        for decorator in reversed(decorators):
-            fn = decorator(fn)
-        return fn
-
-    return wrap
-
-
-def format_option(choices: list[str], help: str) -> Callable:
-    return click.option(
-        "--format", "fmt", type=click.Choice(choices), default="text", show_default=True, help=help
-    )
-
-
-paths_argument = click.argument("paths", nargs=-1, type=click.Path(path_type=str))
-
-api_options = _stack(
-    click.option(
-        "--api-url",
-        envvar="OYSTEHR_PROJECT_API_URL",
-        default="https://project-api.zapehr.com/v1",
-        show_default=True,
-        help="Project API base URL (env OYSTEHR_PROJECT_API_URL).",
-    ),
-    click.option(
-        "--auth-url",
-        envvar="OYSTEHR_AUTH_URL",
-        default="https://auth.zapehr.com/oauth/token",
-        show_default=True,
-        help="OAuth token endpoint (env OYSTEHR_AUTH_URL).",
-    ),
-    click.option(
-        "--timeout",
-        type=click.FloatRange(min=0.1),
-        default=30.0,
-        show_default=True,
-        help="Seconds per request.",
-    ),
-    click.option(
-        "--retries",
-        type=click.IntRange(min=0),
-        default=4,
-        show_default=True,
-        help="Retries on 408/5xx and connection errors (exponential backoff with jitter).",
-    ),
-    click.option("--no-color", is_flag=True, help="No colour (also NO_COLOR)."),
-    click.option("-v", "--verbose", is_flag=True, help="Log each request to stderr."),
-    click.option("-q", "--quiet", is_flag=True, help="Print only the result."),
-)
-
-fleet_options = _stack(
-    click.option(
-        "--concurrency",
-        type=click.IntRange(min=1, max=256),
-        default=8,
-        show_default=True,
-        help="Projects in flight at once.",
-    ),
-    click.option(
-        "--project",
-        "project_filters",
-        multiple=True,
-        metavar="ID_OR_STEM",
-        help="Only this Project (exact id or file stem); repeatable. All files still validate.",
-    ),
-    click.option(
-        "--shard",
-        metavar="I/N",
-        default=None,
-        help="Only shard I of N (1-based), split by sha256 of the Project id.",
-    ),
-)
+from reconciler.options import api_options, fleet_options, format_option, paths_argument, stack
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -181,7 +105,7 @@ def validate(paths: tuple[str, ...], fmt: str) -> None:
 
 
 def _plan_command(fn: Callable) -> Callable:
-    return _stack(paths_argument, api_options, fleet_options)(fn)
+    return stack(paths_argument, api_options, fleet_options)(fn)
 
 
 @cli.command()

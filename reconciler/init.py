@@ -27,15 +27,15 @@ import click
 import yaml
 
 from reconciler import __version__
+from reconciler.client import DEFAULT_API_URL, DEFAULT_AUTH_URL
 from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.options import connection_options
 
 # The repository that publishes reconciler and its action (tags v<version>).
 CANONICAL_REPOSITORY = "oystehr/reconciler"
 LOCAL_ACTION = "./.github/actions/reconciler"
 ACTION_PATH = ".github/actions/reconciler"
 WORKFLOWS = ("plan", "apply", "drift")
-DEFAULT_API_URL = "https://project-api.zapehr.com/v1"
-DEFAULT_AUTH_URL = "https://auth.zapehr.com/oauth/token"
 # Credentials a file without an `auth` block uses (an M2M client: the CI identity).
 DEFAULT_AUTH_NAMES = ("OYSTEHR_CLIENT_ID", "OYSTEHR_CLIENT_SECRET")
 READ_PREFIX = "READ_"
@@ -283,34 +283,7 @@ Next (in your repository's Settings on GitHub, or with the gh CLI as shown):
     metavar="OWNER/REPO@REF",
     help=f"The action the workflows use (default {CANONICAL_REPOSITORY}@v{__version__}).",
 )
-@click.option(
-    "--api-url",
-    envvar="OYSTEHR_PROJECT_API_URL",
-    default=DEFAULT_API_URL,
-    show_default=True,
-    help="Project API base URL (env OYSTEHR_PROJECT_API_URL); also written to the workflows.",
-)
-@click.option(
-    "--auth-url",
-    envvar="OYSTEHR_AUTH_URL",
-    default=DEFAULT_AUTH_URL,
-    show_default=True,
-    help="OAuth token endpoint (env OYSTEHR_AUTH_URL); also written to the workflows.",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    default=30.0,
-    show_default=True,
-    help="Seconds per request.",
-)
-@click.option(
-    "--retries",
-    type=click.IntRange(min=0),
-    default=4,
-    show_default=True,
-    help="Retries on 408/5xx and connection errors.",
-)
+@connection_options
 def init(
     directory: Path,
     project_ids: tuple[str, ...],

@@ -1,0 +1,95 @@
+"""Options shared by several commands, each defined once (as pip-tools does).
+
+`connection_options` is what any command that talks to the API takes;
+`api_options` adds the output options; `fleet_options` the Project selection of
+plan, apply and drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from reconciler.client import DEFAULT_API_URL, DEFAULT_AUTH_URL
+
+
+def stack(*decorators: Callable) -> Callable:
+    """Apply several click decorators as one, so each option is defined once."""
+
+    def wrap(fn: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return wrap
+
+
+def format_option(choices: list[str], help: str) -> Callable:
+    return click.option(
+        "--format", "fmt", type=click.Choice(choices), default="text", show_default=True, help=help
+    )
+
+
+paths_argument = click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+
+connection_options = stack(
+    click.option(
+        "--api-url",
+        envvar="OYSTEHR_PROJECT_API_URL",
+        default=DEFAULT_API_URL,
+        show_default=True,
+        help="Project API base URL (env OYSTEHR_PROJECT_API_URL).",
+    ),
+    click.option(
+        "--auth-url",
+        envvar="OYSTEHR_AUTH_URL",
+        default=DEFAULT_AUTH_URL,
+        show_default=True,
+        help="OAuth token endpoint (env OYSTEHR_AUTH_URL).",
+    ),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=30.0,
+        show_default=True,
+        help="Seconds per request.",
+    ),
+    click.option(
+        "--retries",
+        type=click.IntRange(min=0),
+        default=4,
+        show_default=True,
+        help="Retries on 408/5xx and connection errors (exponential backoff with jitter).",
+    ),
+)
+
+api_options = stack(
+    connection_options,
+    click.option("--no-color", is_flag=True, help="No colour (also NO_COLOR)."),
+    click.option("-v", "--verbose", is_flag=True, help="Log each request to stderr."),
+    click.option("-q", "--quiet", is_flag=True, help="Print only the result."),
+)
+
+fleet_options = stack(
+    click.option(
+        "--concurrency",
+        type=click.IntRange(min=1, max=256),
+        default=8,
+        show_default=True,
+        help="Projects in flight at once.",
+    ),
+    click.option(
+        "--project",
+        "project_filters",
+        multiple=True,
+        metavar="ID_OR_STEM",
+        help="Only this Project (exact id or file stem); repeatable. All files still validate.",
+    ),
+    click.option(
+        "--shard",
+        metavar="I/N",
+        default=None,
+        help="Only shard I of N (1-based), split by sha256 of the Project id.",
+    ),
+)
