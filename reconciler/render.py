@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 from reconciler.digest import digest_comment
@@ -42,13 +42,7 @@ class ObjectOutcome:
     error: str | None = None
 
     def to_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "name": self.name,
-            "action": self.action,
-            "status": self.status,
-            "error": self.error,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -207,21 +201,21 @@ def render_text(
             fh.write(_paint(line, "=", colour) + "\n")
             for text in _leftovers(project):
                 fh.write(_paint(f"    = {term(text)}", "=", colour) + "\n")
-    summary = plan.summary
-    if drift:
-        line = (
-            f"Drift: {summary[CHANGED]} drifted, {summary[UNCHANGED]} in sync, "
-            f"{plural(summary['errors'], 'error')}."
-        )
-    else:
-        line = (
-            f"Plan: {summary[CHANGED]} to change, {summary[UNCHANGED]} unchanged, "
-            f"{plural(summary['errors'], 'error')}."
-        )
+    line = f"{'Drift' if drift else 'Plan'}: {_counts(plan, drift=drift)}."
     objects = _object_counts(plan, drift=drift)
     if objects:
         line += f" Objects: {objects}."
     fh.write(_paint(line, "bold", colour) + "\n")
+
+
+def _counts(plan: Plan, *, drift: bool = False) -> str:
+    """`N to change, N unchanged, N errors` (drift: `N drifted, N in sync, N errors`)."""
+    summary = plan.summary
+    changed, unchanged = ("drifted", "in sync") if drift else ("to change", "unchanged")
+    return (
+        f"{summary[CHANGED]} {changed}, {summary[UNCHANGED]} {unchanged}, "
+        f"{plural(summary['errors'], 'error')}"
+    )
 
 
 def render_apply_text(outcomes: Sequence[Outcome], fh: TextIO, *, colour: bool = False) -> None:
@@ -318,18 +312,8 @@ def render_markdown(
     plan: Plan, fh: TextIO, *, drift: bool = False, limit: int = MARKDOWN_LIMIT
 ) -> None:
     """A PR comment (or drift issue body): marker, summary table, a <details> per change."""
-    summary = plan.summary
     marker = DRIFT_MARKER if drift else PLAN_MARKER
-    if drift:
-        heading = (
-            f"### reconciler drift: {summary[CHANGED]} drifted, {summary[UNCHANGED]} in sync, "
-            f"{plural(summary['errors'], 'error')}"
-        )
-    else:
-        heading = (
-            f"### reconciler plan: {summary[CHANGED]} to change, {summary[UNCHANGED]} unchanged, "
-            f"{plural(summary['errors'], 'error')}"
-        )
+    heading = f"### reconciler {'drift' if drift else 'plan'}: {_counts(plan, drift=drift)}"
     objects = _object_counts(plan, drift=drift)
     if objects:
         heading += f"; objects: {objects}"
