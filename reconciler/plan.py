@@ -54,6 +54,10 @@ class Change:
     def to_dict(self) -> dict:
         return {"field": self.field, "before": self.before, "after": self.after}
 
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Change:
+        return cls(doc["field"], doc["before"], doc["after"])
+
 
 @dataclass(frozen=True)
 class ObjectChange:
@@ -89,7 +93,7 @@ class ObjectChange:
             name=doc["name"],
             id=doc.get("id"),
             action=doc["action"],
-            changes=tuple(Change(c["field"], c["before"], c["after"]) for c in doc["changes"]),
+            changes=tuple(Change.from_dict(c) for c in doc["changes"]),
             body=dict(doc.get("body") or {}),
             live_fingerprint=doc.get("liveFingerprint"),
         )
@@ -150,9 +154,7 @@ class ProjectPlan:
             file=doc["file"],
             project_id=doc["projectId"],
             status=doc["status"],
-            changes=tuple(
-                Change(c["field"], c["before"], c["after"]) for c in doc.get("changes") or ()
-            ),
+            changes=tuple(Change.from_dict(c) for c in doc.get("changes") or ()),
             patch=dict(doc.get("patch") or {}),
             auth=doc.get("auth"),
             live_fingerprint=doc.get("liveFingerprint"),
