@@ -33,6 +33,7 @@ from reconciler.errors import (
 )
 from reconciler.escape import add_secrets, plural, redact, without_userinfo
 from reconciler.kinds import Kind
+from reconciler.schedule import Budget, Interrupted
 from reconciler.transport import Abandoned, default_transport
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,15 @@ DEFAULT_AUTH_URL = "https://auth.zapehr.com/oauth/token"
 AUDIENCE = "https://api.zapehr.com"
 
 RETRYABLE_STATUS = frozenset({408, 500, 502, 503, 504})
-MAX_RETRY_AFTER = 30.0
 MAX_RATE_LIMITED_IN_A_ROW = 10
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
 USER_AGENT = f"reconciler/{__version__}"
 PAGE_SIZE = 100
+# A kind's list longer than this is an error, never an endless read (a server whose
+# cursor never ends, or a list no Project really holds).
+MAX_PAGES = 1_000
+MAX_OBJECTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,12 @@ def same_url(a: str, b: str) -> bool:
 
 
 class ProjectApi:
-    """One run's connection to the Project API; safe to share between threads."""
+    """One run's connection to the Project API; safe to share between threads.
+
+    Every request, token requests included, takes a slot of the run's `budget`
+    (schedule.Budget) while it is in flight: that is what bounds the run's requests and
+    shares a rate limit's pause between threads.
+    """
 
     def __init__(
         self,
@@ -171,12 +180,15 @@ class ProjectApi:
         max_connections: int = 16,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], Any] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.api_url = check_url(api_url, "--api-url (OYSTEHR_PROJECT_API_URL)").rstrip("/")
         self.auth_url = check_url(auth_url, "--auth-url (OYSTEHR_AUTH_URL)")
         self.retries = retries
         self._aborted = threading.Event()
-        # Waits (backoff, Retry-After) end early when the run is interrupted.
+        self.budget = budget or Budget(max_connections)
+        self._origins = {url: _origin(url) for url in (self.api_url, self.auth_url)}
+        # Backoff waits end early when the run is interrupted.
         self._sleep = sleep or self._aborted.wait
         # Requests go straight to the transport: httpx's Client layers (cookies, redirects,
         # auth flows, URL merging) cost a third of the CPU per request and none is needed.
@@ -199,6 +211,7 @@ class ProjectApi:
         """The run was interrupted: cut the requests in flight, send no more. Threads
         waiting on an answer get a TransportError at once."""
         self._aborted.set()
+        self.budget.abort()
         abort = getattr(self._transport, "abort", None)
         if abort is not None:
             abort()
@@ -237,25 +250,30 @@ class ProjectApi:
 
     def list_objects(self, kind: Kind, project_id: str, credentials: Credentials) -> list[dict]:
         """Every live object of a kind: every page of a paged list, never more."""
-        if not kind.paged:
-            items = self._call("GET", kind.list_path, project_id, credentials)
-            return _objects(items, f"GET {self.api_url}{kind.list_path}")
-        items: list[dict] = []
-        cursors: set[str] = set()
-        query = f"?limit={PAGE_SIZE}"
+        pages = Pages(f"GET {self.api_url}{kind.list_path}")
+        cursor = None
         while True:
-            page = self._call("GET", kind.list_path + query, project_id, credentials)
-            what = f"GET {self.api_url}{kind.list_path}"
-            page = expect_object(page, what, required=("data",))
-            items += _objects(page["data"], f"{what}: data")
-            metadata = expect(page.get("metadata") or {}, dict, f"{what}: metadata")
-            cursor = expect(metadata.get("nextCursor"), (str, type(None)), f"{what}: nextCursor")
-            if not cursor:
-                return items
-            if cursor in cursors:
-                raise ShapeError(f"{what}: nextCursor repeats; refusing to loop")
-            cursors.add(cursor)
-            query = f"?limit={PAGE_SIZE}&cursor={quote(cursor, safe='')}"
+            items, cursor = self.list_page(kind, project_id, credentials, cursor)
+            if not pages.add(items, cursor):
+                return pages.items
+
+    def list_page(
+        self, kind: Kind, project_id: str, credentials: Credentials, cursor: str | None = None
+    ) -> tuple[list[dict], str | None]:
+        """One page of a kind's list and the cursor of the next (None: the last page; an
+        unpaged list is one page). `Pages` bounds the whole."""
+        what = f"GET {self.api_url}{kind.list_path}"
+        if not kind.paged:
+            return _objects(self._call("GET", kind.list_path, project_id, credentials), what), None
+        query = f"?limit={PAGE_SIZE}"
+        if cursor:
+            query += f"&cursor={quote(cursor, safe='')}"
+        page = self._call("GET", kind.list_path + query, project_id, credentials)
+        page = expect_object(page, what, required=("data",))
+        items = _objects(page["data"], f"{what}: data")
+        metadata = expect(page.get("metadata") or {}, dict, f"{what}: metadata")
+        cursor = expect(metadata.get("nextCursor"), (str, type(None)), f"{what}: nextCursor")
+        return items, cursor or None
 
     def get_object(
         self, kind: Kind, project_id: str, credentials: Credentials, object_id: str
@@ -378,7 +396,8 @@ class ProjectApi:
 
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """Send with retries: backoff with jitter on 408/5xx and connection errors,
-        Retry-After on 429 (not counted against --retries, at most 10 in a row)."""
+        Retry-After on 429 (not counted against --retries, at most 10 in a row; the
+        budget's shared pause does the waiting)."""
         headers = kwargs.pop("headers")
         idempotent = kwargs.pop("idempotent", True)
         attempt = 0
@@ -387,7 +406,6 @@ class ProjectApi:
             if self._aborted.is_set():
                 raise TransportError(f"{method} {url}: not sent: the run was interrupted")
             request_id = str(uuid.uuid4())
-            started = time.monotonic()
             request = httpx.Request(
                 method,
                 url,
@@ -396,12 +414,15 @@ class ProjectApi:
                 **kwargs,
             )
             try:
-                response = self._transport.handle_request(request)
-                try:
-                    response.read()
-                finally:
-                    response.close()
-            except Abandoned as exc:
+                with self.budget.slot(self._origins.get(url) or _origin(url)) as slot:
+                    started = time.monotonic()
+                    response = self._transport.handle_request(request)
+                    try:
+                        response.read()
+                    finally:
+                        response.close()
+                    slot.answered(response.status_code, response.headers.get("retry-after"))
+            except (Interrupted, Abandoned) as exc:
                 raise TransportError(f"{method} {url}: {exc}") from None
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 if not idempotent and not isinstance(exc, httpx.ConnectError):
@@ -427,10 +448,9 @@ class ProjectApi:
                 request_id,
             )
             if response.status_code == 429 and rate_limited < MAX_RATE_LIMITED_IN_A_ROW:
+                # The budget holds every new request to this API until Retry-After: this
+                # one too, once it asks for a slot again.
                 rate_limited += 1
-                wait = _retry_after(response.headers.get("retry-after"))
-                log.debug("rate limited: waiting %.1f s", wait)
-                self._sleep(wait)
                 continue
             rate_limited = 0
             if not idempotent and response.status_code in RETRYABLE_STATUS:
@@ -616,9 +636,36 @@ def _json_or_none(response: httpx.Response) -> Any:
         return None
 
 
-def _retry_after(value: str | None) -> float:
-    try:
-        seconds = float(value) if value is not None else 1.0
-    except ValueError:
-        seconds = 1.0
-    return max(0.0, min(seconds, MAX_RETRY_AFTER))
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class Pages:
+    """A kind's list as it is read, page after page: at most MAX_PAGES pages and
+    MAX_OBJECTS objects, and a cursor that repeats is an error, not a loop."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.items: list[dict] = []
+        self.pages = 0
+        self._cursors: set[str] = set()
+
+    def add(self, items: list[dict], cursor: str | None) -> bool:
+        """Take in a page; True when there is a next one to read (at `cursor`)."""
+        self.pages += 1
+        self.items += items
+        if len(self.items) > MAX_OBJECTS:
+            raise ShapeError(
+                f"{self.what}: more than {MAX_OBJECTS:,} objects; refusing to read further"
+            )
+        if not cursor:
+            return False
+        if cursor in self._cursors:
+            raise ShapeError(f"{self.what}: nextCursor repeats; refusing to loop")
+        if self.pages >= MAX_PAGES:
+            raise ShapeError(
+                f"{self.what}: more than {MAX_PAGES:,} pages; refusing to read further"
+            )
+        self._cursors.add(cursor)
+        return True

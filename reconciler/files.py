@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,11 +122,18 @@ class LoadResult:
     files_read: int
 
 
-def load_projects(paths: Sequence[str], env: Mapping[str, str] | None = None) -> LoadResult:
+def load_projects(
+    paths: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    on_valid: Callable[[ProjectFile], None] | None = None,
+) -> LoadResult:
     """Find, read, substitute and validate every project file under ``paths``.
 
     Raises ConfigError for a path that does not exist and when no project file
-    is found; everything else wrong is a Problem in the result.
+    is found; everything else wrong is a Problem in the result. ``on_valid`` is
+    called with each file that is valid on its own, as soon as it is, while no file
+    has had a problem (a plan starts reading that Project while later files load);
+    problems across files (duplicate ids, credentials) are known only in the result.
     """
     env = os.environ if env is None else env
     files, problems = find_project_files(paths)
@@ -136,6 +143,8 @@ def load_projects(paths: Sequence[str], env: Mapping[str, str] | None = None) ->
         project, file_problems = load_project_file(path, env)
         if project is not None:
             loaded.append(project)
+            if on_valid is not None and not file_problems and not problems:
+                on_valid(project)
         if file_problems:
             failed.add(path)
             problems.extend(file_problems)

@@ -262,7 +262,7 @@ def test_an_apply_stopped_by_sigterm_reports_and_a_rerun_converges(repo):
         # SIGTERM once the PATCHes have begun (the plan reads come first).
         code, out, err = apply_until_sigterm(emu, "PATCH /v1/project", 2)
         assert code == 1, out + err
-        assert "Stopping: no new Projects will start" in err
+        assert "Stopping: no new writes will start" in err
         summary = re.search(r"Apply: (\d+) applied, 0 unchanged, 0 failed, (\d+) skipped\.", out)
         assert summary, out
         applied, skipped = int(summary[1]), int(summary[2])
