@@ -35,12 +35,10 @@ from reconciler.escape import add_secrets, plural, redact, without_userinfo
 from reconciler.kinds import Kind
 from reconciler.schedule import Budget, Interrupted
 from reconciler.transport import Abandoned, default_transport
+from reconciler.urls import AUDIENCE, DEFAULT_API_URL, DEFAULT_AUTH_URL
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API_URL = "https://project-api.zapehr.com/v1"
-DEFAULT_AUTH_URL = "https://auth.zapehr.com/oauth/token"
-AUDIENCE = "https://api.zapehr.com"
 
 RETRYABLE_STATUS = frozenset({408, 500, 502, 503, 504})
 MAX_RATE_LIMITED_IN_A_ROW = 10

@@ -10,17 +10,18 @@ ReconcilerError and become one `Error: …` line in `cli.py`.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from reconciler.errors import ConfigError, RefusedError
 from reconciler.escape import plural, term
-from reconciler.plan import Plan
+
+if TYPE_CHECKING:
+    from reconciler.plan import Plan
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -45,6 +46,8 @@ class Run:
             not options.get("no_color") and not os.environ.get("NO_COLOR") and sys.stdout.isatty()
         )
         if self.verbose:
+            import logging
+
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(message)s"))
             logger = logging.getLogger("reconciler")
@@ -305,6 +308,8 @@ def apply(
 
 def export(run: Run, project_id: str, output: str | None, force: bool, include: str | None) -> int:
     """A project file from the live Project, on stdout or in --output."""
+    from pathlib import Path
+
     from reconciler.client import resolve_credentials
     from reconciler.export import export_project, parse_include, schema_ref_for
 

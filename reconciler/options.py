@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import click
 
-from reconciler.client import DEFAULT_API_URL, DEFAULT_AUTH_URL
+from reconciler.urls import DEFAULT_API_URL, DEFAULT_AUTH_URL
 
 
 def stack(*decorators: Callable) -> Callable:

@@ -16,8 +16,13 @@
                                                 roles:[{id,name}],accessPolicy?,jwksUrl?}
     POST /v1/m2m/{id}/rotate-secret            {"secret"}: the new secret works at
                                                 /oauth/token, the old one no longer
-    GET  /_emulator/stats                      {"requests": {"GET /v1/project": n, ...}}
-    POST /_emulator/stats/reset
+    GET  /_emulator/stats                      {"requests": {"GET /v1/project": n, ...},
+                                                "faults": {"429": n, "503": n},
+                                                "concurrency": {"peak": n,
+                                                                "byProject": {id: n}}}
+    GET  /_emulator/requests                   {"requests": [{method, path, project,
+                                                start, end, status}, ...]} (oldest first)
+    POST /_emulator/stats/reset                zeroes both
 
 Every error is `{"message": str, "code": int}` with the HTTP status as code:
 400 bad body or query, 401 no or unknown token, 403 another Project or refused
@@ -40,7 +45,13 @@ from urllib.parse import parse_qs
 
 from reconciler import __version__
 from reconciler.emulator.bodies import APPLICATION_FIELDS, M2M_FIELDS, ROLE_FIELDS, check_fields
-from reconciler.emulator.faults import FaultInjector, Faults, RequestStats
+from reconciler.emulator.faults import (
+    FaultInjector,
+    Faults,
+    RequestLog,
+    RequestStats,
+    TokenBuckets,
+)
 from reconciler.emulator.policy import ENDPOINT_ACTIONS, allows
 from reconciler.emulator.store import Access, Caller, Invalid, NotFound, Store
 
@@ -105,11 +116,14 @@ class EmulatorApp:
         self.quiet = quiet
         self.m2m_page_size = m2m_page_size
         self.stats = RequestStats()
+        self.log = RequestLog()
         self._injector = FaultInjector(self.faults)
+        self._buckets = TokenBuckets(self.faults.rate_limit_rps)
         public: dict[str, dict[str, Handler]] = {
             "/oauth/token": {"POST": self._token},
             "/v1/version": {"GET": self._version},
             "/_emulator/stats": {"GET": self._get_stats},
+            "/_emulator/requests": {"GET": self._get_requests},
             "/_emulator/stats/reset": {"POST": self._reset_stats},
         }
         api: dict[str, dict[str, Handler]] = {
@@ -147,6 +161,10 @@ class EmulatorApp:
         started = time.perf_counter()
         method = environ["REQUEST_METHOD"]
         path = environ.get("PATH_INFO") or "/"
+        logged = None
+        if _metered(path):
+            project = environ.get(_PROJECT_HEADERS[0]) or environ.get(_PROJECT_HEADERS[1]) or ""
+            logged = self.log.begin(method, path, project.strip())
         try:
             status, body, headers = self._handle(environ, method, path)
         except HttpError as exc:
@@ -163,6 +181,8 @@ class EmulatorApp:
                 ("Content-Length", str(len(payload))),
                 *headers,
             ]
+        if logged is not None:
+            self.log.end(logged, status)
         request_id = environ.get("HTTP_X_OYSTEHR_REQUEST_ID")
         if request_id:
             headers.append(("x-oystehr-request-id", request_id[:100]))
@@ -175,18 +195,10 @@ class EmulatorApp:
         return [payload]
 
     def _handle(self, environ: dict[str, Any], method: str, path: str) -> Response:
-        metered = path == "/oauth/token" or path == "/v1" or path.startswith("/v1/")
-        if metered:
+        if _metered(path):
             self.stats.count(method, path)
             if path != "/v1/version" and self.faults.active:
-                fault = self._injector.decide()
-                if self.faults.latency_ms:
-                    # No lock is held here: a sleeping request blocks nobody.
-                    time.sleep(self.faults.latency_ms / 1000)
-                if fault == 429:
-                    raise HttpError(429, "Too Many Requests (emulated)", [("Retry-After", "1")])
-                if fault == 503:
-                    raise HttpError(503, "Service Unavailable (emulated)")
+                self._inject(environ)
         match, template, methods, authorised = self._route(path)
         handler = methods.get(method)
         if handler is None:
@@ -207,6 +219,26 @@ class EmulatorApp:
             raise HttpError(400, str(exc)) from None
         except NotFound as exc:
             raise HttpError(404, str(exc)) from None
+
+    def _inject(self, environ: dict[str, Any]) -> None:
+        """Latency, then the fault this request gets, if any (raised as its answer)."""
+        fault = self._injector.decide()
+        if self.faults.latency_ms:
+            # No lock is held here: a sleeping request blocks nobody.
+            time.sleep(self.faults.latency_ms / 1000)
+        if fault is None and self.faults.rate_limit_rps:
+            wait = self._buckets.take(environ.get("HTTP_AUTHORIZATION", ""))
+            if wait is not None:
+                self.stats.fault(429)
+                raise HttpError(
+                    429, "Too Many Requests (emulated rate limit)", [("Retry-After", f"{wait:.3f}")]
+                )
+        if fault is not None:
+            self.stats.fault(fault)
+        if fault == 429:
+            raise HttpError(429, "Too Many Requests (emulated)", [("Retry-After", "1")])
+        if fault == 503:
+            raise HttpError(503, "Service Unavailable (emulated)")
 
     def _route(self, path: str) -> tuple[re.Match[str], str, dict[str, Handler], bool]:
         """The first route matching the path: its match, template, handlers, whether authorised."""
@@ -234,10 +266,19 @@ class EmulatorApp:
         return 200, {"version": f"reconciler-emulator {__version__}"}, []
 
     def _get_stats(self, call: Call) -> Response:
-        return 200, {"requests": self.stats.snapshot()}, []
+        doc = {
+            "requests": self.stats.snapshot(),
+            "faults": self.stats.faults(),
+            "concurrency": self.log.concurrency(),
+        }
+        return 200, doc, []
+
+    def _get_requests(self, call: Call) -> Response:
+        return 200, {"requests": self.log.entries()}, []
 
     def _reset_stats(self, call: Call) -> Response:
         self.stats.reset()
+        self.log.reset()
         return 200, {"requests": {}}, []
 
     def _get_project(self, call: Call) -> Response:
@@ -456,6 +497,11 @@ def _empty_body(call: Call) -> None:
     raw = _read_body(call.environ).strip()
     if raw and raw != b"{}":
         raise HttpError(400, "this endpoint takes no request body")
+
+
+def _metered(path: str) -> bool:
+    """Counted in the stats and the request log, and subject to faults (but /v1/version)."""
+    return path == "/oauth/token" or path == "/v1" or path.startswith("/v1/")
 
 
 def _template(path: str) -> re.Pattern[str]:
