@@ -239,7 +239,8 @@ class Pool:
             heapq.heappush(self._heap, (priority, next(self._order), task))
             if self._idle:
                 self._cond.notify()
-            elif self._threads < self.size:
+            # More queued than idle workers to take them: another worker, up to the size.
+            if len(self._heap) > self._idle and self._threads < self.size:
                 self._threads += 1
                 threading.Thread(target=self._work, name="reconciler-worker", daemon=True).start()
 
