@@ -1,4 +1,4 @@
-"""The Oystehr Project API over httpx: credentials, tokens, headers, retries, errors.
+"""The Oystehr Project API: credentials, tokens, headers, retries, errors.
 
 Everything that leaves this module as an exception is one of ours (errors.py),
 its message free of tokens and client secrets.
@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpx
-
 from reconciler import __version__
 from reconciler.errors import (
     ApiError,
@@ -34,8 +32,18 @@ from reconciler.errors import (
 from reconciler.escape import add_secrets, plural, redact, without_userinfo
 from reconciler.kinds import Kind
 from reconciler.schedule import Budget, Interrupted
-from reconciler.transport import Abandoned, default_transport
 from reconciler.urls import AUDIENCE, DEFAULT_API_URL, DEFAULT_AUTH_URL
+from reconciler.wire import Abandoned as Cut
+from reconciler.wire import (
+    Answer,
+    ConnectError,
+    NetworkError,
+    RemoteProtocolError,
+    TimeoutException,
+    Wire,
+    WireError,
+    proxies_configured,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +184,7 @@ class ProjectApi:
         timeout: float = 30.0,
         retries: int = 4,
         max_connections: int = 16,
-        transport: httpx.BaseTransport | None = None,
+        transport: Any = None,
         sleep: Callable[[float], Any] | None = None,
         budget: Budget | None = None,
     ) -> None:
@@ -188,10 +196,17 @@ class ProjectApi:
         self._origins = {url: _origin(url) for url in (self.api_url, self.auth_url)}
         # Backoff waits end early when the run is interrupted.
         self._sleep = sleep or self._aborted.wait
-        # Requests go straight to the transport: httpx's Client layers (cookies, redirects,
-        # auth flows, URL merging) cost a third of the CPU per request and none is needed.
-        self._transport = transport or default_transport(max_connections=max_connections)
-        self._timeout = httpx.Timeout(timeout).as_dict()
+        # Requests go straight to the wire (standard library only; see wire.py), unless a
+        # proxy is configured or an httpx transport is given (a test's, say): then httpx.
+        if transport is None and not proxies_configured():
+            self._sender: Any = Wire()
+        else:
+            from reconciler.transport import ClientTransport, HttpxSender
+
+            self._sender = HttpxSender(
+                transport or ClientTransport(max_connections=max_connections)
+            )
+        self._timeout = timeout
         self._tokens: dict[tuple[str, str], str] = {}
         self._token_locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -203,16 +218,14 @@ class ProjectApi:
         self.close()
 
     def close(self) -> None:
-        self._transport.close()
+        self._sender.close()
 
     def abort(self) -> None:
         """The run was interrupted: cut the requests in flight, send no more. Threads
         waiting on an answer get a TransportError at once."""
         self._aborted.set()
         self.budget.abort()
-        abort = getattr(self._transport, "abort", None)
-        if abort is not None:
-            abort()
+        self._sender.abort()
 
     # The Project API --------------------------------------------------------------
 
@@ -392,38 +405,44 @@ class ProjectApi:
         self._remember_secret(token)
         return token
 
-    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def _send(self, method: str, url: str, **kwargs: Any) -> Answer:
         """Send with retries: backoff with jitter on 408/5xx and connection errors,
         Retry-After on 429 (not counted against --retries, at most 10 in a row; the
         budget's shared pause does the waiting)."""
         headers = kwargs.pop("headers")
         idempotent = kwargs.pop("idempotent", True)
+        doc = kwargs.pop("json", None)
+        body = None
+        if doc is not None:
+            body = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            body = body.encode()
         attempt = 0
         rate_limited = 0
         while True:
             if self._aborted.is_set():
                 raise TransportError(f"{method} {url}: not sent: the run was interrupted")
             request_id = str(uuid.uuid4())
-            request = httpx.Request(
-                method,
-                url,
-                headers={**headers, "user-agent": USER_AGENT, "x-oystehr-request-id": request_id},
-                extensions={"timeout": self._timeout},
-                **kwargs,
-            )
+            sent = [
+                *headers.items(),
+                ("user-agent", USER_AGENT),
+                ("x-oystehr-request-id", request_id),
+            ]
             try:
                 with self.budget.slot(self._origins.get(url) or _origin(url)) as slot:
                     started = time.monotonic()
-                    response = self._transport.handle_request(request)
-                    try:
-                        response.read()
-                    finally:
-                        response.close()
+                    response = self._sender.send(
+                        method,
+                        url,
+                        sent,
+                        body,
+                        timeout=self._timeout,
+                        connect_timeout=self._timeout,
+                    )
                     slot.answered(response.status_code, response.headers.get("retry-after"))
-            except (Interrupted, Abandoned) as exc:
+            except (Interrupted, Cut) as exc:
                 raise TransportError(f"{method} {url}: {exc}") from None
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                if not idempotent and not isinstance(exc, httpx.ConnectError):
+            except (TimeoutException, NetworkError, RemoteProtocolError) as exc:
+                if not idempotent and not isinstance(exc, ConnectError):
                     raise UncertainWriteError(
                         f"{method} {url}: {type(exc).__name__}; it may have been carried out"
                     ) from None
@@ -435,7 +454,7 @@ class ProjectApi:
                 attempt += 1
                 self._backoff(attempt, f"{method} {url}: {type(exc).__name__}")
                 continue
-            except httpx.HTTPError as exc:
+            except WireError as exc:
                 raise TransportError(f"{method} {url}: {self._redact(str(exc))}") from None
             log.debug(
                 "%s %s -> %s in %.0f ms (request %s)",
@@ -467,7 +486,7 @@ class ProjectApi:
         log.debug("%s; retry %d of %d in %.2f s", why, attempt, self.retries, delay)
         self._sleep(delay)
 
-    def _decode(self, response: httpx.Response, what: str, *, auth: bool = False) -> Any:
+    def _decode(self, response: Answer, what: str, *, auth: bool = False) -> Any:
         """The answer's JSON, or one line saying what went wrong: status, what was sent
         back (never an HTML page itself) and, where it helps, which URL to check."""
         status = response.status_code
@@ -495,7 +514,7 @@ class ProjectApi:
         return doc
 
     @staticmethod
-    def _content(response: httpx.Response) -> str:
+    def _content(response: Answer) -> str:
         kind = response.headers.get("content-type", "").split(";")[0].strip()
         if not response.content:
             return "an empty body"
@@ -519,7 +538,7 @@ class ProjectApi:
             return "; the server, or a proxy in front of it, failed"
         return "; is the API URL right? (--api-url)"
 
-    def _message(self, response: httpx.Response) -> str:
+    def _message(self, response: Answer) -> str:
         doc = _json_or_none(response)
         if isinstance(doc, dict) and isinstance(doc.get("message"), str):
             return redact(doc["message"])
@@ -627,9 +646,9 @@ def _objects(value: Any, what: str) -> list[dict]:
     return value
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+def _json_or_none(response: Answer) -> Any:
     try:
-        return response.json()
+        return json.loads(response.content)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
 
