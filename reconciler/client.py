@@ -193,7 +193,7 @@ class ProjectApi:
         self.retries = retries
         self._aborted = threading.Event()
         self.budget = budget or Budget(max_connections)
-        self._origins = {url: _origin(url) for url in (self.api_url, self.auth_url)}
+        self._api_origin, self._auth_origin = _origin(self.api_url), _origin(self.auth_url)
         # Backoff waits end early when the run is interrupted.
         self._sleep = sleep or self._aborted.wait
         # Requests go straight to the wire (standard library only; see wire.py), unless a
@@ -208,6 +208,7 @@ class ProjectApi:
             )
         self._timeout = timeout
         self._tokens: dict[tuple[str, str], str] = {}
+        self._remembered: set[str] = set()
         self._token_locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -428,7 +429,8 @@ class ProjectApi:
                 ("x-oystehr-request-id", request_id),
             ]
             try:
-                with self.budget.slot(self._origins.get(url) or _origin(url)) as slot:
+                origin = self._auth_origin if url == self.auth_url else self._api_origin
+                with self.budget.slot(origin) as slot:
                     started = time.monotonic()
                     response = self._sender.send(
                         method,
@@ -545,7 +547,9 @@ class ProjectApi:
         return f"{response.status_code} with {self._content(response)}"
 
     def _remember_secret(self, secret: str) -> None:
-        add_secrets([secret])
+        if secret not in self._remembered:  # once each: every request passes here
+            add_secrets([secret])
+            self._remembered.add(secret)
 
     def _redact(self, text: str) -> str:
         return redact(text)

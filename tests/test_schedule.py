@@ -429,3 +429,25 @@ def test_a_projects_error_is_the_first_in_read_order_whichever_fails_first(repo,
         result = run(["plan", "--retries", "0"], server)
     assert result.exit_code == 1
     assert f"error: GET {server.api_url}/project answered 500: /v1/project broke" in result.stdout
+
+
+def test_after_a_halving_requests_restart_one_at_a_time():
+    budget = Budget(8)
+    with budget.slot() as answer:
+        answer.answered(429, "0")
+    assert budget.limit == 4
+    first = budget.slot().__enter__()
+    second_sent = threading.Event()
+
+    def second() -> None:
+        with budget.slot() as answer:
+            second_sent.set()
+            answer.answered(200)
+
+    waiting = threading.Thread(target=second)
+    waiting.start()
+    assert not second_sent.wait(0.2)  # one at a time until an answer comes back well
+    first.answered(200)
+    first.__exit__(None, None, None)
+    assert second_sent.wait(5)
+    waiting.join()
