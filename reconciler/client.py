@@ -9,11 +9,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import random
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -422,7 +422,7 @@ class ProjectApi:
         while True:
             if self._aborted.is_set():
                 raise TransportError(f"{method} {url}: not sent: the run was interrupted")
-            request_id = str(uuid.uuid4())
+            request_id = _request_id()
             sent = [
                 *headers.items(),
                 ("user-agent", USER_AGENT),
@@ -655,6 +655,15 @@ def _json_or_none(response: Answer) -> Any:
         return json.loads(response.content)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+def _request_id() -> str:
+    """A random (version 4) UUID, without importing uuid (which imports platform)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _origin(url: str) -> str:
