@@ -67,7 +67,12 @@ connection_options = stack(
 api_options = stack(
     connection_options,
     click.option("--no-color", is_flag=True, help="No colour (also NO_COLOR)."),
-    click.option("-v", "--verbose", is_flag=True, help="Log each request to stderr."),
+    click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        help="Log each request to stderr, and where the request limit ended.",
+    ),
     click.option("-q", "--quiet", is_flag=True, help="Print only the result."),
 )
 
@@ -77,7 +82,7 @@ fleet_options = stack(
         type=click.IntRange(min=1, max=256),
         default=8,
         show_default=True,
-        help="Projects in flight at once.",
+        help="Requests in flight at once, for the whole run (token requests included).",
     ),
     click.option(
         "--project",

@@ -16,12 +16,12 @@
                                                 roles:[{id,name}],accessPolicy?,jwksUrl?}
     POST /v1/m2m/{id}/rotate-secret            {"secret"}: the new secret works at
                                                 /oauth/token, the old one no longer
-    GET  /_emulator/stats                      {"requests": {"GET /v1/project": n, ...},
+    GET  /_emulator/stats                      {"requests": {"GET /v1/project": n, ...}}
+    GET  /_emulator/requests                   {"requests": [{method, path, project,
+                                                start, end, status}, ...] (oldest first),
                                                 "faults": {"429": n, "503": n},
                                                 "concurrency": {"peak": n,
                                                                 "byProject": {id: n}}}
-    GET  /_emulator/requests                   {"requests": [{method, path, project,
-                                                start, end, status}, ...]} (oldest first)
     POST /_emulator/stats/reset                zeroes both
 
 Every error is `{"message": str, "code": int}` with the HTTP status as code:
@@ -266,15 +266,15 @@ class EmulatorApp:
         return 200, {"version": f"reconciler-emulator {__version__}"}, []
 
     def _get_stats(self, call: Call) -> Response:
+        return 200, {"requests": self.stats.snapshot()}, []
+
+    def _get_requests(self, call: Call) -> Response:
         doc = {
-            "requests": self.stats.snapshot(),
+            "requests": self.log.entries(),
             "faults": self.stats.faults(),
             "concurrency": self.log.concurrency(),
         }
         return 200, doc, []
-
-    def _get_requests(self, call: Call) -> Response:
-        return 200, {"requests": self.log.entries()}, []
 
     def _reset_stats(self, call: Call) -> Response:
         self.stats.reset()

@@ -96,8 +96,8 @@ class TokenBuckets:
 
 
 class RequestStats:
-    """Thread-safe counts of "METHOD /path" (and of the faults answered) for
-    GET /_emulator/stats."""
+    """Thread-safe counts of "METHOD /path" for GET /_emulator/stats, and of the faults
+    answered for GET /_emulator/requests."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -129,8 +129,8 @@ class RequestStats:
 class RequestLog:
     """Each /v1 and /oauth request's method, path (no query), Project, start and end
     (seconds on the emulator's monotonic clock) and status, for GET /_emulator/requests
-    (the newest `limit`); and the peak of requests in flight at once, per Project, for
-    GET /_emulator/stats. Tests use it to see what overlapped and what did not."""
+    (the newest `limit`), and the peak of requests in flight at once, in all and per
+    Project. Tests use it to see what overlapped and what did not."""
 
     def __init__(self, limit: int = 100_000) -> None:
         self._lock = threading.Lock()
