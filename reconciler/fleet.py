@@ -19,23 +19,17 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler import objects
 from reconciler.client import ClientCredentials, Pages, ProjectApi, resolve_credentials
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.files import ProjectFile
 from reconciler.kinds import M2M, ROLE, Kind
-from reconciler.plan import (
-    LiveObjects,
-    Plan,
-    ProjectPlan,
-    diff,
-    needs_role_lookup,
-    normalise_live,
-    now_utc,
-)
 from reconciler.schedule import Pool, Tasks
+
+if TYPE_CHECKING:
+    from reconciler.plan import Plan, ProjectPlan
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +134,10 @@ class Planner:
         """Wait for every Project added (an interrupt abandons their reads), then the
         plan of `projects`, in that order."""
         self.close()
+        warm_up()
         self.pool.wait(self.done, abandon=self.api.abort)
+        from reconciler.plan import Plan, now_utc
+
         return Plan(
             api_url=self.api.api_url,
             projects=tuple(self._plans[p.path] for p in projects),
@@ -214,6 +211,8 @@ class ProjectReader:
         if not isinstance(live, dict):
             raise ConfigError("GET /project did not answer with an object")
         self.live = live
+        from reconciler.plan import needs_role_lookup, normalise_live
+
         if ROLE not in objects.managed_kinds(self.desired) and needs_role_lookup(
             self.desired, normalise_live(live)
         ):
@@ -248,6 +247,8 @@ class ProjectReader:
 
     def _diff(self, tasks: Tasks) -> None:
         """Every read is in (or one failed): the Project's plan."""
+        from reconciler.plan import LiveObjects, diff
+
         project = self.project
         failure = tasks.first_failure
         if failure is not None:
@@ -273,8 +274,18 @@ class ProjectReader:
         self.planner.finished(project, plan)
 
     def _failed(self, message: str) -> ProjectPlan:
+        from reconciler.plan import ProjectPlan
+
         project = self.project
         return ProjectPlan.failed(project.path, project.id, message, project.auth)
+
+
+def warm_up() -> None:
+    """Import what comes after the reads (the differ, the renderers) while the first
+    answers are awaited: the main thread is idle then, and the run's last answer is
+    followed only by the diff and the output."""
+    import reconciler.plan
+    import reconciler.render  # noqa: F401
 
 
 def _where(project: ProjectFile, *keys: str) -> str:
