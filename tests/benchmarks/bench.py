@@ -785,44 +785,53 @@ def check_valid(fleet: Fleet) -> None:
     expect(measure([*tool("reconciler"), "validate", str(fleet.folder)]), 0, "validate")
 
 
-def bench_roles(root: Path, args: argparse.Namespace) -> list[Row]:
-    """Issue 12: N Projects x 10 managed roles (description + policy), all in sync."""
-    n, shape = args.object_projects, Shape(roles=10)
-    fleet = make_object_fleet(root / "roles", n, shape, random.Random(17))
+def object_plan_rows(
+    root: Path,
+    args: argparse.Namespace,
+    name: str,
+    n: int,
+    shape: Shape,
+    seed: int,
+    label: str,
+    *,
+    against_minimal: bool = False,
+) -> list[Row]:
+    """An in-sync plan of `n` generated Projects managing `shape`'s objects: exactly
+    n x (project + each managed kind's list + one GET per object), timed."""
+    fleet = make_object_fleet(root / name, n, shape, random.Random(seed))
     check_valid(fleet)
     wanted = per_fleet(shape.per_project_reads(), n)
+    lists = sum(1 for count in (shape.roles, shape.applications, shape.m2m) if count)
+    reads = f"{n} x (1 project + {lists} list(s) + {shape.objects()} object GETs)"
     with Emulator(fleet.seed, "--latency-ms", str(args.latency_ms)) as emu:
         return plan_rows(
-            f"plan {n} Projects x {shape.roles} roles",
+            label,
             fleet,
             emu,
             args,
             wanted,
-            f"exactly {n} x (1 project + 1 role list + {shape.roles} role GETs) "
-            f"= {sum(wanted.values()):,} reads, nothing else (every run)",
+            f"exactly {reads} = {sum(wanted.values()):,} reads, nothing else (every run)",
             shape=shape,
+            against_minimal=against_minimal,
         )
+
+
+def bench_roles(root: Path, args: argparse.Namespace) -> list[Row]:
+    """Issue 12: N Projects x 10 managed roles (description + policy), all in sync."""
+    n = args.object_projects
+    return object_plan_rows(
+        root, args, "roles", n, Shape(roles=10), 17, f"plan {n} Projects x 10 roles"
+    )
 
 
 def bench_whole(root: Path, args: argparse.Namespace) -> list[Row]:
     """Issue 13 / SPEC section 9 target: N Projects x (10 roles, 3 applications,
     5 M2M clients), default roles among them, all managed and in sync."""
     n, shape = args.object_projects, WHOLE
-    fleet = make_object_fleet(root / "whole", n, shape, random.Random(19))
-    check_valid(fleet)
-    wanted = per_fleet(shape.per_project_reads(), n)
-    with Emulator(fleet.seed, "--latency-ms", str(args.latency_ms)) as emu:
-        return plan_rows(
-            f"plan {n} whole Projects ({shape.roles} roles, {shape.applications} apps, "
-            f"{shape.m2m} M2M)",
-            fleet,
-            emu,
-            args,
-            wanted,
-            f"exactly {n} x (1 project + 3 lists + {shape.objects()} object GETs) "
-            f"= {sum(wanted.values()):,} reads, nothing else (every run)",
-            shape=shape,
-        )
+    label = (
+        f"plan {n} whole Projects ({shape.roles} roles, {shape.applications} apps, {shape.m2m} M2M)"
+    )
+    return object_plan_rows(root, args, "whole", n, shape, 19, label)
 
 
 WHOLE = Shape(roles=10, applications=3, m2m=5)
@@ -1159,21 +1168,8 @@ def bench_startup(root: Path, args: argparse.Namespace) -> list[Row]:
 def bench_big_plan(root: Path, args: argparse.Namespace) -> list[Row]:
     """One Project managing 200 roles, 20 applications and 100 M2M clients, in sync,
     each needing its GET: exactly project + 3 lists + 320 GETs; <= 1.5 x minimal + start."""
-    fleet = make_object_fleet(root / "big", 1, BIG, random.Random(29))
-    check_valid(fleet)
-    wanted = BIG.per_project_reads()
-    with Emulator(fleet.seed, "--latency-ms", str(args.latency_ms)) as emu:
-        return plan_rows(
-            f"plan of one Project ({BIG.roles} roles, {BIG.applications} apps, {BIG.m2m} M2M)",
-            fleet,
-            emu,
-            args,
-            wanted,
-            f"exactly 1 project + 3 lists + {BIG.objects()} object GETs = "
-            f"{sum(wanted.values())} reads, nothing else (every run)",
-            shape=BIG,
-            against_minimal=True,
-        )
+    label = f"plan of one Project ({BIG.roles} roles, {BIG.applications} apps, {BIG.m2m} M2M)"
+    return object_plan_rows(root, args, "big", 1, BIG, 29, label, against_minimal=True)
 
 
 def bench_big_apply(root: Path, args: argparse.Namespace) -> list[Row]:
@@ -1432,16 +1428,16 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="reconciler-bench-") as scratch:
         root = Path(scratch)
-        if "startup" in chosen:
-            rows += bench_startup(root, args)
-        if "big-plan" in chosen:
-            rows += bench_big_plan(root, args)
-        if "big-apply" in chosen:
-            rows += bench_big_apply(root, args)
-        if "rate-limited" in chosen:
-            rows += bench_rate_limited(root, args)
-        if "bounded" in chosen:
-            rows += bench_bounded(root, args)
+        standalone = {
+            "startup": bench_startup,
+            "big-plan": bench_big_plan,
+            "big-apply": bench_big_apply,
+            "rate-limited": bench_rate_limited,
+            "bounded": bench_bounded,
+        }
+        for name, bench in standalone.items():
+            if name in chosen:
+                rows += bench(root, args)
         if chosen & {"validate", "plan", "apply"}:
             fleet = make_fleet(root / "main", args.projects, random.Random(7))
             if "validate" in chosen:
@@ -1451,16 +1447,16 @@ def main(argv: list[str] | None = None) -> int:
                     rows += bench_plan(fleet, emu, args)
                 if "apply" in chosen:
                     rows += bench_apply(fleet, emu, args, root)
-        if args.big and "memory" in chosen:
-            rows += bench_memory(root, args)
-        if args.fault_projects and "faults" in chosen:
-            rows += bench_faults(root, args)
-        if "roles" in chosen:
-            rows += bench_roles(root, args)
-        if "whole" in chosen:
-            rows += bench_whole(root, args)
-        if "new-project" in chosen:
-            rows += bench_new_project(root, args)
+        later = {
+            "memory": bench_memory if args.big else None,
+            "faults": bench_faults if args.fault_projects else None,
+            "roles": bench_roles,
+            "whole": bench_whole,
+            "new-project": bench_new_project,
+        }
+        for name, bench in later.items():
+            if name in chosen and bench is not None:
+                rows += bench(root, args)
 
     print_table(rows)
     elapsed = time.perf_counter() - started
