@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import gfm
 import pytest
+from e2e import ALPHA, run
 
 from reconciler.files import Problem
 from reconciler.kinds import KINDS
@@ -132,7 +133,9 @@ def test_text_reads_by_file_then_kind_in_write_order_then_name():
     later = replace(bootstrap(1, 0, 0), file="projects/z.yaml")
     text = _render(render_text, _plan(later, shuffled))
     assert text.index("projects/ehr.yaml") < text.index("projects/z.yaml")
-    titles = [line.strip() for line in text.splitlines() if line.startswith("    ") and line[4] in "#+"]
+    titles = [
+        line.strip() for line in text.splitlines() if line.startswith("    ") and line[4] in "#+"
+    ]
     assert titles[:10] == [
         "# roles: 3 to add",
         "+ role role-000",
@@ -145,7 +148,9 @@ def test_text_reads_by_file_then_kind_in_write_order_then_name():
         "+ m2m job-000",
         "+ m2m job-001",
     ]
-    assert _render(render_text, _plan(later, shuffled)) == _render(render_text, _plan(later, project))
+    assert _render(render_text, _plan(later, shuffled)) == _render(
+        render_text, _plan(later, project)
+    )
 
 
 # Markdown -----------------------------------------------------------------------------
@@ -200,7 +205,9 @@ def test_markdown_opens_with_counts_per_project_and_kind():
 
 def test_creates_are_a_table_of_their_main_fields_and_updates_keep_their_field_lines():
     live_role = {"id": PATIENT["id"], "name": "FrontDesk", "description": "desk"}
-    live_policy = {"rule": [{"resource": "FHIR:Patient:*", "action": "FHIR:Read", "effect": "Allow"}]}
+    live_policy = {
+        "rule": [{"resource": "FHIR:Patient:*", "action": "FHIR:Read", "effect": "Allow"}]
+    }
     doc = {
         "id": PID,
         "roles": {
@@ -473,3 +480,34 @@ def test_apply_summary_counts_per_kind_and_always_shows_failures(roles):
     assert "- 🔴 m2m `job`: failed: `POST /m2m answered 400: @team`\n" in text
     assert ("Listed in the run log." in text) == (roles > 3)
     assert gfm.render(text).pings() == []
+
+
+def test_plan_markdown_shows_validation_problems_on_stdout(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from reconciler.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "projects").mkdir()
+    (tmp_path / "projects" / "a.yaml").write_text(f"id: {PID}\nsignupEnabeld: true\n")
+    result = CliRunner().invoke(cli, ["plan", "--format", "markdown"])
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"{PLAN_MARKER}\n### reconciler plan: 1 problem in the ")
+    assert "| `projects/a.yaml` | 2 | 1 |" in result.stdout and "signupEnabeld" in result.stdout
+    assert result.stderr.startswith("projects/a.yaml:2:1: ")
+    # Text output keeps stdout for the plan: the problems go to stderr only.
+    assert CliRunner().invoke(cli, ["plan"]).stdout == ""
+
+
+def test_the_job_summary_holds_the_whole_plan_the_comment_summarises(repo, emu):
+    roles = "".join(f"  role-{i:03d}: {{description: {'d' * 180}}}\n" for i in range(400))
+    (repo / "projects").mkdir()
+    (repo / "projects/alpha.yaml").write_text(f"id: {ALPHA}\nroles:\n{roles}")
+    summary = repo / "summary.md"
+    result = run(["plan", "--format", "markdown"], emu, {"GITHUB_STEP_SUMMARY": str(summary)})
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout) <= MARKDOWN_LIMIT
+    assert "<summary>roles: 400 to add (names only)</summary>" in result.stdout
+    whole = summary.read_text()
+    assert len(whole) > MARKDOWN_LIMIT and "Summarised" not in whole
+    assert whole.count(f"| `{'d' * 180}` |") == 400

@@ -65,14 +65,19 @@ APPLY_MARKER = "<!-- reconciler-apply -->"
 # GitHub refuses a comment over 65,536 characters; the margin leaves room for a line a
 # workflow appends (the plan failed) and for the comment's own footer.
 MARKDOWN_LIMIT = 65_000
-# A job summary takes up to 1 MiB: there the plan is shown whole.
-STEP_SUMMARY_LIMIT = 1_000_000
+# A job summary takes up to 1 MiB (bytes: a value may take several per character):
+# there the plan is shown whole, or all but whole.
+STEP_SUMMARY_LIMIT = 500_000
 # An error message is text about values, longer than one value may be; it is still capped
 # so that one Project's error cannot push the others out of a comment.
 MD_ERROR_LIMIT = 1_000
 
 SUMMARISED = "**Summarised to fit one comment:** the largest sections list names only."
+APPLY_SUMMARISED = (
+    "**Summarised to fit:** the largest sections are counted only; the run log lists every object."
+)
 FULL_PLAN = "The full plan is in this workflow run's summary and in its plan artifact."
+FULL_DRIFT = "The full report is in this workflow run's summary."
 
 _ICONS = {CHANGED: "🟡", UNCHANGED: "⚪", ERROR: "🔴"}
 _MARKS = {"+": "➕", "~": "✏️", "-": "➖", "=": "⚪"}
@@ -120,7 +125,8 @@ def render_markdown(
         f"<sub>{_md(plan.tool)} · {_md(without_userinfo(plan.api_url))} · "
         f"{_md(plan.created_at)}</sub>"
     ]
-    fh.write(fit(head, rows, sections, footer, limit, summarised=SUMMARISED, full=FULL_PLAN))
+    full = FULL_DRIFT if drift else FULL_PLAN
+    fh.write(fit(head, rows, sections, footer, limit, summarised=SUMMARISED, full=full))
 
 
 def _count_rows(project: ProjectPlan) -> list[str]:
@@ -332,7 +338,7 @@ def render_apply_markdown(
     if rows:
         head += ["| Project | File | Result | Objects |", "| --- | --- | --- | --- |"]
     sections = [s for o in shown if o.objects or o.error for s in _outcome_sections(o)]
-    fh.write(fit(head, rows, sections, [], limit, summarised=SUMMARISED))
+    fh.write(fit(head, rows, sections, [], limit, summarised=APPLY_SUMMARISED))
 
 
 def _results_phrase(results: Sequence[ObjectOutcome]) -> str:
