@@ -314,6 +314,47 @@ def test_a_plan_past_the_limit_summarises_the_largest_sections_first_and_names_e
     assert page.pings() == []
 
 
+def _later_kind(kind: str, count: int, fields) -> tuple[ObjectChange, ...]:
+    """Creates of a kind the renderers do not know yet (secrets, buckets, zambdas): they
+    show every field in one column until the kind declares its main ones."""
+    return tuple(
+        ObjectChange(
+            kind,
+            name,
+            None,
+            "create",
+            (Change("name", None, name), *(Change(f, None, v) for f, v in fields(name).items())),
+        )
+        for name in (f"{kind}-{i:03d}-{'x' * (i % 20)}" for i in range(count))
+    )
+
+
+def test_the_bootstrap_plan_of_the_ehr_fits_one_comment_and_names_every_object():
+    """About 430 objects as the EHR has them: 200 roles with policies, 20 applications,
+    100 M2M clients, 36 secrets, 22 buckets and 334 zambdas with their code hashes."""
+    iam = bootstrap(200, 20, 100)
+    later = (
+        _later_kind("secret", 36, lambda n: {"value": "(not shown: env X)"})
+        + _later_kind("bucket", 22, lambda n: {})
+        + _later_kind(
+            "zambda",
+            334,
+            lambda n: {
+                "runtime": "nodejs22.x",
+                "triggerMethod": "http_auth",
+                "code": "sha256:" + "0123456789abcdef" * 4,
+            },
+        )
+    )
+    project = replace(iam, objects=iam.objects + later)
+    text = _render(render_markdown, _plan(project))
+    assert len(text) <= MARKDOWN_LIMIT
+    assert "Summarised to fit one comment" in text
+    page = gfm.render(text)
+    assert {o.name for o in project.objects} <= set(page.codes)
+    assert "| | | zambda | 334 | | |" in text
+
+
 def test_summarising_never_hides_counts_errors_or_deletes():
     deletes = tuple(
         ObjectChange("m2m", f"old-{i:03d}", f"id-{i}", "delete", live_fingerprint="sha256:x")

@@ -10,7 +10,6 @@
 
 from reconciler.escape import md_escape
 from reconciler.render.document import plan_document, render_apply_json, render_json
-from reconciler.render.lines import format_value
 from reconciler.render.markdown import (
     APPLY_MARKER,
     DRIFT_MARKER,
@@ -47,7 +46,6 @@ __all__ = [
     "ObjectOutcome",
     "Outcome",
     "apply_summary",
-    "format_value",
     "md_escape",
     "plan_document",
     "render_apply_json",

@@ -27,14 +27,6 @@ def plan_document(plan: Plan) -> dict[str, Any]:
     return doc
 
 
-def redacted(plan: Plan) -> Plan:
-    """The plan with every credential value in it replaced by ``***`` (itself when the
-    run knows no credential value, or none is in it)."""
-    doc = plan.to_dict()
-    clean = redact_values(doc, _HASHES)
-    return plan if clean == doc else Plan.from_dict(clean)
-
-
 def render_json(plan: Plan, fh: TextIO) -> None:
     # ASCII only: JSON escapes C0 controls itself, but a C1 control (a terminal's 8-bit
     # CSI) or a bidi override would otherwise reach a terminal or CI log raw.

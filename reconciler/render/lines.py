@@ -70,11 +70,6 @@ def value_parts(value: Any) -> Parts:
     return (Value(json.dumps(value, ensure_ascii=False)),)
 
 
-def format_value(value: Any) -> str:
-    """:func:`value_parts` as plain text (for tests and messages)."""
-    return join(value_parts(value), str)
-
-
 def source_parts(change: Change | ObjectChange, project_file: str) -> Parts:
     """`(from FILE:LINE)` when the change's desired value is written in another file
     than the Project's own (an included fragment), else nothing."""

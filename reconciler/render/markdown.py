@@ -25,7 +25,6 @@ from reconciler.escape import markdown, plural, without_userinfo
 from reconciler.kinds import Kind, policy_rules
 from reconciler.objects import is_ref
 from reconciler.plan import CHANGED, ERROR, UNCHANGED, ObjectChange, Plan, ProjectPlan
-from reconciler.render.document import redacted
 from reconciler.render.fit import Section, fit
 from reconciler.render.lines import (
     ACTION_MARKS,
@@ -100,7 +99,6 @@ def render_markdown(
     plan: Plan, fh: TextIO, *, drift: bool = False, limit: int = MARKDOWN_LIMIT
 ) -> None:
     """A PR comment (or drift issue body): marker, counts, a section per Project and kind."""
-    plan = redacted(plan)
     heading = f"### reconciler {'drift' if drift else 'plan'}: {plan_counts(plan, drift=drift)}"
     objects = object_counts(plan, drift=drift)
     if objects:
@@ -254,7 +252,7 @@ def _cell(kind: Kind | None, name: str, value: Any) -> str:
     """One field's value in a table cell: rules one per line, roles by name, lists one
     item per line, strings as they are, anything else as JSON."""
     if kind is not None and name in kind.policy_fields:
-        return "<br>".join(markdown(rule) for rule in policy_rules(value)) or "*no rules*"
+        return "<br>".join(markdown(rule) for rule in sorted(policy_rules(value))) or "*no rules*"
     if kind is not None and name in kind.role_fields and isinstance(value, list):
         return ", ".join(map(_role, value))
     if isinstance(value, list) and value:
