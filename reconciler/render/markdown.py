@@ -128,8 +128,10 @@ def render_markdown(
 
 
 def _count_rows(project: ProjectPlan) -> list[str]:
-    """The counts table's rows for one Project: its settings, then each kind."""
-    first = [f"{_ICONS[project.status]} {_title(project)}", markdown(project.file)]
+    """The counts table's rows for one Project: its settings, then each kind. The
+    Project by name (its id is in its heading below; its file tells two apart)."""
+    first = [f"{_ICONS[project.status]} {markdown(project.name or project.project_id)}"]
+    first.append(markdown(project.file))
     if project.status == ERROR:
         return [_row([*first, "**error**", "", "", ""])]
     kinds = [(SETTINGS, {"change": len(project.changes)})] if project.changes else []
@@ -153,7 +155,7 @@ def _project_sections(project: ProjectPlan, drift: bool) -> list[Section]:
         return [Section([f"{heading}\n{error}\n"])]
     sections = [Section([heading])]
     if project.changes:
-        sections.append(_settings_section(project, drift))
+        sections.append(_settings_section(project))
     for kind_name, changes in by_kind(project.objects):
         sections.append(_kind_section(kind_name, changes, project.file, drift))
     if leftover_lines(project):
@@ -162,22 +164,28 @@ def _project_sections(project: ProjectPlan, drift: bool) -> list[Section]:
 
 
 def _details(summary: str, body: Sequence[str]) -> str:
-    """A collapsible section: `summary` is raw HTML (values in <code>), `body` markdown."""
+    """A collapsible section. `summary` is raw HTML (GitHub parses no markdown there), so
+    it holds only our own words and counts; values go in `body`, which is markdown."""
     body = list(body)
     while body and not body[-1]:
         body.pop()
     return "\n".join([f"<details><summary>{summary}</summary>", "", *body, "", "</details>", ""])
 
 
-def _settings_section(project: ProjectPlan, drift: bool) -> Section:
+def _settings_section(project: ProjectPlan) -> Section:
+    """The Project's settings: a `Field | Live | File` table, or the fields' names."""
     summary = f"{SETTINGS}: {plural(len(project.changes), 'change')}"
-    rows = ["| Field | Live | File |", "| --- | --- | --- |"]
-    for change in project.changes:
-        field = markdown(change.field) + join(source_parts(change, project.file), markdown)
-        rows.append(
-            f"| {field} | {join(value_parts(change.before), markdown)} | "
-            f"{join(value_parts(change.after), markdown)} |"
+    rows = [_row(["Field", "Live", "File"]), _row(["---"] * 3)]
+    rows += [
+        _row(
+            [
+                markdown(change.field) + join(source_parts(change, project.file), markdown),
+                join(value_parts(change.before), markdown),
+                join(value_parts(change.after), markdown),
+            ]
         )
+        for change in project.changes
+    ]
     names = ", ".join(_md(change.field) for change in project.changes)
     return Section([_details(summary, rows), _details(summary, [f"Fields: {names}"])])
 
