@@ -10,6 +10,7 @@ requests finished in: Projects by file, then kinds in write order, then names.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,16 +71,28 @@ def value_parts(value: Any) -> Parts:
     return (Value(json.dumps(value, ensure_ascii=False)),)
 
 
-def source_parts(change: Change | ObjectChange, project_file: str) -> Parts:
+def source_parts(change: Change | ObjectChange, *files: str) -> Parts:
     """`(from FILE:LINE)` when the change's desired value is written in another file
-    than the Project's own (an included fragment), else nothing."""
+    than ``files`` (the Project's own; for a new object's field, the object's too),
+    i.e. in an included fragment; else nothing."""
     source = getattr(change, "source", None)
-    if not isinstance(source, str) or not source:
-        return ()
-    file, colon, line = source.rpartition(":")
-    if (file if colon and line.isdigit() else source) == project_file:
+    if not isinstance(source, str) or not source or _file_of(source) in files:
         return ()
     return (" (from ", Value(source), ")")
+
+
+def field_source_parts(field: Change, change: ObjectChange, project_file: str) -> Parts:
+    """Where an object's field is written, when that says more than where the object
+    is: a new object's fields are written where it is, unless a file overrides one."""
+    object_source = getattr(change, "source", None)
+    if change.action == "create" and isinstance(object_source, str):
+        return source_parts(field, project_file, _file_of(object_source))
+    return source_parts(field, project_file)
+
+
+def _file_of(source: str) -> str:
+    file, colon, line = source.rpartition(":")
+    return file if colon and line.isdigit() else source
 
 
 # Lines ----------------------------------------------------------------------------------
@@ -122,7 +135,7 @@ def field_lines(change: ObjectChange, project_file: str, *, drift: bool = False)
         name, before, after = field_change.field, field_change.before, field_change.after
         if name == "name":
             continue
-        source = source_parts(field_change, project_file)
+        source = field_source_parts(field_change, change, project_file)
         if kind is not None and name in kind.policy_fields:
             old = set() if creating else set(policy_rules(before))
             new = set(policy_rules(after))
@@ -149,7 +162,14 @@ def field_lines(change: ObjectChange, project_file: str, *, drift: bool = False)
 def kind_label(kind_name: str) -> str:
     """How a kind is named in headings: its file key (`roles`, `m2mClients`)."""
     kind = BY_NAME.get(kind_name)
-    return kind.key if kind is not None else kind_name
+    return kind.key if kind is not None else kind_word(kind_name)
+
+
+def kind_word(kind_name: str) -> str:
+    """A kind's own name (`role`, `m2m`) as our words show it. A plan file's kinds are
+    checked, but a name we do not know is still kept to letters and digits, so it can
+    neither escape where it is written nor link or mention anything."""
+    return re.sub(r"[^A-Za-z0-9]", "?", kind_name)[:40]
 
 
 def by_kind(changes: Iterable[Any]) -> list[tuple[str, list[Any]]]:

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from reconciler.escape import markdown, plural, without_userinfo
 from reconciler.kinds import Kind, policy_rules
 from reconciler.objects import is_ref
-from reconciler.plan import CHANGED, ERROR, UNCHANGED, ObjectChange, Plan, ProjectPlan
+from reconciler.plan import CHANGED, ERROR, UNCHANGED, Change, ObjectChange, Plan, ProjectPlan
 from reconciler.render.fit import Section, fit
 from reconciler.render.lines import (
     ACTION_MARKS,
@@ -32,9 +32,11 @@ from reconciler.render.lines import (
     TALLY_WORDS,
     Line,
     by_kind,
+    field_source_parts,
     join,
     kind_for,
     kind_label,
+    kind_word,
     leftover_lines,
     object_counts,
     object_lines,
@@ -230,25 +232,36 @@ def _names(changes: Sequence[ObjectChange], project_file: str) -> str:
 def _create_table(
     kind: Kind | None, creates: Sequence[ObjectChange], project_file: str
 ) -> list[str]:
-    """One row per object: its name, the kind's main fields, then any other field it sets."""
+    """One row per object: its name, the kind's main fields, then any other field it
+    sets; a field written in another file than its object says where."""
     main = kind.summary_fields if kind is not None else ()
-    values = [{c.field: c.after for c in change.changes if c.field != "name"} for change in creates]
-    others = any(set(fields) - set(main) for fields in values)
+    fields = [{c.field: c for c in change.changes if c.field != "name"} for change in creates]
+    others = any(set(given) - set(main) for given in fields)
     header = ["Name", *main] + (["Other fields"] if others else [])
     rows = [_row(header), _row(["---"] * len(header))]
-    for change, fields in zip(creates, values, strict=True):
+    for change, given in zip(creates, fields, strict=True):
         cells = [join(title_parts(change, project_file), markdown)]
-        cells += [_cell(kind, name, fields[name]) if name in fields else "" for name in main]
+        cells += [
+            _field_cell(kind, change, given[name], project_file) if name in given else ""
+            for name in main
+        ]
         if others:
             cells.append(
                 "<br>".join(
-                    f"{markdown(name)}: {_cell(kind, name, value)}"
-                    for name, value in fields.items()
+                    f"{markdown(name)}: {_field_cell(kind, change, field, project_file)}"
+                    for name, field in given.items()
                     if name not in main
                 )
             )
         rows.append(_row(cells))
     return rows
+
+
+def _field_cell(kind: Kind | None, change: ObjectChange, field: Change, project_file: str) -> str:
+    """A new object's field in its table row, saying where it is written when that is
+    not where the object is."""
+    source = field_source_parts(field, change, project_file)
+    return _cell(kind, field.field, field.after) + join(source, markdown)
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -371,7 +384,7 @@ def _outcome_sections(outcome: Outcome) -> list[Section]:
     if failed:
         lines.append("")
     lines += [
-        f"- {_OUTCOME_ICONS[r.status]} {r.kind} {_md(r.name)}: {r.status}"
+        f"- {_OUTCOME_ICONS[r.status]} {kind_word(r.kind)} {_md(r.name)}: {r.status}"
         + (f": {markdown(r.error, MD_ERROR_LIMIT, table=False)}" if r.error else "")
         for r in by_kind_flat(failed)
     ]

@@ -19,6 +19,7 @@ from reconciler.render.lines import (
     by_kind,
     join,
     kind_label,
+    kind_word,
     leftover_lines,
     object_counts,
     object_lines,
@@ -88,7 +89,7 @@ def _changed_block(project: ProjectPlan, fh: TextIO, colour: bool, drift: bool) 
         fh.write(_paint(heading, "=", colour) + "\n")
         for change in changes:
             for index, line in enumerate(object_lines(change, project.file, drift=drift)):
-                fh.write(_line(line, 1, colour, "" if index else f"{change.kind} "))
+                fh.write(_line(line, 1, colour, "" if index else f"{kind_word(change.kind)} "))
     _leftovers(project, fh, colour)
     fh.write("\n")
 
@@ -128,7 +129,7 @@ def render_apply_text(outcomes: Sequence[Outcome], fh: TextIO, *, colour: bool =
                 mark, style = _MARKS[result.status]
                 if result.status == APPLIED:
                     mark = style = ACTION_MARKS.get(result.action, "+")
-                line = f"{_INDENT}{mark} {term(result.kind)} {term(result.name)}: "
+                line = f"{_INDENT}{mark} {kind_word(result.kind)} {term(result.name)}: "
                 fh.write(_paint(line + object_result(result), style, colour) + "\n")
     fh.write(_paint(f"Apply: {apply_counts(outcomes)}.", "bold", colour) + "\n")
 
