@@ -21,6 +21,7 @@ from reconciler.render import (
     PLAN_MARKER,
     ObjectOutcome,
     Outcome,
+    format_value,
     md_escape,
     render_apply_markdown,
     render_apply_text,
@@ -115,6 +116,13 @@ def test_text_is_terraform_like_with_roles_as_name_and_id():
         "\n"
         "Plan: 1 to change, 1 unchanged, 1 error.\n"
     )
+
+
+def test_values_read_as_a_person_reads_them():
+    assert format_value({"id": PATIENT["id"], "name": "Patient"}) == f"Patient ({PATIENT['id']})"
+    ref = {"id": {"ref": {"kind": "role", "name": "Nurse"}}, "name": "Nurse"}
+    assert format_value([ref, {"id": "r1", "name": None}]) == "[Nurse (created by this plan), r1]"
+    assert format_value("x") == '"x"' and format_value(None) == "null"
 
 
 def test_text_drift_summary_and_colour():

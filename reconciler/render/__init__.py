@@ -10,6 +10,7 @@
 
 from reconciler.escape import md_escape
 from reconciler.render.document import plan_document, render_apply_json, render_json
+from reconciler.render.lines import format_value
 from reconciler.render.markdown import (
     APPLY_MARKER,
     DRIFT_MARKER,
@@ -46,6 +47,7 @@ __all__ = [
     "ObjectOutcome",
     "Outcome",
     "apply_summary",
+    "format_value",
     "md_escape",
     "plan_document",
     "render_apply_json",

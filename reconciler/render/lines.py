@@ -71,6 +71,11 @@ def value_parts(value: Any) -> Parts:
     return (Value(json.dumps(value, ensure_ascii=False)),)
 
 
+def format_value(value: Any) -> str:
+    """A value as plain text a person reads (:func:`value_parts`, unescaped)."""
+    return join(value_parts(value), str)
+
+
 def source_parts(change: Change | ObjectChange, *files: str) -> Parts:
     """`(from FILE:LINE)` when the change's desired value is written in another file
     than ``files`` (the Project's own; for a new object's field, the object's too),
