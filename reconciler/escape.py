@@ -15,16 +15,19 @@ it is written, and through :func:`markdown` before it goes into a comment.
 - :func:`markdown` is both, as an inline code span: GitHub never turns text in a code
   span into a mention (``@org/team``), a link (``https://…``, ``www.…``, an email) or
   a reference (``#123``, ``GH-1``, ``owner/repo#1``), so no value can ping anyone or
-  link anywhere from a comment. :func:`md_escape` is for our own text with values in
-  it: markup escaped, and mention, link and reference patterns broken with an
-  invisible word joiner.
+  link anywhere from a comment. It escapes ``|`` for a table cell unless told
+  ``table=False`` (outside a table GitHub would show that backslash; inside one, an
+  unescaped ``|`` would split the code span across cells and let its text loose).
+  :func:`md_escape` is for our own text with values in it: markup escaped, and
+  mention, link and reference patterns broken with an invisible word joiner.
 - :func:`redact` replaces every credential value the run knows (:func:`set_secrets`,
   :func:`add_secrets`) with ``***``, in its plain, ``repr`` and JSON forms;
   :func:`term` (and so :func:`markdown`) redacts before anything else.
   :func:`redact_values` does it to the values of a document before it is serialised
   (never to the serialised text, whose checksum would break).
 
-The JSON plan is not escaped: it is data, and keeps every value whole.
+The JSON plan is not escaped: it is data, and keeps every value whole (credentials
+aside, redacted by :func:`redact_values`).
 """
 
 from __future__ import annotations
