@@ -19,7 +19,14 @@ from reconciler import __version__
 from reconciler.commands import EXIT_ERROR, EXIT_OK
 from reconciler.errors import ReconcilerError
 from reconciler.escape import CREDENTIAL_VARIABLES, set_secrets, term
-from reconciler.options import api_options, fleet_options, format_option, paths_argument, stack
+from reconciler.options import (
+    api_options,
+    fleet_options,
+    format_option,
+    paths_argument,
+    root_option,
+    stack,
+)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -81,6 +88,7 @@ def cli() -> None:
 
 @cli.command()
 @paths_argument
+@root_option
 @click.option(
     "--format",
     "fmt",
@@ -89,11 +97,13 @@ def cli() -> None:
     show_default=True,
     help='text: one FILE:LINE:COL line per problem; json: {"problems": [...]}.',
 )
-def validate(paths: tuple[str, ...], fmt: str) -> None:
-    """Check project files offline: YAML, duplicate keys, ${VAR}, schema, duplicate ids.
+def validate(paths: tuple[str, ...], root: str | None, fmt: str) -> None:
+    """Check project files offline: YAML, duplicate keys, ${VAR}, includes, schema, ids.
 
-    Prints every problem as FILE:LINE:COL: message and exits 1 if there is any.
-    No network, no credentials.
+    Prints every problem as FILE:LINE:COL: message and exits 1 if there is any;
+    a problem in an included fragment is located in the fragment and names the
+    files that include it. Warns (stderr) about unused vars and fragments no
+    Project includes. No network, no credentials.
 
     \b
       reconciler validate                  # everything under projects/
@@ -101,11 +111,11 @@ def validate(paths: tuple[str, ...], fmt: str) -> None:
     """
     from reconciler import commands
 
-    raise SystemExit(commands.validate(paths, fmt))
+    raise SystemExit(commands.validate(paths, fmt, root))
 
 
 def _plan_command(fn: Callable) -> Callable:
-    return stack(paths_argument, api_options, fleet_options)(fn)
+    return stack(paths_argument, root_option, api_options, fleet_options)(fn)
 
 
 @cli.command()

@@ -78,7 +78,9 @@ class Run:
         from reconciler.fleet import parse_shard, select
 
         shard = parse_shard(self.options.get("shard"))
-        result = load_projects(paths or ("projects",), self.env)
+        result = load_projects(paths or ("projects",), self.env, root=self.options.get("root"))
+        for warning in result.warnings:
+            click.echo(term(warning), err=True)
         if result.problems:
             for problem in result.problems:
                 click.echo(term(problem), err=True)
@@ -143,27 +145,32 @@ class Run:
             click.echo(f"Warning: could not write GITHUB_STEP_SUMMARY ({exc.strerror})", err=True)
 
 
-def validate(paths: Sequence[str], fmt: str) -> int:
-    """Every problem as FILE:LINE:COL: message (or JSON); the summary on stderr."""
-    from reconciler.files import load_projects
+def validate(paths: Sequence[str], fmt: str, root: str | None = None) -> int:
+    """Every problem as FILE:LINE:COL: message (or JSON); warnings and the summary on
+    stderr."""
+    from reconciler.files import load_projects, unincluded_fragments
 
-    result = load_projects(paths or ("projects",))
+    result = load_projects(paths or ("projects",), root=root)
+    for warning in result.warnings + unincluded_fragments(result):
+        click.echo(term(warning), err=True)
     if fmt == "json":
         doc = {"problems": [problem.to_dict() for problem in result.problems]}
         click.echo(json.dumps(doc, indent=2))
     else:
         for problem in result.problems:
             click.echo(term(problem))
-    files = result.files_read
+    files = plural(result.files_read, "file")
+    if result.fragments:
+        files += f" and {plural(len(result.fragments), 'fragment')}"
     if result.problems:
         failing = len({problem.file for problem in result.problems})
         click.echo(
             f"{plural(len(result.problems), 'problem')} in {plural(failing, 'file')} "
-            f"({plural(files, 'file')} checked).",
+            f"({files} checked).",
             err=True,
         )
         return EXIT_ERROR
-    click.echo(f"{plural(files, 'file')} valid.", err=True)
+    click.echo(f"{files} valid.", err=True)
     return EXIT_OK
 
 

@@ -99,6 +99,11 @@ class Kind:
     policy_fields: tuple[str, ...] = ()
     paged: bool = False  # the list is {data, metadata: {nextCursor}}
     normalisers: Mapping[str, Normaliser] = field(default_factory=dict)
+    # Object names take ${NAME} like values do (bucket names: `${PROJECT_ID}-notes`).
+    substitute_names: bool = False
+    # What `render` and `compare` show of an object's fields in place of values that are
+    # never shown (a secret's value: see `conceal_secret`); None shows every field.
+    conceal: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
     def path_of(self, object_id: str) -> str:
         # An id comes from the API or a plan file: never let it change the path.
@@ -121,6 +126,23 @@ class Kind:
         if one_of and not any(desired.get(name) not in (None, [], {}) for name in one_of):
             return f"creating it needs {' or '.join(one_of)} (non-empty)"
         return None
+
+
+def conceal_secret(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A secret's fields with its value replaced by where the value comes from:
+    `(not shown: literal)`, `(not shown: env NAME)`, `(not shown: m2m NAME FIELD)`."""
+    shown = dict(fields)
+    if "value" in shown:
+        shown["value"] = "(not shown: literal)"
+    source = shown.get("valueFrom")
+    if isinstance(source, Mapping):
+        if "env" in source:
+            shown["valueFrom"] = f"(not shown: env {source['env']})"
+        elif "m2mClient" in source:
+            shown["valueFrom"] = f"(not shown: m2m {source['m2mClient']} {source.get('field')})"
+        else:
+            shown["valueFrom"] = "(not shown)"
+    return shown
 
 
 _POLICY = {"accessPolicy": normalise_policy}

@@ -33,6 +33,14 @@ def format_option(choices: list[str], help: str) -> Callable:
 
 paths_argument = click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 
+root_option = click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Repository root that included fragments must lie in "
+    "(default: git's top level, else the parent of projects/).",
+)
+
 connection_options = stack(
     click.option(
         "--api-url",

@@ -96,20 +96,37 @@ def format_value(value: Any) -> str:
 _ACTION_MARKS = {"create": "+", "update": "~", "rename": "~", "delete": "-"}
 
 
-def object_lines(change: ObjectChange, *, drift: bool = False) -> list[tuple[int, str, str]]:
+def from_fragment(source: str | None, own: str | None) -> str:
+    """` (from base/clinic.yaml:9)` when a desired value is written in a fragment the
+    Project's file `own` includes; "" when it is written in `own` itself (or unknown)."""
+    if not source or own is None or source.rpartition(":")[0] == own:
+        return ""
+    return f" (from {source})"
+
+
+def object_lines(
+    change: ObjectChange, *, drift: bool = False, own: str | None = None
+) -> list[tuple[int, str, str]]:
     """One object change as lines a person reads: (depth, mark, text). A policy shows the
     rules it adds and removes, each on one line, never two blobs. A drift report reads
-    from what is live to what the file says."""
+    from what is live to what the file says. A value written in a fragment of the
+    Project's file `own` says where: on the object's line, and on a field's line when
+    the field is changed (or created from another file than the object)."""
     mark = _ACTION_MARKS[change.action]
     title = f"{change.kind} {change.name}"
     if change.renamed_from is not None:
         title += f" (renamed from {change.renamed_from})"
-    lines = [(0, mark, title)]
+    lines = [(0, mark, title + from_fragment(change.source, own))]
     kind = BY_NAME.get(change.kind)
+    declared_in = (change.source or "").rpartition(":")[0]
     for field_change in change.changes:
         name, before, after = field_change.field, field_change.before, field_change.after
         if name == "name":
             continue
+        where = from_fragment(field_change.source, own)
+        if change.action == "create" and (field_change.source or "").startswith(declared_in + ":"):
+            where = ""  # the object's line already says it
+        start = len(lines)
         if kind is not None and name in kind.policy_fields:
             old = set() if change.action == "create" else set(policy_rules(before))
             new = set(policy_rules(after))
@@ -126,6 +143,7 @@ def object_lines(change: ObjectChange, *, drift: bool = False) -> list[tuple[int
             )
         else:
             lines.append((1, "~", f"{name}: {format_value(before)} -> {format_value(after)}"))
+        lines[start:] = [(depth, sign, text + where) for depth, sign, text in lines[start:]]
     return lines
 
 
@@ -183,9 +201,10 @@ def render_text(
                     line = f"    ~ {change.field}: live {before} → file {after}"
                 else:
                     line = f"    ~ {change.field}: {before} -> {after}"
+                line += term(from_fragment(change.source, project.file))
                 fh.write(_paint(line, "~", colour) + "\n")
             for change in project.objects:
-                for depth, mark, text in object_lines(change, drift=drift):
+                for depth, mark, text in object_lines(change, drift=drift, own=project.file):
                     line = "    " * (depth + 1) + f"{mark} {term(text)}"
                     fh.write(_paint(line, mark, colour) + "\n")
             for text in _leftovers(project):
@@ -376,12 +395,13 @@ def _md_block(project: ProjectPlan, drift: bool = False) -> str:
     if project.changes:
         lines += ["| Field | Live | File |", "| --- | --- | --- |"]
         lines += [
-            f"| {markdown(change.field)} | {_md_value(change.before)} | {_md_value(change.after)} |"
+            f"| {markdown(change.field + from_fragment(change.source, project.file))} | "
+            f"{_md_value(change.before)} | {_md_value(change.after)} |"
             for change in project.changes
         ]
         lines.append("")
     for change in project.objects:
-        for depth, mark, text in object_lines(change, drift=drift):
+        for depth, mark, text in object_lines(change, drift=drift, own=project.file):
             lines.append("  " * depth + f"- {_MD_MARKS[mark]} {markdown(text)}")
     for text in _leftovers(project):
         lines.append(f"- {_MD_MARKS['=']} {markdown(text)}")

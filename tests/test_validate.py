@@ -211,7 +211,7 @@ def test_unreadable_file(project, monkeypatch):
         raise PermissionError(13, "Permission denied", name)
 
     # Running as root, chmod 000 does not stop a read: fail the open instead.
-    monkeypatch.setattr("reconciler.files.open", denied, raising=False)
+    monkeypatch.setattr("reconciler.includes.open", denied, raising=False)
     result = validate(name)
     assert result.exit_code == 1
     assert result.stdout == "p.yaml:1:1: cannot read file: permission denied\n"
