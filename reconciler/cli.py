@@ -269,15 +269,74 @@ def demo() -> None:
 
 
 @cli.command()
-def schema() -> None:
+@click.option(
+    "--fragment", is_flag=True, help="The schema of a fragment (a file project files include)."
+)
+def schema(fragment: bool) -> None:
     """Print the JSON Schema of a project file (JSON Schema 2020-12).
 
     \b
       reconciler schema > schemas/project.schema.json
+      reconciler schema --fragment > schemas/fragment.schema.json
     """
-    from reconciler.schema import schema_text
+    from reconciler.schema import fragment_schema_text, schema_text
 
-    click.echo(schema_text(), nl=False)
+    click.echo(fragment_schema_text() if fragment else schema_text(), nl=False)
+
+
+@cli.command()
+@paths_argument
+@root_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "json"]),
+    default="yaml",
+    show_default=True,
+    help='yaml with a source comment per key; json: {"file", "document", "sources"}.',
+)
+def render(paths: tuple[str, ...], root: str | None, fmt: str) -> None:
+    """Print each Project's effective document: what plan compares.
+
+    Its file with every included fragment merged in and ${...} substituted, keys
+    in the schema's order, objects by name, each top-level key under a comment
+    naming the file and line it comes from. Secret values are never shown.
+    Offline: no network, no credentials.
+
+    \b
+      reconciler render projects/staging.yaml
+      reconciler render projects/staging.yaml --format json
+    """
+    from reconciler import effective
+
+    raise SystemExit(effective.render(paths, fmt, root))
+
+
+@cli.command()
+@click.argument("a", type=click.Path(path_type=str))
+@click.argument("b", type=click.Path(path_type=str))
+@root_option
+@click.option("--raw", is_flag=True, help="Compare before ${...} substitution.")
+@format_option(["text", "json"], "text: one line per difference; json for machines.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when the two Projects differ.")
+def compare(a, b, root, raw, fmt, detailed_exitcode) -> None:
+    """Show what differs between two Projects' effective documents, offline.
+
+    What promoting A's configuration to B would change: settings, objects and
+    their fields (policies as rules), prune; id, auth and vars aside. `-` is
+    only in A, `+` only in B, `~` in both with another value. Secret values are
+    never shown, only that they differ. Exit 0 (1 on a problem; with
+    --detailed-exitcode, 2 when they differ).
+
+    \b
+      reconciler compare projects/staging.yaml projects/production.yaml
+      reconciler compare projects/staging.yaml projects/production.yaml --raw
+    """
+    from reconciler import effective
+
+    raise SystemExit(
+        effective.compare(a, b, raw=raw, fmt=fmt, detailed=detailed_exitcode, root=root)
+    )
 
 
 @cli.command()

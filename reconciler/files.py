@@ -150,6 +150,21 @@ class ProjectFile:
         file, (line, _), _ = self.where(*keys, key=True)
         return f"{file}:{line}"
 
+    def sources_of(self, *keys: Any) -> list[str]:
+        """``FILE:LINE`` of the key in every file that wrote a part of its value (a kind
+        merged from a fragment and the project file names both), the winner last."""
+        if not self.owners:
+            return [self.source(*keys)]
+        winner = owner_of(self.owners, keys)[0]
+        layers = [
+            layer
+            for path, (layer, _) in self.owners.items()
+            if path[: len(keys)] == keys and layer is not winner
+        ]
+        return [
+            f"{layer.file}:{layer.key_at(keys)[0]}" for layer in dict.fromkeys([*layers, winner])
+        ]
+
 
 @dataclass
 class LoadResult:

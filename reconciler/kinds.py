@@ -101,9 +101,9 @@ class Kind:
     normalisers: Mapping[str, Normaliser] = field(default_factory=dict)
     # Object names take ${NAME} like values do (bucket names: `${PROJECT_ID}-notes`).
     substitute_names: bool = False
-    # What `render` and `compare` show of an object's fields in place of values that are
-    # never shown (a secret's value: see `conceal_secret`); None shows every field.
-    conceal: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    # Values `render` and `compare` never show (a secret's): conceal(field, value) says
+    # what is shown instead, or None for a field shown as it is (see `conceal_secret`).
+    conceal: Callable[[str, Any], str | None] | None = None
 
     def path_of(self, object_id: str) -> str:
         # An id comes from the API or a plan file: never let it change the path.
@@ -128,21 +128,18 @@ class Kind:
         return None
 
 
-def conceal_secret(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """A secret's fields with its value replaced by where the value comes from:
+def conceal_secret(field_name: str, value: Any) -> str | None:
+    """A secret's value as `render` shows it: where it comes from, never what it is —
     `(not shown: literal)`, `(not shown: env NAME)`, `(not shown: m2m NAME FIELD)`."""
-    shown = dict(fields)
-    if "value" in shown:
-        shown["value"] = "(not shown: literal)"
-    source = shown.get("valueFrom")
-    if isinstance(source, Mapping):
-        if "env" in source:
-            shown["valueFrom"] = f"(not shown: env {source['env']})"
-        elif "m2mClient" in source:
-            shown["valueFrom"] = f"(not shown: m2m {source['m2mClient']} {source.get('field')})"
-        else:
-            shown["valueFrom"] = "(not shown)"
-    return shown
+    if field_name == "value":
+        return "(not shown: literal)"
+    if field_name != "valueFrom":
+        return None
+    if isinstance(value, Mapping) and "env" in value:
+        return f"(not shown: env {value['env']})"
+    if isinstance(value, Mapping) and "m2mClient" in value:
+        return f"(not shown: m2m {value['m2mClient']} {value.get('field')})"
+    return "(not shown)"
 
 
 _POLICY = {"accessPolicy": normalise_policy}

@@ -276,6 +276,8 @@ class Builder:
 
     def _string(self, text: str, path: Path) -> str:
         if self.variables is None or not self.rules.in_value(path):
+            if self.variables is None and "${" in text:
+                self.reported.add(path)  # unsubstituted: its type and form are unknown
             return text
         value, problems, reads = self.variables.expand(text)
         if reads:
