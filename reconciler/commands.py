@@ -254,8 +254,14 @@ def export(run: Run, project_id: str, output: str | None, force: bool, include: 
     """A project file from the live Project, on stdout or in --output."""
     from reconciler.client import resolve_credentials
     from reconciler.export import export_project, parse_include, schema_ref_for
+    from reconciler.files import has_include
 
     target = Path(output) if output else None
+    if target and target.is_file() and has_include(output):
+        raise ConfigError(
+            f"{output} includes fragments: export writes a standalone file and would drop "
+            "them; export to another file and copy what you need"
+        )
     if target and target.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
     words = parse_include(include)

@@ -342,9 +342,12 @@ def test_pre_commit_hook_runs_reconciler_validate_on_project_files():
     (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
     assert hook["id"] == "reconciler-validate"
     assert hook["entry"] == "reconciler validate"
-    assert hook["language"] == "python" and hook["pass_filenames"] is True
+    # Every file is validated when a project file or a fragment changes (a fragment is
+    # checked through the Projects that include it).
+    assert hook["language"] == "python" and hook["pass_filenames"] is False
     files = re.compile(hook["files"])
     assert files.search("projects/sandbox.yaml") and files.search("projects/eu/prod.yml")
+    assert files.search("base/clinic.yaml")
     assert not files.search("projects/README.md") and not files.search("other/x.yaml")
 
 
