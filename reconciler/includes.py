@@ -337,8 +337,8 @@ class _Merge:
         second = f"{layer.file}:{layer.key_at(there)[0]}"
         what = "an object" if len(path) == 2 else "a setting"
         message = (
-            f"{schema.field_name(path)}: {what} declared by two included files, {first} and "
-            f"{second}; declare it in one of them, or in {includer.file} to override both"
+            f"{schema.field_name(path)}: {what} declared by two files {includer.file} "
+            f"includes, {first} and {second}; declare it in one of them"
         )
         return layer.problem(message, layer.key_at(there))
 
