@@ -218,6 +218,7 @@ def apply(
     if plan_file:
         the_plan = read_plan_file(plan_file)
         run.auths = [p.auth for p in the_plan.projects]
+        run.api()  # before the plan is shown: the credentials its files name are redacted
         refusals(the_plan, api_url=options["api_url"], max_changes=max_changes, saved=True)
     else:
         the_plan = run.read_plan(paths)

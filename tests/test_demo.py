@@ -45,6 +45,7 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
     ):
         assert line in out
     assert "demo-sandbox-secret" not in result.output
+    assert "production-ci" not in result.output  # a client id is a credential too
     assert list(tmp_path.iterdir()) == []  # works from any folder and leaves nothing behind
 
 
