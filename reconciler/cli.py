@@ -89,13 +89,8 @@ def cli() -> None:
 @cli.command()
 @paths_argument
 @root_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help='text: one FILE:LINE:COL line per problem; json: {"problems": [...]}.',
+@format_option(
+    ["text", "json"], 'text: one FILE:LINE:COL line per problem; json: {"problems": [...]}.'
 )
 def validate(paths: tuple[str, ...], root: str | None, fmt: str) -> None:
     """Check project files offline: YAML, duplicate keys, ${VAR}, includes, schema, ids.
@@ -287,13 +282,10 @@ def schema(fragment: bool) -> None:
 @cli.command()
 @paths_argument
 @root_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["yaml", "json"]),
+@format_option(
+    ["yaml", "json"],
+    'yaml with a source comment per key; json: {"file", "document", "sources"}.',
     default="yaml",
-    show_default=True,
-    help='yaml with a source comment per key; json: {"file", "document", "sources"}.',
 )
 def render(paths: tuple[str, ...], root: str | None, fmt: str) -> None:
     """Print each Project's effective document: what plan compares.

@@ -51,13 +51,11 @@ class Run:
         """The run's one client, so tokens are fetched once per M2M client per run."""
         if self._api is None:
             from reconciler.client import ProjectApi, check_credentials
-            from reconciler.escape import add_secrets, credential_variables
 
             # At start, before any request: credentials unfit for a header are refused by
             # name, and every credential value is kept out of all output.
-            names = credential_variables(self.auths)
+            names = self.redact_credentials()
             check_credentials([name for name in names if name != "GITHUB_TOKEN"], self.env)
-            add_secrets(self.env.get(name) for name in names)
 
             self._api = ProjectApi(
                 self.options["api_url"],
@@ -70,6 +68,15 @@ class Run:
             if context is not None:
                 context.call_on_close(self._api.close)
         return self._api
+
+    def redact_credentials(self) -> list[str]:
+        """Keep the value of every credential variable the run's Projects name out of all
+        output; returns their names."""
+        from reconciler.escape import add_secrets, credential_variables
+
+        names = credential_variables(self.auths)
+        add_secrets(self.env.get(name) for name in names)
+        return names
 
     def load(self, paths: Sequence[str], fmt: str = "text"):
         """Validate every file; any problem stops here, before a request (as markdown
@@ -218,7 +225,7 @@ def apply(
     if plan_file:
         the_plan = read_plan_file(plan_file)
         run.auths = [p.auth for p in the_plan.projects]
-        run.api()  # before the plan is shown: the credentials its files name are redacted
+        run.redact_credentials()  # before the plan is shown
         refusals(the_plan, api_url=options["api_url"], max_changes=max_changes, saved=True)
     else:
         the_plan = run.read_plan(paths)

@@ -33,6 +33,7 @@ from reconciler.escape import plural, term
 from reconciler.kinds import KINDS, Kind, policy_rules
 from reconciler.render import format_value
 from reconciler.schema import field_name, load_schema
+from reconciler.substitution import as_written
 
 if TYPE_CHECKING:
     from reconciler.files import ProjectFile
@@ -79,18 +80,6 @@ def _object(kind: Kind, fields: Any) -> Any:
     return shown
 
 
-def _literal(value: Any) -> Any:
-    """A literal ``${`` as a file writes it (``$${``), so rendered YAML reads back as the
-    same document."""
-    if isinstance(value, str):
-        return value.replace("${", "$${")
-    if isinstance(value, Mapping):
-        return {key: _literal(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_literal(item) for item in value]
-    return value
-
-
 def sources(project: ProjectFile, document: Mapping[str, Any]) -> dict[str, str]:
     """``"path.in.document": "FILE:LINE"`` for every key of ``document`` reached through
     mappings only (settings, their parts, objects and their fields)."""
@@ -118,7 +107,7 @@ def render_yaml(project: ProjectFile, fh: TextIO, kinds: Sequence[Kind] = KINDS)
         # setting as `key: value`, never as a one-key flow mapping.
         flow = None if isinstance(value, (dict, list)) else False
         text = yaml.safe_dump(
-            {key: _literal(value)},
+            {key: as_written(value)},
             sort_keys=False,
             allow_unicode=True,
             width=100,

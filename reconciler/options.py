@@ -25,9 +25,9 @@ def stack(*decorators: Callable) -> Callable:
     return wrap
 
 
-def format_option(choices: list[str], help: str) -> Callable:
+def format_option(choices: list[str], help: str, default: str = "text") -> Callable:
     return click.option(
-        "--format", "fmt", type=click.Choice(choices), default="text", show_default=True, help=help
+        "--format", "fmt", type=click.Choice(choices), default=default, show_default=True, help=help
     )
 
 

@@ -135,6 +135,18 @@ def substitute(value: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
     return expanded, problems
 
 
+def as_written(value: Any) -> Any:
+    """A value as a file writes it: every literal ``${`` as ``$${``, so that reading the
+    file back (and substituting) gives the value again."""
+    if isinstance(value, str):
+        return value.replace("${", "$${")
+    if isinstance(value, Mapping):
+        return {key: as_written(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [as_written(item) for item in value]
+    return value
+
+
 def references(text: str) -> list[str]:
     """The names a string refers to (``$${`` is not a reference)."""
     return [match.group(1) for match in _REFERENCE.finditer(text) if match.group(1)]

@@ -128,7 +128,7 @@ def test_the_example_projects_are_valid(in_repo):
     result = validate()
     assert result.exit_code == 0
     assert result.stdout == ""
-    assert result.stderr == "3 files valid.\n"
+    assert result.stderr == "3 files and 1 fragment valid.\n"
 
 
 def test_the_broken_folder_gives_one_located_line_per_problem(in_repo):
