@@ -388,3 +388,13 @@ def test_validate_warns_about_a_fragment_no_project_includes(repo):
         "base/old/forgotten.yaml:1:1: warning: no project file checked here includes this "
         "fragment\n1 file and 1 fragment valid.\n"
     )
+
+
+def test_where_substitution_applies():
+    from reconciler.files import RULES
+
+    assert RULES.in_value(("secrets", "STRIPE", "valueFrom", "env"))  # an env name: yes
+    assert RULES.in_value(("applications", "Portal", "allowedCallbackUrls", 0))
+    assert not RULES.in_value(("roles", "New", "renamedFrom"))
+    assert not any(RULES.in_value((key,)) for key in ("include", "id", "vars"))
+    assert not RULES.in_keys(("roles",))  # object names are identity: never substituted
