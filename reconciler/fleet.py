@@ -266,8 +266,9 @@ class ProjectReader:
                     self.desired,
                     self.live or {},
                     auth=project.auth,
-                    locate=lambda *keys: _where(project, *keys),
+                    locate=project.locate,
                     live_objects=live_objects,
+                    source=project.source,
                 )
             except ReconcilerError as exc:
                 plan = self._failed(str(exc))
@@ -286,9 +287,3 @@ def warm_up() -> None:
     followed only by the diff and the output."""
     import reconciler.plan
     import reconciler.render  # noqa: F401
-
-
-def _where(project: ProjectFile, *keys: str) -> str:
-    # A setting is located at its value; an object (kind, name) at its name.
-    line, column = project.key_location(*keys) if len(keys) > 1 else project.location(*keys)
-    return f"{project.path}:{line}:{column}"

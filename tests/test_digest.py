@@ -3,7 +3,6 @@
 import base64
 import gzip
 import hashlib
-import io
 import json
 
 import pytest
@@ -15,9 +14,8 @@ from reconciler.digest import (
     find_digest_comment,
     parse_digest,
 )
-from reconciler.files import Problem
 from reconciler.plan import Plan, diff
-from reconciler.render import MARKDOWN_LIMIT, PLAN_MARKER, render_markdown, render_problems_markdown
+from reconciler.render import PLAN_MARKER
 
 PID = "fd9b1113-4bd2-4dad-8631-a95ba035dfda"
 OTHER = "2c7e4b8a-6f1d-4e3a-9b5c-8d0f1a2b3c4d"
@@ -160,76 +158,3 @@ def test_entries_outside_the_reviewed_union():
     # Key order inside an entry does not matter.
     reordered = [dict(reversed(list(e.items()))) for e in entries]
     assert entries_outside(entries, reordered) == []
-
-
-def test_markdown_plan_carries_its_digest_right_after_the_marker():
-    plan = _plan(diff("projects/s.yaml", {"id": PID, "signupEnabled": True}, LIVE))
-    fh = io.StringIO()
-    render_markdown(plan, fh)
-    lines = fh.getvalue().split("\n")
-    assert lines[0] == PLAN_MARKER
-    assert lines[1] == digest_comment(plan.to_dict())
-    assert parse_digest(fh.getvalue()) == [
-        {"projectId": PID, "field": "signupEnabled", "after": True}
-    ]
-    assert "| Field | Live | File |" in fh.getvalue()
-
-
-def test_the_digest_survives_truncation_whole():
-    big = "x" * 2000
-    plans = [
-        diff(
-            f"projects/p{i}.yaml", {"id": f"id-{i}", "description": big}, {**LIVE, "id": f"id-{i}"}
-        )
-        for i in range(200)
-    ]
-    fh = io.StringIO()
-    render_markdown(_plan(*plans), fh)
-    text = fh.getvalue()
-    assert len(text) <= MARKDOWN_LIMIT and "**Truncated**" in text
-    entries = parse_digest(text)
-    assert entries is not None and len(entries) == 200
-
-
-def test_drift_has_no_digest_and_reads_live_to_file():
-    plan = _plan(diff("projects/s.yaml", {"id": PID, "signupEnabled": True}, LIVE))
-    fh = io.StringIO()
-    render_markdown(plan, fh, drift=True)
-    assert "reconciler-digest" not in fh.getvalue()
-    assert "**live → file**" in fh.getvalue()
-    assert "| signupEnabled | false | true |" in fh.getvalue()
-
-
-def test_problems_as_markdown():
-    problems = [
-        Problem("projects/a.yaml", 3, 1, "unknown key 'signupEnabeld'"),
-        Problem("projects/b|c.yaml", 1, 5, "expected <a mapping>"),
-    ]
-    fh = io.StringIO()
-    render_problems_markdown(problems, fh)
-    assert fh.getvalue() == (
-        f"{PLAN_MARKER}\n"
-        "### reconciler plan: 2 problems in the project files\n\n"
-        "Nothing was read or written. Fix these and push again:\n\n"
-        "| File | Line | Column | Problem |\n"
-        "| --- | --- | --- | --- |\n"
-        "| projects/a.yaml | 3 | 1 | unknown key 'signupEnabeld' |\n"
-        "| projects/b\\|c.yaml | 1 | 5 | expected &lt;a mapping&gt; |\n\n\n"
-    )
-
-
-def test_plan_markdown_shows_validation_problems_on_stdout(tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
-    from reconciler.cli import cli
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "projects").mkdir()
-    (tmp_path / "projects" / "a.yaml").write_text(f"id: {PID}\nsignupEnabeld: true\n")
-    result = CliRunner().invoke(cli, ["plan", "--format", "markdown"])
-    assert result.exit_code == 1
-    assert result.stdout.startswith(f"{PLAN_MARKER}\n### reconciler plan: 1 problem in the ")
-    assert "| projects/a.yaml | 2 | 1 |" in result.stdout and "signupEnabeld" in result.stdout
-    assert result.stderr.startswith("projects/a.yaml:2:1: ")
-    # Text output keeps stdout for the plan: the problems go to stderr only.
-    assert CliRunner().invoke(cli, ["plan"]).stdout == ""
