@@ -134,7 +134,8 @@ class Planner:
         """Wait for every Project added (an interrupt abandons their reads), then the
         plan of `projects`, in that order."""
         self.close()
-        warm_up()
+        # On a thread of its own: an interrupt never lands in the middle of an import.
+        threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
         self.pool.wait(self.done, abandon=self.api.abort)
         from reconciler.plan import Plan, now_utc
 
