@@ -179,9 +179,9 @@ def _plan_command(fn: Callable) -> Callable:
 def plan(paths, fmt, out, detailed_exitcode, **options) -> None:
     """Show what apply would change: files vs the live Projects.
 
-    Validates every file first (any problem stops before a request), reads
-    each Project (and the lists and objects its file manages, no more), and
-    prints the changes. Exit 0 ok, 1 any error, 2 with --detailed-exitcode
+    Validates every file (any problem stops the run before any output or
+    write), reads each Project as soon as its file is valid (and the lists and
+    objects its file manages, no more), and prints the changes. Exit 0 ok, 1 any error, 2 with --detailed-exitcode
     when something would change.
 
     \b

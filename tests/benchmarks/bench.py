@@ -1169,7 +1169,7 @@ def bench_big_plan(root: Path, args: argparse.Namespace) -> list[Row]:
     """One Project managing 200 roles, 20 applications and 100 M2M clients, in sync,
     each needing its GET: exactly project + 3 lists + 320 GETs; <= 1.5 x minimal + start."""
     label = f"plan of one Project ({BIG.roles} roles, {BIG.applications} apps, {BIG.m2m} M2M)"
-    return object_plan_rows(root, args, "big", 1, BIG, 29, label, against_minimal=True)
+    return object_plan_rows(root, args, "big-project", 1, BIG, 29, label, against_minimal=True)
 
 
 def bench_big_apply(root: Path, args: argparse.Namespace) -> list[Row]:
