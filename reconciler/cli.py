@@ -181,8 +181,8 @@ def plan(paths, fmt, out, detailed_exitcode, **options) -> None:
 
     Validates every file (any problem stops the run before any output or
     write), reads each Project as soon as its file is valid (and the lists and
-    objects its file manages, no more), and prints the changes. Exit 0 ok, 1 any error, 2 with --detailed-exitcode
-    when something would change.
+    objects its file manages, no more), and prints the changes. Exit 0 ok,
+    1 any error, 2 with --detailed-exitcode when something would change.
 
     \b
       reconciler plan
