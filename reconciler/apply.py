@@ -96,28 +96,42 @@ def apply_plan(
     to_write = [p for p in changed if p.project_id not in failures]
 
     done = threading.Event()
-    finished = [0]
+    counts = {"started": 0, "finished": 0, "all started": False}
     lock = threading.Lock()
+
+    def settled() -> None:
+        if counts["all started"] and counts["finished"] == counts["started"]:
+            done.set()
 
     def one_done() -> None:
         with lock:
-            finished[0] += 1
-            count = finished[0]
+            counts["finished"] += 1
+            finished = counts["finished"]
+            settled()
         if progress:
-            progress(count, len(to_write))
-        if count == len(to_write):
-            done.set()
+            progress(finished, len(to_write))
 
     writers = [
         ProjectWriter(p, api, env, pool, order, stopper=stopper, on_done=one_done)
         for order, p in enumerate(to_write)
     ]
-    for writer in writers:
-        if stopper is not None and stopper.stopped:
-            break
-        writer.start()
-    if not writers:
-        done.set()
+    try:
+        for writer in writers:
+            if stopper is not None and stopper.stopped:
+                break
+            with lock:
+                counts["started"] += 1
+            writer.start()
+    except KeyboardInterrupt:
+        # Interrupted while Projects were still being started: those started get the
+        # grace below, the rest are reported not started.
+        if stopper is None:
+            api.abort()
+            raise
+        stopper.stop()
+    with lock:
+        counts["all started"] = True
+        settled()
 
     def abandon() -> None:
         for writer in writers:
