@@ -169,8 +169,8 @@ def test_the_official_sdk_against_the_emulator(sdk_dir, seed_data):
 
 
 def sdk_documented_actions(sdk_dir: Path) -> dict[tuple[str, str], tuple[str, str]]:
-    """(METHOD, /v1/path) -> (action, resource), read from the SDK's project, role,
-    application and m2m classes (each method's doc comment names them)."""
+    """(METHOD, /v1/path) -> (action, resource), read from the SDK's classes of the kinds
+    the emulator serves (each method's doc comment names them)."""
     classes = sdk_dir / "node_modules" / "@oystehr" / "sdk" / "dist" / "esm" / "resources"
     method = re.compile(
         r"Access Policy Action: `([^`]+)`\s*\*\s*Access Policy Resource: `([^`]+)`"
@@ -178,18 +178,26 @@ def sdk_documented_actions(sdk_dir: Path) -> dict[tuple[str, str], tuple[str, st
         re.DOTALL,
     )
     documented = {}
-    for name in ("project", "role", "application", "m2m"):
+    for name in ("project", "role", "application", "m2m", "secret", "z3", "zambda"):
         text = (classes / "classes" / f"{name}.js").read_text()
         for action, resource, path, verb in method.findall(text):
-            path = re.sub(r"\{\w+\}", "{id}", path)
+            path = re.sub(r"\{[\w+]+\}", "{id}", path)
             documented[(verb.upper(), "/v1" + path)] = (action, resource)
     return documented
 
 
 def test_the_emulator_asks_for_the_actions_the_sdk_documents(sdk_dir):
     documented = sdk_documented_actions(sdk_dir)
-    # Revoking users' tokens is not part of the Project API the emulator serves.
-    for path in ("revoke-refresh-token", "revoke-access-token"):
-        documented.pop(("POST", f"/v1/application/{{id}}/{path}"))
-    assert len(documented) == 21
+    # Not part of the Project API the emulator serves: revoking users' tokens, Z3
+    # objects (files in buckets) and running a Zambda Function.
+    for key in (
+        ("POST", "/v1/application/{id}/revoke-refresh-token"),
+        ("POST", "/v1/application/{id}/revoke-access-token"),
+        ("GET", "/v1/z3/{id}/{id}"),
+        ("POST", "/v1/z3/{id}/{id}"),
+        ("DELETE", "/v1/z3/{id}/{id}"),
+        ("POST", "/v1/zambda/{id}/execute"),
+    ):
+        documented.pop(key, None)
+    assert len(documented) == 34
     assert documented == ENDPOINT_ACTIONS
