@@ -1,5 +1,6 @@
-"""The official SDK (`@oystehr/sdk` 4.x, npm) against the emulator: roles, applications
-and M2M clients with the SDK's own calls and types (SPEC section 9, "Targets").
+"""The official SDK (`@oystehr/sdk` 4.x, npm) against the emulator: roles, applications,
+M2M clients, secrets, Z3 buckets and Zambda Functions with the SDK's own calls and types
+(SPEC sections 9, 13 and 14, "Targets").
 
 The SDK is installed once into ~/.cache/reconciler-sdk-test (or $RECONCILER_SDK_DIR),
 outside the repository; the test skips, saying why, where node or npm is missing or
@@ -155,6 +156,51 @@ def test_the_official_sdk_against_the_emulator(sdk_dir, seed_data):
         assert out["token with the old secret"]["status"] == 401
         assert out["token with the new secret"]["status"] == 200
 
+        assert out["secret.set"] == {"name": "SDK_SECRET", "value": "first value"}
+        assert out["secret.set again"] == {"name": "SDK_SECRET", "value": "second value"}
+        assert out["secret.get"] == out["secret.set again"]
+        assert out["secret.list"] == [{"name": "SDK_SECRET"}]
+        assert out["secret.delete"] is None
+        assert out["secret.get after delete"]["code"] == 404
+
+        bucket = out["z3.createBucket"]
+        assert bucket == {"id": bucket["id"], "name": "sdk-visit-notes"}
+        (listed_bucket,) = out["z3.listBuckets"]
+        assert listed_bucket == {**bucket, "creationDate": listed_bucket["creationDate"]}
+        assert re.fullmatch(
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", listed_bucket["creationDate"]
+        )
+        assert out["z3.deleteBucket"] is None
+        assert out["z3.listBuckets after delete"] == []
+
+        function = out["zambda.create"]
+        assert function == {
+            "id": function["id"],
+            "name": "sdk-function",
+            "runtime": "nodejs22.x",
+            "status": "Draft",
+            "triggerMethod": "cron",
+            "schedule": {"expression": "cron(*/5 * * * ? *)", "retryPolicy": {"maximumRetry": 2}},
+            "timeoutInSeconds": 300,
+            "executionRoleId": role["id"],
+        }
+        assert out["zambda.get"] == out["zambda.get by name"] == function
+        assert out["zambda.update"] == {**function, "memorySize": 512}
+        assert out["zambda.list"] == [out["zambda.update"]]
+        assert out["zambda.uploadFile"] is None
+        uploaded = out["zambda.get after upload"]
+        assert uploaded["status"] == "Active"
+        assert uploaded["fileInfo"] == {
+            "name": "sdk-code.zip",
+            "size": 22,
+            "lastModified": uploaded["fileInfo"]["lastModified"],
+        }
+        again = out["zambda.get after the second upload"]["fileInfo"]
+        assert re.fullmatch(r"[0-9a-f-]{36}\.zip", again["name"]) and again["size"] == 3
+        assert out["zambda.create with a taken name"]["code"] == 409
+        assert out["zambda.delete"] is None
+        assert out["zambda.get after delete"]["code"] == 404
+
         assert out["m2m.delete"] is None
         assert out["application.delete"] is None
         assert out["role.delete"] is None
@@ -166,6 +212,12 @@ def test_the_official_sdk_against_the_emulator(sdk_dir, seed_data):
         assert stats["GET /v1/m2m/v2/list"] == 3
         assert stats["POST /oauth/token"] == 3
         assert stats[f"DELETE /v1/iam/role/{role['id']}"] == 2
+        assert stats["POST /v1/secret"] == 2
+        assert stats["PUT /v1/z3/sdk-visit-notes"] == 1
+        assert stats[f"POST /v1/zambda/{function['id']}/s3-upload"] == 1
+        assert stats["POST /v1/zambda/sdk-function/s3-upload"] == 1
+        # Each uploadFile PUTs once to the signed URL, with no bearer token.
+        assert stats["PUT /_emulator/upload"] == 2
 
 
 def sdk_documented_actions(sdk_dir: Path) -> dict[tuple[str, str], tuple[str, str]]:
