@@ -52,6 +52,10 @@ class _RequestHandler(WSGIRequestHandler):
     # back until the client's delayed ACK (40 ms on Linux).
     disable_nagle_algorithm = True
     wbufsize = 64 * 1024
+    # Errors answered before the app runs (a body too large, a bad request line) are
+    # JSON like the app's; http.server's messages hold no quotes or backslashes.
+    error_content_type = "application/json"
+    error_message_format = '{"message": "%(message)s", "code": %(code)d}'
 
     def handle(self) -> None:
         # BaseHTTPRequestHandler.handle: loop while the connection stays open
