@@ -85,7 +85,7 @@ StartResponse = Callable[..., Any]
 
 _PROJECT_HEADERS = ("HTTP_X_OYSTEHR_PROJECT_ID", "HTTP_X_ZAPEHR_PROJECT_ID")
 _LIST_V2_PARAMS = {"cursor", "limit", "name", "id", "profile", "roleId", "sort", "sortOrder"}
-_STATUS = {Invalid: 400, Denied: 403, NotFound: 404, Conflict: 409}
+_STATUS = {Invalid: 400, NotFound: 404, Conflict: 409}
 
 
 @dataclass(frozen=True)

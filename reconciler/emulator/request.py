@@ -130,12 +130,10 @@ def _depth(value: Any) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
         if isinstance(item, (dict, list)):
             deepest = max(deepest, depth)
-            stack.extend(
-                (child, depth + 1) for child in children if isinstance(child, (dict, list))
-            )
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
     return deepest
 
 
