@@ -67,7 +67,6 @@ from reconciler.emulator.request import (
     Headers,
     HttpError,
     check_patch,
-    error,
     host_name,
     is_loopback,
     json_body,
@@ -183,10 +182,10 @@ class EmulatorApp:
         try:
             status, body, headers = self._handle(environ, method, path)
         except HttpError as exc:
-            status, body, headers = exc.status, error(exc.status, exc.message), exc.headers
+            status, body, headers = exc.status, _error(exc.status, exc.message), exc.headers
         except Exception:  # a bug in the emulator: say so, keep serving
             traceback.print_exc(file=sys.stderr)
-            status, body, headers = 500, error(500, "internal emulator error"), []
+            status, body, headers = 500, _error(500, "internal emulator error"), []
         if body is None:  # 204 No Content, or an upload's empty 200
             payload, headers = b"", [("Content-Length", "0"), *headers]
         else:
@@ -469,6 +468,10 @@ def _logged(path: str) -> str:
     if path.startswith(UPLOAD_PATH + "/"):
         return UPLOAD_PATH + "/<token>"
     return path
+
+
+def _error(status: int, message: str) -> dict[str, Any]:
+    return {"message": message, "code": status}
 
 
 def _template(path: str) -> re.Pattern[str]:

@@ -298,10 +298,11 @@ def insert_many(
     hooked = []
     for project_id, fields, object_id, columns in items:
         values = _row(kind, project_id, fields, object_id, columns, now)
-        if not batches or batches[-1][0] != tuple(values):
-            batches.append((tuple(values), []))
+        names = tuple(values)
+        if not batches or batches[-1][0] != names:
+            batches.append((names, []))
         batches[-1][1].append(tuple(values.values()))
-        if kind.joined & set(fields):
+        if kind.joined and not kind.joined.isdisjoint(fields):
             hooked.append((object_id, fields))
     for names, rows in batches:
         conn.executemany(_insert_sql(kind, dict.fromkeys(names)), rows)
@@ -320,8 +321,11 @@ def _row(
     """A new row's column values: the fields', the caller's, then the hook's defaults."""
     stored, rest = _split(kind, fields)
     values = {"project_id": project_id}
-    values.update((_column(kind, key), _encode(kind, key, value)) for key, value in stored.items())
-    values.update(columns or {})
+    own = _names(kind)[0]
+    for key, value in stored.items():
+        values[own[key]] = _encode(kind, key, value)
+    if columns:
+        values.update(columns)
     if object_id is not None:
         values["id"] = object_id
     for column, make in kind.hooks.columns(project_id, object_id, now).items():
@@ -393,11 +397,15 @@ def _split(kind: Kind, fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
     Invalid for a field the kind does not know (a hand edit's typo).
     """
     own, known = _names(kind)
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise Invalid(f"unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    stored = {k: v for k, v in fields.items() if k in own}
-    rest = {k: v for k, v in fields.items() if k not in own and k not in kind.joined}
+    stored: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key in own:
+            stored[key] = value
+        elif key not in known:
+            raise Invalid(f"unknown field {key!r}; known: {', '.join(sorted(known))}")
+        elif key not in kind.joined:
+            rest[key] = value
     if rest and not kind.table.blob:
         raise Invalid(f"unknown field {sorted(rest)[0]!r}")
     return stored, rest

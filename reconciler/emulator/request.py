@@ -88,10 +88,6 @@ def is_loopback(name: str) -> bool:
         return False
 
 
-def error(status: int, message: str) -> dict[str, Any]:
-    return {"message": message, "code": status}
-
-
 def read_body(environ: dict[str, Any], limit: int = MAX_BODY) -> bytes:
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)

@@ -258,19 +258,11 @@ def _project(item: Any, source: str, where: str) -> SeedProject:
     fhir = item.get("fhirVersion", "r4")
     if fhir not in ("r4", "r5"):
         raise ConfigError(f"{source}: {label}.fhirVersion: must be r4 or r5, not {fhir!r}")
-    parsers = {
-        "roles": _role,
-        "applications": _application,
-        "m2mClients": _client,
-        "secrets": _secret,
-        "buckets": _bucket,
-        "zambdas": _zambda,
-    }
     found: dict[str, list[SeedObject]] = {}
     roles: list[tuple[str, str]] = []  # (id, name): what role references resolve against
     for key in _OBJECT_KEYS:
         for i, entry in enumerate(_list(item, key, source, label)):
-            seeded = parsers[key](entry, roles, source, f"{label}.{key}[{i}]")
+            seeded = _PARSERS[key](entry, roles, source, f"{label}.{key}[{i}]")
             found.setdefault(seeded.kind, []).append(seeded)
             if seeded.kind == "role":
                 roles.append((seeded.id or "", seeded.fields["name"]))
@@ -383,6 +375,16 @@ def _zambda(item: Any, roles: Roles, source: str, where: str) -> SeedObject:
     )
 
 
+_PARSERS = {
+    "roles": _role,
+    "applications": _application,
+    "m2mClients": _client,
+    "secrets": _secret,
+    "buckets": _bucket,
+    "zambdas": _zambda,
+}
+
+
 def _upload_status(item: Mapping[str, Any], source: str, where: str) -> dict[str, str]:
     value = item.get("zambdaStatusAfterUpload") or {}
     place = f"{source}: {where}.zambdaStatusAfterUpload"
@@ -406,10 +408,17 @@ def _object(
     if not isinstance(item, Mapping):
         what = f"{'an' if kind.title[0] in 'aeiouAEIOUM' else 'a'} {kind.title}"
         raise ConfigError(f"{source}: {where}: {what} must be a mapping, not {_kind(item)}")
-    _no_unknown_keys(item, {*kind.fields, *extra_keys}, source, where)
+    known = _KNOWN_KEYS.get(kind.name)
+    if known is None:
+        known = _KNOWN_KEYS[kind.name] = {*kind.fields, *extra_keys}
+    if not known.issuperset(item):
+        _no_unknown_keys(item, known, source, where)
     return _checked(
         item, kind.fields, kind.required if required is None else required, source, where
     )
+
+
+_KNOWN_KEYS: dict[str, set[str]] = {}  # by kind: its fields and the seed's own keys
 
 
 def _checked(
