@@ -273,6 +273,11 @@ def test_objects_survive_a_restart(tmp_path, seed_data):
 )
 def test_malformed_secret_or_bucket_seed_is_one_line(seed_data, change, words):
     seed_data["projects"][0].update(change)
+    assert_seed_refused(seed_data, *words)
+
+
+def assert_seed_refused(seed_data: dict[str, Any], *words: str) -> None:
+    """Starting with this seed fails with one line holding every word."""
     with pytest.raises(ConfigError) as caught, serve(seed_data):
         pass
     message = str(caught.value)

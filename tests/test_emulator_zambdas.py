@@ -13,10 +13,9 @@ import httpx
 import pytest
 from conftest import DEV_TOKEN, SANDBOX_ID, SANDBOX_PROVIDER_ROLE_ID
 from test_emulator import assert_error, http_client, scoped
-from test_emulator_secrets import ISO_TIME
+from test_emulator_secrets import ISO_TIME, assert_seed_refused
 
 from reconciler.emulator import Faults, RunningEmulator, serve
-from reconciler.errors import ConfigError
 
 CRON = {"expression": "cron(*/5 * * * ? *)", "retryPolicy": {"maximumRetry": 2}}
 ZIP = b"PK\x05\x06" + bytes(18)  # an empty zip archive
@@ -392,26 +391,13 @@ def test_seeded_functions_and_the_status_after_upload(seed_data):
 )
 def test_malformed_zambda_seed_is_one_line(seed_data, entry, words):
     seed_data["projects"][0]["zambdas"] = [entry]
-    with pytest.raises(ConfigError) as caught, serve(seed_data):
-        pass
-    message = str(caught.value)
-    assert "\n" not in message
-    for word in words:
-        assert word in message
+    assert_seed_refused(seed_data, *words)
 
 
 def test_seed_rejects_two_functions_of_one_name_and_a_bad_status_map(seed_data):
     sandbox = seed_data["projects"][0]
     sandbox["zambdas"] = [{"name": "f", "runtime": "java21"}, {"name": "f", "runtime": "java21"}]
-    with (
-        pytest.raises(ConfigError, match="Zambda name 'f' appears more than once"),
-        serve(seed_data),
-    ):
-        pass
+    assert_seed_refused(seed_data, "Zambda name 'f' appears more than once")
     sandbox["zambdas"] = []
     sandbox["zambdaStatusAfterUpload"] = {"f": "Broken"}
-    with (
-        pytest.raises(ConfigError, match=r"zambdaStatusAfterUpload\.f: must be one of"),
-        serve(seed_data),
-    ):
-        pass
+    assert_seed_refused(seed_data, "zambdaStatusAfterUpload.f: must be one of")
