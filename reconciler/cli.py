@@ -350,7 +350,7 @@ def compare(a, b, root, raw, fmt, detailed_exitcode) -> None:
     "--seed",
     type=click.Path(dir_okay=False),
     default=None,
-    help="YAML of Projects, roles, M2M clients and Developers to load.",
+    help="YAML of Projects (with their objects) and Developers to load; 'demo': the demo's.",
 )
 @click.option("--quiet", is_flag=True, help="No request log on stderr.")
 @click.option(
