@@ -18,8 +18,10 @@ format (version 2, with per-Project objects) can reuse level by level.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
+from itertools import accumulate
 from typing import Any
 
 from reconciler import schema
@@ -73,20 +75,59 @@ ANY_ID = "00000000-0000-4000-8000-000000000000"  # stands for the id where a che
 WRITABLE_KEYS = tuple(key for key in MANAGED_KEYS if key not in IMMUTABLE_KEYS)
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+# A plan file larger or deeper than this is refused before it is parsed.
+MAX_PLAN_BYTES = 64 * 2**20
+MAX_PLAN_DEPTH = 64
 
 
 def read_plan_file(path: str) -> Plan:
     """Load a saved plan, refusing anything that is not an intact, consistent plan."""
+    return plan_from_document(read_plan_json(path), path)
+
+
+def read_plan_json(path: str) -> Any:
+    """A plan file's JSON, bounded: over 64 MB, or nested deeper than 64 levels, it is
+    refused before it is parsed (one line, never a RecursionError or a huge read)."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            raw = b"" if size > MAX_PLAN_BYTES else fh.read(MAX_PLAN_BYTES + 1)
     except OSError as exc:
         raise PlanFileError(f"cannot read plan file {path}: {exc.strerror}") from None
+    size = max(size, len(raw))
+    if size > MAX_PLAN_BYTES:
+        raise PlanFileError(
+            f"{path}: not a valid plan file: {size / 2**20:,.1f} MB, over the "
+            f"{MAX_PLAN_BYTES // 2**20} MB a plan file may hold"
+        )
+    if nesting_depth(raw) > MAX_PLAN_DEPTH:
+        raise PlanFileError(
+            f"{path}: not a valid plan file: nested deeper than {MAX_PLAN_DEPTH} levels"
+        )
+    try:
+        return json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise PlanFileError(f"{path}: not a valid plan file: not JSON ({exc})") from None
-    except RecursionError:
+    except RecursionError:  # cannot happen below the depth cap; never a traceback anyway
         raise PlanFileError(f"{path}: not a valid plan file: nested too deeply") from None
-    return plan_from_document(doc, path)
+
+
+_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = [0] * 256
+for _byte in b"[{":
+    _BRACKET_STEP[_byte] = 1
+for _byte in b"]}":
+    _BRACKET_STEP[_byte] = -1
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest, without parsing it: escapes
+    dropped (`\\\\` before `\\"`, as a JSON reader pairs them), strings dropped, then the
+    running count of brackets. Linear, all in C but the final count."""
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside_strings = b"".join(unescaped.split(b'"')[0::2])
+    brackets = outside_strings.translate(None, _NOT_A_BRACKET)
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
 
 
 def plan_from_document(doc: Any, path: str = "the plan") -> Plan:

@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from reconciler.digest import digest_comment
 from reconciler.escape import markdown, md_escape, plural, term, without_userinfo  # noqa: F401 (md_escape: re-exported)
 from reconciler.kinds import BY_NAME, policy_rules
 from reconciler.objects import is_ref
@@ -323,10 +322,7 @@ def render_markdown(
         ERROR: "error",
     }
     head = [marker, heading, ""]
-    if not drift:
-        # Right after the marker and never truncated: the merge-time guard reads it.
-        head.insert(1, digest_comment(plan.to_dict()))
-    else:
+    if drift:
         head.insert(2, "Values read **live → file**: what the Project has now, what its file says.")
     # The table lists what needs a reviewer's eye; unchanged Projects only get counted
     # there (a fleet of hundreds would bury the changes) and are listed folded below.

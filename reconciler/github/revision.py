@@ -1,0 +1,143 @@
+"""The Projects one commit's files give, read from git's objects, never from a checkout.
+
+The YAML blobs of the commit's tree are written into a temporary folder that mirrors
+the repository, and the normal loader (`files.load_projects`) reads them there, so a
+Project at a commit is exactly what `plan` would have read at that commit (includes
+resolve inside the same mirror). A symbolic link among the files the loader reads is
+refused: its target is not part of what anyone reviewed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from reconciler.errors import ConfigError
+from reconciler.files import PROJECT_SUFFIXES, ProjectFile, load_projects
+from reconciler.github.history import REGULAR_MODES, Repository, TreeEntry
+
+KeyPath = tuple[Any, ...]
+
+# "$${" is a literal "${"; "${NAME" starts a reference (files.py scans the same way).
+_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass
+class Revision:
+    """The Projects of one commit, by id, and what did not load."""
+
+    sha: str
+    projects: dict[str, ProjectFile] = field(default_factory=dict)
+    # file (as in the repository) -> the first problem that kept it from loading
+    failed: dict[str, str] = field(default_factory=dict)
+    # project id -> the key paths whose value is written with ${NAME}
+    templated: dict[str, set[KeyPath]] = field(default_factory=dict)
+
+    def failed_file(self, path: str) -> str | None:
+        return self.failed.get(path)
+
+
+def load_revision(
+    repository: Repository, sha: str, paths: Sequence[str], env: Mapping[str, str]
+) -> Revision:
+    """Load the project files under `paths` (repository-relative) as they are at `sha`."""
+    revision = Revision(sha)
+    entries = [e for e in repository.tree(sha) if e.path.endswith(PROJECT_SUFFIXES)]
+    entries = [e for e in entries if _safe_path(e.path)]
+    for entry in entries:
+        if entry.is_symlink and _under(entry.path, paths):
+            revision.failed[entry.path] = "refused: a symbolic link; a project file is a file"
+    regular = [e for e in entries if e.mode in REGULAR_MODES]
+    contents = repository.blobs(e.object_id for e in regular)
+    with tempfile.TemporaryDirectory(prefix="reconciler-guard-") as mirror:
+        for entry in regular:
+            target = os.path.join(mirror, *entry.path.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as fh:
+                fh.write(contents[entry.object_id])
+        roots = [p for p in paths if os.path.exists(os.path.join(mirror, p))]
+        if not roots:
+            return revision
+        try:
+            result = _load(mirror, [os.path.join(mirror, p) for p in roots], env)
+        except ConfigError:  # no project file at all under the paths at this commit
+            return revision
+        for problem in result.problems:
+            revision.failed.setdefault(_inside(mirror, problem.file), _located(mirror, problem))
+        for project in result.projects:
+            project.path = _inside(mirror, project.path)
+            revision.projects[project.id] = project
+            text = contents_of(regular, contents, project.path)
+            revision.templated[project.id] = templated_paths(text) | {
+                path for path, _, _ in project.substituted
+            }
+    return revision
+
+
+def _load(mirror: str, paths: list[str], env: Mapping[str, str]) -> Any:
+    # Once files.load_projects takes the repository root (includes resolve inside it),
+    # the mirror is that root.
+    if "root" in inspect.signature(load_projects).parameters:
+        return load_projects(paths, env, root=mirror)  # type: ignore[call-arg]
+    return load_projects(paths, env)
+
+
+def contents_of(entries: Sequence[TreeEntry], contents: Mapping[str, bytes], path: str) -> str:
+    for entry in entries:
+        if entry.path == path:
+            return contents[entry.object_id].decode("utf-8", "replace")
+    return ""
+
+
+def templated_paths(text: str) -> set[KeyPath]:
+    """The key paths of a YAML document whose string value holds a `${NAME}` reference
+    (with or without a default): where a workflow's RECONCILER_VAR_ value lands."""
+    try:
+        root = yaml.compose(text.removeprefix("\ufeff"), Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, RecursionError):
+        return set()
+    found: set[KeyPath] = set()
+
+    def walk(node: Node | None, path: KeyPath, depth: int) -> None:
+        if node is None or depth > 64:
+            return
+        if isinstance(node, ScalarNode):
+            if any(match[1] for match in _REFERENCE.finditer(str(node.value))):
+                found.add(path)
+        elif isinstance(node, MappingNode):
+            for key, value in node.value:
+                if isinstance(key, ScalarNode):
+                    walk(value, (*path, key.value), depth + 1)
+        elif isinstance(node, SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*path, index), depth + 1)
+
+    walk(root, (), 0)
+    return found
+
+
+def _under(path: str, roots: Sequence[str]) -> bool:
+    return any(r in ("", ".") or path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _safe_path(path: str) -> bool:
+    parts = path.split("/")
+    return not path.startswith("/") and all(p not in ("", ".", "..", ".git") for p in parts)
+
+
+def _inside(mirror: str, shown: str) -> str:
+    """A path the loader showed (under the mirror) as the path inside the repository."""
+    relative = os.path.relpath(os.path.abspath(shown), mirror)
+    return relative.replace(os.sep, "/")
+
+
+def _located(mirror: str, problem: Any) -> str:
+    return f"{_inside(mirror, problem.file)}:{problem.line}:{problem.column}: {problem.message}"
