@@ -78,6 +78,9 @@ _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 # A plan file larger or deeper than this is refused before it is parsed.
 MAX_PLAN_BYTES = 64 * 2**20
 MAX_PLAN_DEPTH = 64
+# A real plan spends about 13 bytes on each value (a comma or an opening bracket): this
+# bounds the memory a file of tiny values (`"a",` or `[],`) would take once parsed.
+MAX_PLAN_VALUES = MAX_PLAN_BYTES // 8
 
 
 def read_plan_file(path: str) -> Plan:
@@ -86,8 +89,9 @@ def read_plan_file(path: str) -> Plan:
 
 
 def read_plan_json(path: str) -> Any:
-    """A plan file's JSON, bounded: over 64 MB, or nested deeper than 64 levels, it is
-    refused before it is parsed (one line, never a RecursionError or a huge read)."""
+    """A plan file's JSON, bounded: over 64 MB, nested deeper than 64 levels, or holding
+    more than 8 million values, it is refused before it is parsed (one line, never a
+    RecursionError, a huge read or gigabytes of parsed values)."""
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -100,7 +104,15 @@ def read_plan_json(path: str) -> Any:
             f"{path}: not a valid plan file: {size / 2**20:,.1f} MB, over the "
             f"{MAX_PLAN_BYTES // 2**20} MB a plan file may hold"
         )
-    if nesting_depth(raw) > MAX_PLAN_DEPTH:
+    punctuation = _punctuation(raw)
+    values = punctuation.count(b",") + punctuation.count(b"[") + punctuation.count(b"{")
+    if values > MAX_PLAN_VALUES:
+        # Each costs memory once parsed: 60 MB of `"a",` or `[],` would take gigabytes.
+        raise PlanFileError(
+            f"{path}: not a valid plan file: about {values:,} values, over the "
+            f"{MAX_PLAN_VALUES:,} a plan file may hold"
+        )
+    if _depth(punctuation) > MAX_PLAN_DEPTH:
         raise PlanFileError(
             f"{path}: not a valid plan file: nested deeper than {MAX_PLAN_DEPTH} levels"
         )
@@ -112,7 +124,7 @@ def read_plan_json(path: str) -> Any:
         raise PlanFileError(f"{path}: not a valid plan file: nested too deeply") from None
 
 
-_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_PUNCTUATION = bytes(b for b in range(256) if b not in b"[]{},")
 _BRACKET_STEP = [0] * 256
 for _byte in b"[{":
     _BRACKET_STEP[_byte] = 1
@@ -121,13 +133,26 @@ for _byte in b"]}":
 
 
 def nesting_depth(raw: bytes) -> int:
-    """How deep the arrays and objects of a JSON text nest, without parsing it: escapes
-    dropped (`\\\\` before `\\"`, as a JSON reader pairs them), strings dropped, then the
-    running count of brackets. Linear, all in C but the final count."""
+    """How deep the arrays and objects of a JSON text nest, without parsing it."""
+    return _depth(_punctuation(raw))
+
+
+def _punctuation(raw: bytes, chunk: int = 2**20) -> bytes:
+    """The brackets and commas of a JSON text outside its strings, without parsing it:
+    escapes dropped (`\\\\` before `\\"`, as a JSON reader pairs them), then strings (a
+    chunk at a time, carrying whether a string is open, so a file of tiny strings never
+    becomes millions of pieces at once), then everything else. Linear, mostly in C."""
     unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    outside_strings = b"".join(unescaped.split(b'"')[0::2])
-    brackets = outside_strings.translate(None, _NOT_A_BRACKET)
-    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
+    inside, kept = 0, []
+    for start in range(0, len(unescaped), chunk):
+        pieces = unescaped[start : start + chunk].split(b'"')
+        kept.append(b"".join(pieces[inside::2]).translate(None, _NOT_PUNCTUATION))
+        inside = (inside + len(pieces) - 1) % 2
+    return b"".join(kept)
+
+
+def _depth(punctuation: bytes) -> int:
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, punctuation)), default=0)
 
 
 def plan_from_document(doc: Any, path: str = "the plan") -> Plan:

@@ -259,6 +259,51 @@ def test_missing_token(fake_github, tmp_path):
     assert fake_github.requests == []
 
 
+BAD_TOKENS = {
+    "a newline": "ghs_secretTOKEN\n0123456789",
+    "a space": "ghs_secretTOKEN 0123456789",
+    "a tab": "\tghs_secretTOKEN0123456789",
+    "a control character": "ghs_secretTOKEN\x1b[2J0123456789",
+}
+
+
+@pytest.mark.parametrize("what", list(BAD_TOKENS))
+@pytest.mark.parametrize("command", ["comment", "drift-issue", "guard", "check-tip"])
+def test_a_token_with_whitespace_or_a_control_character_is_refused_by_name(
+    fake_github, tmp_path, what, command
+):
+    token = BAD_TOKENS[what]
+    body = tmp_path / "body.md"
+    body.write_text("plan", encoding="utf-8")
+    plan = tmp_path / "plan.json"
+    plan.write_text("{}", encoding="utf-8")
+    args = {
+        "comment": ["comment", "--pr", "1", "--body-file", str(body)],
+        "drift-issue": ["drift-issue", "--exit-code", "2", "--report-file", str(body)],
+        "guard": ["guard", "--plan-file", str(plan)],
+        "check-tip": ["check-tip", "--sha", "c1" * 20],
+    }[command]
+    result = _invoke(fake_github, args, GITHUB_TOKEN=token)
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: GITHUB_TOKEN holds whitespace or a control character (a pasted newline?); "
+        "set the value alone\n"
+    )
+    assert fake_github.requests == []
+    for form in (token, repr(token)[1:-1], json.dumps(token)[1:-1], "secretTOKEN"):
+        assert form not in result.output
+
+
+def test_no_form_of_the_token_is_ever_printed(fake_github, tmp_path):
+    # A server (or a proxy) that echoes the token back in its error, in every form.
+    echoed = f"{TOKEN} / {TOKEN!r} / {json.dumps(TOKEN)} / b'Bearer {TOKEN}'"
+    fake_github.fail_with = (500, {"message": echoed})
+    result = _drift(fake_github, tmp_path, 2, "report")
+    assert result.exit_code == 1
+    assert "secretTOKEN" not in result.output
+    assert result.output.startswith(f"Error: GitHub API GET /repos/{REPO}/issues: 500 ***")
+
+
 def test_unreachable_api_is_one_line(tmp_path):
     with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
         sock.bind(("127.0.0.1", 0))

@@ -17,9 +17,10 @@ from typing import Any
 
 import click
 
+from reconciler.client import check_credentials
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.escape import markdown, md_escape, term
-from reconciler.github.api import api_from_env, branch_tip
+from reconciler.github.api import TOKEN_VARIABLE, api_from_env, branch_tip
 from reconciler.github.comments import (
     DEFAULT_AUTHOR,
     DRIFT_FOUND,
@@ -107,6 +108,11 @@ def github() -> None:
       reconciler github drift-issue --exit-code 2 --report-file drift.md
       reconciler github guard --plan-file plan.json
     """
+    # A credential like the others: refused at start, by name, before anything runs.
+    try:
+        check_credentials([TOKEN_VARIABLE], os.environ)
+    except ReconcilerError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @github.command()
