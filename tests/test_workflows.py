@@ -27,7 +27,7 @@ LEAST_PERMISSIONS = {
     ("ci.yml", "test"): {"contents": "read"},
     ("plan.yml", "validate"): {"contents": "read"},
     ("plan.yml", "plan"): {"contents": "read", "pull-requests": "write"},
-    ("apply.yml", "plan"): {"contents": "read", "pull-requests": "read", "deployments": "read"},
+    ("apply.yml", "plan"): {"contents": "read", "actions": "read", "pull-requests": "read"},
     ("apply.yml", "apply"): {"contents": "read"},
     ("drift.yml", "drift"): {"contents": "read", "issues": "write"},
 }
@@ -276,6 +276,23 @@ def test_apply_plans_guards_then_applies_that_artifact_in_production():
     assert upload["with"]["name"] == "${{ steps.artifact.outputs.name }}"
     assert upload["with"]["path"] == "plan.json"
     assert plan["steps"].index(upload) < len(plan["steps"]) - 1  # the guard comes last
+    # The guard reads the whole history, and the repository variables as env.
+    checkout = plan["steps"][0]
+    assert checkout["uses"].startswith("actions/checkout@")
+    assert checkout["with"] == {"fetch-depth": 0, "persist-credentials": False}
+    guard = plan["steps"][-1]
+    assert guard["with"]["command"] == "github guard --plan-file plan.json"
+    assert guard["env"] == {
+        "GITHUB_TOKEN": "${{ github.token }}",
+        "RECONCILER_GUARD_BOOTSTRAP": "${{ vars.RECONCILER_GUARD_BOOTSTRAP }}",
+        "RECONCILER_GUARD_APPROVALS": "${{ vars.RECONCILER_GUARD_APPROVALS }}",
+        "RECONCILER_GUARD_OVERRIDERS": "${{ vars.RECONCILER_GUARD_OVERRIDERS }}",
+    }
+    # workflow_dispatch is guarded too; its override input is read by the guard from
+    # the event (never put into a command line).
+    override = doc["on"]["workflow_dispatch"]["inputs"]["override"]
+    assert (override["type"], override["default"]) == ("boolean", False)
+    assert "inputs." not in (WORKFLOWS / "apply.yml").read_text(encoding="utf-8")
 
     assert apply["needs"] == "plan" and apply["environment"] == "production"
     assert apply["if"] == "needs.plan.outputs.changes == 'true'"  # nothing to approve
