@@ -646,6 +646,14 @@ def test_an_empty_plan_never_stops_and_asks_nothing(emu, repo, fake_github):
     code, lines, _ = guard(repo, plan(emu, repo))
     assert (code, lines) == (0, ["guard: the plan changes nothing; nothing to check."])
     assert fake_github.requests == []
+    # Nothing to check needs nothing: no token, not even a git repository.
+    planned = plan(emu, repo)
+    outside = repo.root.parent / "elsewhere"
+    outside.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(outside)
+        code, lines, _ = guard(repo, planned, GITHUB_TOKEN=None)
+    assert (code, lines) == (0, ["guard: the plan changes nothing; nothing to check."])
 
 
 def test_a_checkout_that_is_not_the_runs_commit_is_refused(emu, repo, fake_github):

@@ -42,6 +42,7 @@ from reconciler.github.guard import (
     GuardRun,
     GuardSettings,
     Verdict,
+    triage,
 )
 
 # `github check-tip` exit code for "this run's commit is no longer the branch tip".
@@ -289,43 +290,42 @@ def guard(
 
     settings = GuardSettings.from_env(os.environ)
     the_plan = read_plan_file(plan_file)
-    repository = Repository.around(".")
-    head = repository.commit("HEAD")
-    if head is None:
-        raise ConfigError("the repository has no commit at HEAD")
-    if sha and repository.commit(sha) != head:
-        raise ConfigError(
-            f"this checkout is at {head[:12]}, not at the run's commit {sha[:12]}: "
-            "the guard checks what was checked out"
-        )
-    event_data = read_event()
-    actors = tuple(
-        dict.fromkeys(a for a in (actor, os.environ.get("GITHUB_TRIGGERING_ACTOR", "")) if a)
+    inputs = read_event().get("inputs")
+    override = isinstance(inputs, dict) and inputs.get("override") in (True, "true")
+    triggering = os.environ.get("GITHUB_TRIGGERING_ACTOR", "")
+    actors = tuple(dict.fromkeys(a for a in (actor, triggering) if a))
+    entries, verdict, notes = triage(
+        the_plan, settings, event=event, actors=actors, override=override, workflow=workflow
     )
-    inputs = event_data.get("inputs") if isinstance(event_data.get("inputs"), dict) else {}
-    override = inputs.get("override") in (True, "true")
-    with api_from_env(os.environ) as api:
-        run = GuardRun(
-            api=api,
-            repo=repo,
-            repository=repository,
-            plan=the_plan,
-            head=head,
-            paths=[repository.relative(p) for p in paths or ("projects",)],
-            env=os.environ,
-            settings=settings,
-            event=event,
-            actors=actors,
-            override=override,
-            workflow=workflow,
-            branch=branch,
-            wait=wait,
-        )
-        try:
-            verdict = run.decide()
-        except GuardLookupError as exc:
-            append_step_summary(_summary(Verdict(False, [str(exc)])))
-            raise
+    if verdict is None:
+        repository = Repository.around(".")
+        head = repository.commit("HEAD")
+        if head is None:
+            raise ConfigError("the repository has no commit at HEAD")
+        if sha and repository.commit(sha) != head:
+            raise ConfigError(
+                f"this checkout is at {head[:12]}, not at the run's commit {sha[:12]}: "
+                "the guard checks what was checked out"
+            )
+        with api_from_env(os.environ) as api:
+            run = GuardRun(
+                api=api,
+                repo=repo,
+                repository=repository,
+                head=head,
+                paths=[repository.relative(p) for p in paths or ("projects",)],
+                env=os.environ,
+                settings=settings,
+                workflow=workflow,
+                branch=branch,
+                wait=wait,
+            )
+            try:
+                verdict = run.check(entries)
+            except GuardLookupError as exc:
+                append_step_summary(_summary(Verdict(False, [*notes, str(exc)])))
+                raise
+        verdict.lines[:0] = notes
     for line in verdict.lines:
         click.echo(f"guard: {term(line)}")
     for item in verdict.items:

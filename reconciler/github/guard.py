@@ -330,52 +330,52 @@ OVERRIDE_HINT = (
 )
 
 
+def triage(
+    plan: Plan,
+    settings: GuardSettings,
+    *,
+    event: str = "push",
+    actors: Sequence[str] = (),
+    override: bool = False,
+    workflow: str = APPLY_WORKFLOW,
+) -> tuple[list[Entry], Verdict | None, list[str]]:
+    """What needs no lookup: the plan's entries, a verdict already (an empty plan, an
+    allowed override), and notes for the verdict to come."""
+    entries = plan_entries(plan)
+    if not entries:
+        return entries, Verdict(True, ["the plan changes nothing; nothing to check."]), []
+    if not (event == "workflow_dispatch" and override):
+        return entries, None, []
+    allowed = [a for a in actors if settings.may_override(a)]
+    if actors and len(allowed) == len(actors):
+        who = " and ".join(dict.fromkeys(actors))
+        line = (
+            f"skipped: {who} ran {workflow} by hand with override, and is listed in "
+            f"{OVERRIDERS}: the plan is applied unchecked."
+        )
+        return entries, Verdict(True, [line]), []
+    refused = [a for a in actors if a not in allowed] or ["an unknown actor"]
+    note = f"override asked by {' and '.join(refused)}, not listed in {OVERRIDERS}: the guard runs."
+    return entries, None, [note]
+
+
 @dataclass
 class GuardRun:
-    """Everything one guard run needs: GitHub, git, the plan, and who started it."""
+    """The checks that look things up: GitHub's record, and git at the checkout."""
 
     api: GitHubApi
     repo: str
     repository: Repository
-    plan: Plan
     head: str
     paths: Sequence[str]
     env: Mapping[str, str]
     settings: GuardSettings = field(default_factory=GuardSettings)
-    event: str = "push"
-    actors: tuple[str, ...] = ()
-    override: bool = False
     workflow: str = APPLY_WORKFLOW
     branch: str = BRANCH
     wait: float = PULLS_WAIT_SECONDS
     sleep: Callable[[float], None] = time.sleep
 
-    def decide(self) -> Verdict:
-        entries = plan_entries(self.plan)
-        if not entries:
-            return Verdict(True, ["the plan changes nothing; nothing to check."])
-        notes = []
-        if self.event == "workflow_dispatch" and self.override:
-            allowed = [a for a in self.actors if self.settings.may_override(a)]
-            if self.actors and len(allowed) == len(self.actors):
-                who = " and ".join(dict.fromkeys(self.actors))
-                return Verdict(
-                    True,
-                    [
-                        f"skipped: {who} ran {self.workflow} by hand with override, and is "
-                        f"listed in {OVERRIDERS}: the plan is applied unchecked."
-                    ],
-                )
-            refused = [a for a in self.actors if a not in allowed] or ["an unknown actor"]
-            notes.append(
-                f"override asked by {' and '.join(refused)}, not listed in {OVERRIDERS}: "
-                "the guard runs."
-            )
-        verdict = self._check(entries)
-        verdict.lines[:0] = notes
-        return verdict
-
-    def _check(self, entries: list[Entry]) -> Verdict:
+    def check(self, entries: list[Entry]) -> Verdict:
         try:
             base = find_base(self.api, self.repo, workflow=self.workflow, branch=self.branch)
         except ReconcilerError as exc:
