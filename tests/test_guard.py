@@ -495,9 +495,9 @@ def test_a_failed_lookup_stops_the_run_and_is_never_no_base(
     assert code == 1
     assert len(lines) == 1 and lines[0].startswith("Error: guard: cannot ")
     assert said in lines[0]
+    hint = " (the plan job needs actions: read, and apply.yml must exist)"
     assert lines[0].endswith(
-        "Nothing is applied until the guard can check"
-        + (" (the plan job needs actions: read)" if "actions" in where else "")
+        "Nothing is applied until the guard can check" + (hint if status == 403 else "")
     )
     assert summary.startswith("### reconciler guard: refused, nothing will be applied")
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.errors import ApiError, ConfigError, ReconcilerError
 from reconciler.escape import plural
 from reconciler.github.api import GitHubApi, segment
 from reconciler.github.explain import Changes, Entry, explain, plan_entries
@@ -379,10 +379,12 @@ class GuardRun:
         try:
             base = find_base(self.api, self.repo, workflow=self.workflow, branch=self.branch)
         except ReconcilerError as exc:
+            hint = ""
+            if isinstance(exc, ApiError) and exc.status in (403, 404):
+                hint = f" (the plan job needs actions: read, and {self.workflow} must exist)"
             raise GuardLookupError(
                 f"guard: cannot find the last apply ({self.workflow} runs on {self.branch}): "
-                f"{exc}. Nothing is applied until the guard can check (the plan job needs "
-                "actions: read)"
+                f"{exc}. Nothing is applied until the guard can check{hint}"
             ) from None
         if base is None:
             return self._no_base()
