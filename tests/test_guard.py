@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from e2e import ALPHA, BETA, DEV_TOKEN, hand_edit
+from e2e import ALPHA, BETA, hand_edit, run
 from fake_github import BOT, TOKEN, FakeGitHub, fake_github, github_env
 
 from reconciler.cli import cli
@@ -127,15 +127,7 @@ def repo(tmp_path: Path, fake_github: FakeGitHub, monkeypatch: pytest.MonkeyPatc
 def plan(emu, repo: GitRepo) -> Path:
     """`reconciler plan --out plan.json` at the repository's HEAD, as apply.yml plans."""
     out = repo.root.parent / "plan.json"
-    env = {
-        "OYSTEHR_PROJECT_API_URL": emu.api_url,
-        "OYSTEHR_AUTH_URL": emu.auth_url,
-        "OYSTEHR_ACCESS_TOKEN": DEV_TOKEN,
-        "OYSTEHR_CLIENT_ID": None,
-        "OYSTEHR_CLIENT_SECRET": None,
-        "GITHUB_STEP_SUMMARY": None,
-    }
-    result = CliRunner().invoke(cli, ["plan", "--out", str(out)], env=env)
+    result = run(["plan", "--out", str(out)], emu)
     assert result.exit_code == 0, result.output
     return out
 
