@@ -290,10 +290,10 @@ def test_an_unapproved_pull_request_is_refused_naming_its_commit(emu, repo, fake
     assert lines[1:4] == [
         "guard: refused: the commit on main since the last apply is not the merge of an "
         "approved pull request:",
-        f"guard: passed: the change of the plan is explained by the project files changed "
-        f"since {short(fake_github.runs[0]['head_sha'])}.",
         f"  - commit {short(merged)} merges pull request #{number} by alice, which no one "
         f"else approved at its final commit {short(fake_github.pulls[number]['head']['sha'])}",
+        "guard: the change of the plan is explained by the project files changed since "
+        f"{short(fake_github.runs[0]['head_sha'])}.",
     ]
     assert lines[-1] == (
         "Nothing was applied. For a commit that was not reviewed, a person listed in "
@@ -348,16 +348,14 @@ def test_approvals_off_says_so_and_still_needs_pull_requests(emu, repo, fake_git
     repo.push({"projects/alpha.yaml": ALPHA_FILE.replace("Alpha production", "pushed")})
     code, lines, _ = guard(repo, plan(emu, repo), RECONCILER_GUARD_APPROVALS="0")
     assert code == 1
-    assert lines[2:4] == [
+    assert lines[2:5] == [
         "guard: refused: 1 of the 2 commits on main since the last apply is not the merge of a "
         "pull request:",
-        "guard: passed: the change of the plan is explained by the project files changed "
-        f"since {short(fake_github.runs[0]['head_sha'])}.",
-    ]
-    assert lines[4] == (
         f"  - commit {short(repo.head)} is not the merge of a pull request into main (a direct "
-        "push?)"
-    )
+        "push?)",
+        "guard: the change of the plan is explained by the project files changed since "
+        f"{short(fake_github.runs[0]['head_sha'])}.",
+    ]
 
 
 def test_a_direct_push_is_refused_after_waiting_for_the_link(emu, repo, fake_github):
@@ -488,8 +486,8 @@ def test_a_failed_lookup_stops_the_run_and_is_never_no_base(
     assert len(lines) == 1 and lines[0].startswith("Error: guard: cannot ")
     assert said in lines[0]
     hint = " (the plan job needs actions: read, and apply.yml must exist)"
-    assert lines[0].endswith(
-        "Nothing is applied until the guard can check" + (hint if status == 403 else "")
+    assert (", so nothing is applied until it can" + (hint if status == 403 else "") + ": ") in (
+        lines[0]
     )
     assert summary.startswith("### reconciler guard: refused, nothing will be applied")
 

@@ -41,6 +41,7 @@ from reconciler.github.guard import (
     GuardLookupError,
     GuardRun,
     GuardSettings,
+    Item,
     Verdict,
     triage,
 )
@@ -327,9 +328,7 @@ def guard(
                 raise
         verdict.lines[:0] = notes
     for line in verdict.lines:
-        click.echo(f"guard: {term(line)}")
-    for item in verdict.items:
-        click.echo(f"  - {term(item)}")
+        click.echo(f"  - {term(line)}" if isinstance(line, Item) else f"guard: {term(line)}")
     if verdict.ask:
         click.echo(term(verdict.ask))
     append_step_summary(_summary(verdict))
@@ -340,13 +339,14 @@ def guard(
 def _summary(verdict: Verdict) -> str:
     """The verdict as markdown for the job summary: every value escaped."""
     outcome = "passed" if verdict.passed else "refused, nothing will be applied"
-    lines = [f"### reconciler guard: {outcome}", ""]
-    lines += [f"{md_escape(term(line))}  " for line in verdict.lines]
-    if verdict.items:
-        lines += ["", *(f"- {markdown(item, 400)}" for item in verdict.items)]
+    paragraphs = [f"### reconciler guard: {outcome}"]
+    for line in verdict.lines:
+        paragraphs.append(
+            f"- {markdown(line, 400)}" if isinstance(line, Item) else md_escape(term(line))
+        )
     if verdict.ask:
-        lines += ["", md_escape(term(verdict.ask))]
-    return "\n".join(lines) + "\n"
+        paragraphs.append(md_escape(term(verdict.ask)))
+    return "\n\n".join(paragraphs) + "\n"
 
 
 @github.command("check-tip")

@@ -316,12 +316,16 @@ def _is_bot(user: Mapping[str, Any]) -> bool:
 
 @dataclass
 class Verdict:
-    """What the guard decided, as sentences and listed items a person reads."""
+    """What the guard decided: sentences a person reads, each followed by its items
+    (an :class:`Item`: a commit or a change it names), and what to do about it."""
 
     passed: bool
     lines: list[str] = field(default_factory=list)
-    items: list[str] = field(default_factory=list)
     ask: str | None = None
+
+
+class Item(str):
+    """A commit or a change listed under the sentence before it."""
 
 
 OVERRIDE_HINT = (
@@ -383,8 +387,8 @@ class GuardRun:
             if isinstance(exc, ApiError) and exc.status in (403, 404):
                 hint = f" (the plan job needs actions: read, and {self.workflow} must exist)"
             raise GuardLookupError(
-                f"guard: cannot find the last apply ({self.workflow} runs on {self.branch}): "
-                f"{exc}. Nothing is applied until the guard can check{hint}"
+                f"guard: cannot find the last apply ({self.workflow} runs on {self.branch}), so "
+                f"nothing is applied until it can{hint}: {exc}"
             ) from None
         if base is None:
             return self._no_base()
@@ -453,14 +457,13 @@ class GuardRun:
             )
         except ReconcilerError as exc:
             raise GuardLookupError(
-                f"guard: cannot look up the pull requests merged since {base.sha[:12]}: {exc}. "
-                "Nothing is applied until the guard can check"
+                f"guard: cannot look up the pull requests merged since {base.sha[:12]}, so "
+                f"nothing is applied until it can: {exc}"
             ) from None
         lines = [f"base {base.sha[:12]}: the last apply ({self.workflow} run {base.run_id})."]
         if not self.settings.approvals:
             lines.append(f"approvals are not required ({APPROVALS}=0).")
         failed = [c for c in checks if c.problem]
-        items = [f"commit {c.sha[:12]} {c.problem}" for c in failed]
         if failed:
             some, verb = _some(len(failed), len(checks), "commit")
             approved = "an approved" if self.settings.approvals else "a"
@@ -468,15 +471,16 @@ class GuardRun:
                 f"refused: {some} on {self.branch} since the last apply {verb} not the merge of "
                 f"{approved} pull request:"
             )
-        else:
+            lines += [Item(f"commit {c.sha[:12]} {c.problem}") for c in failed]
+        elif checks:
             pulls = ", ".join(dict.fromkeys(f"#{c.pull.number}" for c in checks if c.pull))
-            approved = (
-                " approved by someone other than its author" if self.settings.approvals else ""
-            )
+            approved = " approved by someone other than its author" * self.settings.approvals
             lines.append(
                 f"{plural(len(checks), 'commit')} since, each the merge of a pull request into "
-                f"{self.branch}{approved}" + (f": {pulls}." if pulls else ".")
+                f"{self.branch}{approved}: {pulls}."
             )
+        else:
+            lines.append(f"no commit on {self.branch} since.")
         head = load_revision(self.repository, self.head, self.paths, self.env)
         then = load_revision(self.repository, base.sha, self.paths, self.env)
         changed = Changes(tuple(self.repository.changed_paths(base.sha, self.head)))
@@ -488,14 +492,15 @@ class GuardRun:
                 f"since {base.sha[:12]}: applying {'it' if len(outside) == 1 else 'them'} would "
                 "revert a change made by hand in Oystehr:"
             )
-            items += [f"{entry} ({why})" for entry, why in outside]
+            lines += [Item(f"{entry} ({why})") for entry, why in outside]
         else:
             each = "the change" if len(entries) == 1 else f"each of the {len(entries)} changes"
             lines.append(
-                f"passed: {each} of the plan is explained by the project files changed since "
+                f"{each} of the plan is explained by the project files changed since "
                 f"{base.sha[:12]}."
             )
         if not (failed or outside):
+            lines[-1] = f"passed: {lines[-1]}"
             return Verdict(True, lines)
         ask = "Nothing was applied."
         if outside:
@@ -505,7 +510,7 @@ class GuardRun:
             )
         if failed:
             ask += f" For a commit that was not reviewed, {OVERRIDE_HINT}."
-        return Verdict(False, lines, items, ask)
+        return Verdict(False, lines, ask)
 
 
 def _some(count: int, total: int, noun: str) -> tuple[str, str]:
