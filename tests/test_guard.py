@@ -14,9 +14,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
-from e2e import ALPHA, BETA, hand_edit, run
+from e2e import A_ADMIN, ALPHA, BETA, DEV_TOKEN, hand_edit, run
 from fake_github import BOT, TOKEN, FakeGitHub, fake_github, github_env
 
 from reconciler.cli import cli
@@ -240,6 +241,47 @@ def test_the_pull_request_that_writes_the_live_value_into_the_file_passes(emu, r
     )
     code, lines, _ = guard(repo, plan(emu, repo))
     assert (code, lines[-1]) == (0, "guard: the plan changes nothing; nothing to check.")
+
+
+ADMIN_ROLE = """\
+roles:
+  Admin:
+    description: Administrators
+    accessPolicy: {rule: [{resource: "FHIR:*", action: "FHIR:Read", effect: Allow}]}
+"""
+
+
+def _edit_role(emu, body: dict[str, Any]) -> None:
+    """Someone changes Alpha's Admin role outside reconciler."""
+    headers = {"authorization": f"Bearer {DEV_TOKEN}", "x-oystehr-project-id": ALPHA}
+    httpx.patch(f"{emu.api_url}/iam/role/{A_ADMIN}", headers=headers, json=body).raise_for_status()
+
+
+def test_a_reviewed_field_does_not_carry_a_hand_edit_of_another(emu, repo, fake_github):
+    repo.pull_request({"projects/alpha.yaml": ALPHA_FILE + ADMIN_ROLE})
+    _edit_role(  # what that merge's apply wrote
+        emu,
+        {
+            "description": "Administrators",
+            "accessPolicy": {
+                "rule": [{"resource": "FHIR:*", "action": "FHIR:Read", "effect": "Allow"}]
+            },
+        },
+    )
+    fake_github.record_apply(repo.head)
+    # By hand: Admin may now do anything. Then a pull request renames its description.
+    _edit_role(
+        emu, {"accessPolicy": {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]}}
+    )
+    repo.pull_request(
+        {"projects/alpha.yaml": ALPHA_FILE + ADMIN_ROLE.replace("Administrators", "Admins")}
+    )
+    code, lines, _ = guard(repo, plan(emu, repo))
+    assert code == 1
+    assert lines[-2] == (
+        "  - Alpha Clinic (projects/alpha.yaml): ~ role Admin (description, accessPolicy) "
+        "(accessPolicy not changed in the files)"
+    )
 
 
 def test_a_new_project_is_explained_whole(emu, repo):

@@ -89,6 +89,25 @@ def test_an_object_is_explained_by_its_declaration_or_its_kinds_prune(base, head
     assert (why is None) == explained
 
 
+def test_an_update_is_explained_field_by_field():
+    """A reviewed change to one field of an object does not carry a hand edit of another."""
+    base = _revision("a", {"roles": {"R": {"description": "a", "accessPolicy": {"rule": []}}}})
+    head = _revision("b", {"roles": {"R": {"description": "b", "accessPolicy": {"rule": []}}}})
+    both = _object("role", "R", "update", "description", "accessPolicy")
+    assert _why(both, base, head) == "accessPolicy not changed in the files"
+    assert _why(_object("role", "R", "update", "description"), base, head) is None
+
+
+def test_a_rename_is_explained_by_its_renamed_from():
+    base = _revision("a", {"roles": {"New": {"description": "d"}}})
+    head = _revision("b", {"roles": {"New": {"description": "d", "renamedFrom": "Old"}}})
+    assert _why(_object("role", "New", "rename", "name"), base, head) is None
+    # The same rename once more: someone renamed it back by hand.
+    assert _why(_object("role", "New", "rename", "name"), head, head) == (
+        "name not changed in the files"
+    )
+
+
 def test_a_delete_is_explained_when_the_declaration_went_or_prune_came():
     delete = _object("role", "Gone", "delete")
     removed = _why(
@@ -159,6 +178,12 @@ def test_a_functions_code_is_explained_by_a_change_to_its_source_inputs(changed,
         if explained
         else "code, memorySize not changed in the files"
     )
+
+
+def test_a_functions_code_is_explained_by_a_new_source_path():
+    base = _revision("a", {"zambdas": {"check-in": ZAMBDA}})
+    head = _revision("b", {"zambdas": {"check-in": {**ZAMBDA, "source": ".dist/v2.zip"}}})
+    assert _why(_object("zambda", "check-in", "update", "code"), base, head) is None
 
 
 def test_globs_are_relative_to_the_root_and_stars_stay_in_their_folder():

@@ -1,11 +1,15 @@
 """Which changes of a plan the project files explain (step 3 of the merge guard).
 
 An entry (a setting or an object of the plan) is explained when its Project's
-effective value for that setting, or that object's declaration (its fields,
-`renamedFrom`, the kind's `prune`), differs between the base and HEAD, or when the
-Project is new since the base. A value written with `${NAME}` is also explained when
-a file under `.github/workflows/` changed (that is where `RECONCILER_VAR_` values
-live), and a function's `code` when a file matching its `sourceInputs` globs changed.
+effective value for that setting, or that object's declaration, differs between the
+base and HEAD, or when the Project is new since the base: a create or delete by the
+object being declared, undeclared or redeclared, or by its kind's `prune`; an
+update or rename field by field (each changed field's declared value, a rename's
+`renamedFrom`), so a field changed by hand is not reverted because a reviewed pull
+request touched another field of the same object. A value written with `${NAME}` is
+also explained when a file under `.github/workflows/` changed (that is where
+`RECONCILER_VAR_` values live), and a function's `code` by its `source`, its
+`sourceInputs`, or a file those globs match that changed.
 Anything else would revert a change made by hand. Pure: data in, data out.
 """
 
@@ -150,20 +154,37 @@ def _unexplained(
     key = keys.get(entry.kind)
     if key is None:
         return f"a kind the guard does not know ({entry.kind})"
-    declared = _declaration(now, key, entry.name)
-    if _declaration(then, key, entry.name) != declared or _prunes(then, key) != _prunes(now, key):
+    before, after = _declaration(then, key, entry.name), _declaration(now, key, entry.name)
+    if _prunes(then, key) != _prunes(now, key):
         return None
-    if entry.action != "update":
-        return "not changed in the files"
+    if entry.action in ("create", "delete") or _ABSENT in (before, after):
+        # Its existence: explained by a declaration that came, went or changed.
+        return None if before != after else "not changed in the files"
     rest = [
         name
         for name in entry.fields
-        if not (changes.workflows and _written_with_a_variable(templated, (key, entry.name, name)))
+        if not _field_explained(name, before, after, changes)
+        and not (changes.workflows and _written_with_a_variable(templated, (key, entry.name, name)))
     ]
-    sources = declared.get("sourceInputs") if isinstance(declared, Mapping) else None
-    if CODE_FIELD in rest and changes.any_matches(sources):
-        rest.remove(CODE_FIELD)
     return f"{', '.join(rest)} not changed in the files" if rest else None
+
+
+def _field_explained(name: str, before: Any, after: Any, changes: Changes) -> bool:
+    """One field of an update or rename: its declared value differs. A rename's name is
+    explained by its `renamedFrom`; a function's code by its `source`, its
+    `sourceInputs`, or a file those globs match."""
+    related = _CODE_KEYS if name == CODE_FIELD else (_RENAME_KEY if name == "name" else (name,))
+    if any(_field(before, k) != _field(after, k) for k in related):
+        return True
+    return name == CODE_FIELD and changes.any_matches(_field(after, "sourceInputs"))
+
+
+_CODE_KEYS = ("source", "sourceInputs")
+_RENAME_KEY = ("renamedFrom",)
+
+
+def _field(declaration: Any, name: str) -> Any:
+    return declaration.get(name, _ABSENT) if isinstance(declaration, Mapping) else _ABSENT
 
 
 def _value(data: Mapping[str, Any], key: str) -> Any:
