@@ -120,7 +120,12 @@ class Run:
 
     def show_plan(self, the_plan: Plan, fmt: str, *, drift: bool = False) -> None:
         """The plan (or drift report) on stdout, and its markdown in the job summary."""
-        from reconciler.render import render_json, render_markdown, render_text
+        from reconciler.render import (
+            STEP_SUMMARY_LIMIT,
+            render_json,
+            render_markdown,
+            render_text,
+        )
 
         if fmt == "json":
             render_json(the_plan, sys.stdout)
@@ -128,7 +133,10 @@ class Run:
             render_markdown(the_plan, sys.stdout, drift=drift)
         else:
             render_text(the_plan, sys.stdout, colour=self.colour, drift=drift, verbose=self.verbose)
-        self.step_summary(lambda fh: render_markdown(the_plan, fh, drift=drift))
+        # The job summary holds the whole plan, where a comment may have to summarise.
+        self.step_summary(
+            lambda fh: render_markdown(the_plan, fh, drift=drift, limit=STEP_SUMMARY_LIMIT)
+        )
 
     def step_summary(self, write: Callable) -> None:
         """Append markdown to the GitHub Actions job summary when there is one."""
@@ -200,6 +208,7 @@ def apply(
     from reconciler.render import (
         FAILED,
         SKIPPED,
+        STEP_SUMMARY_LIMIT,
         UNKNOWN,
         render_apply_json,
         render_apply_markdown,
@@ -238,7 +247,7 @@ def apply(
         render_apply_json(outcomes, sys.stdout)
     else:
         render_apply_text(outcomes, sys.stdout, colour=run.colour)
-    run.step_summary(lambda fh: render_apply_markdown(outcomes, fh))
+    run.step_summary(lambda fh: render_apply_markdown(outcomes, fh, limit=STEP_SUMMARY_LIMIT))
     failed = any(o.status in (FAILED, UNKNOWN, SKIPPED) for o in outcomes)
     return EXIT_ERROR if failed else EXIT_OK
 

@@ -97,6 +97,9 @@ class Kind:
     required_one_of_on_create: tuple[str, ...] = ()  # at least one of these, non-empty
     role_fields: tuple[str, ...] = ()  # fields that hold role references
     policy_fields: tuple[str, ...] = ()
+    # What a plan's table of new objects shows beside each name (its other fields
+    # follow in one column): the fields a reviewer reads first.
+    summary_fields: tuple[str, ...] = ()
     paged: bool = False  # the list is {data, metadata: {nextCursor}}
     normalisers: Mapping[str, Normaliser] = field(default_factory=dict)
 
@@ -135,6 +138,7 @@ ROLE = Kind(
     list_fields=frozenset({"name"}),
     read_only=("id", "memberCount"),
     policy_fields=("accessPolicy",),
+    summary_fields=("description", "accessPolicy"),
     normalisers=_POLICY,
 )
 
@@ -162,6 +166,7 @@ APPLICATION = Kind(
     list_fields=frozenset({"name"}),
     read_only=("id", "clientId", "connectionName"),
     required_on_create=("allowedCallbackUrls",),
+    summary_fields=("description", "allowedCallbackUrls", "loginWithEmailEnabled", "mfaEnabled"),
 )
 
 M2M = Kind(
@@ -176,6 +181,7 @@ M2M = Kind(
     required_one_of_on_create=("roles", "accessPolicy"),
     role_fields=("roles",),
     policy_fields=("accessPolicy",),
+    summary_fields=("description", "roles", "accessPolicy"),
     paged=True,
     normalisers={**_POLICY, "roles": _id_set},
 )

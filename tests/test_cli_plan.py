@@ -250,11 +250,10 @@ def test_markdown_out_file_and_step_summary(repo, emu):
         {"GITHUB_STEP_SUMMARY": str(summary)},
     )
     assert result.exit_code == 0
-    # The marker, then the heading: nothing hidden that anything would trust.
     marker, heading = result.stdout.split("\n")[:2]
     assert marker == "<!-- reconciler-plan -->"
     assert heading.startswith("### reconciler plan: 1 to change")
-    assert "| signupEnabled | false | true |" in result.stdout
+    assert "| `signupEnabled` | `false` | `true` |" in result.stdout
     assert summary.read_text().startswith("<!-- reconciler-plan -->")
     doc = json.loads((repo / "plan.json").read_text())
     assert doc["summary"] == {"changed": 1, "unchanged": 0, "errors": 0}
