@@ -342,7 +342,9 @@ def _summary(verdict: Verdict) -> str:
     paragraphs = [f"### reconciler guard: {outcome}"]
     for line in verdict.lines:
         paragraphs.append(
-            f"- {markdown(line, 400)}" if isinstance(line, Item) else md_escape(term(line))
+            f"- {markdown(line, 400, table=False)}"
+            if isinstance(line, Item)
+            else md_escape(term(line))
         )
     if verdict.ask:
         paragraphs.append(md_escape(term(verdict.ask)))
