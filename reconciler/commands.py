@@ -51,13 +51,11 @@ class Run:
         """The run's one client, so tokens are fetched once per M2M client per run."""
         if self._api is None:
             from reconciler.client import ProjectApi, check_credentials
-            from reconciler.escape import add_secrets, credential_variables
 
             # At start, before any request: credentials unfit for a header are refused by
             # name, and every credential value is kept out of all output.
-            names = credential_variables(self.auths)
+            names = self.redact_credentials()
             check_credentials([name for name in names if name != "GITHUB_TOKEN"], self.env)
-            add_secrets(self.env.get(name) for name in names)
 
             self._api = ProjectApi(
                 self.options["api_url"],
@@ -71,6 +69,15 @@ class Run:
                 context.call_on_close(self._api.close)
         return self._api
 
+    def redact_credentials(self) -> list[str]:
+        """Keep the value of every credential variable the run's Projects name out of all
+        output; returns their names."""
+        from reconciler.escape import add_secrets, credential_variables
+
+        names = credential_variables(self.auths)
+        add_secrets(self.env.get(name) for name in names)
+        return names
+
     def load(self, paths: Sequence[str], fmt: str = "text"):
         """Validate every file; any problem stops here, before a request (as markdown
         on stdout too for `--format markdown`, so the pull request comment says where)."""
@@ -78,7 +85,9 @@ class Run:
         from reconciler.fleet import parse_shard, select
 
         shard = parse_shard(self.options.get("shard"))
-        result = load_projects(paths or ("projects",), self.env)
+        result = load_projects(paths or ("projects",), self.env, root=self.options.get("root"))
+        for warning in result.warnings:
+            click.echo(term(warning), err=True)
         if result.problems:
             for problem in result.problems:
                 click.echo(term(problem), err=True)
@@ -151,27 +160,32 @@ class Run:
             click.echo(f"Warning: could not write GITHUB_STEP_SUMMARY ({exc.strerror})", err=True)
 
 
-def validate(paths: Sequence[str], fmt: str) -> int:
-    """Every problem as FILE:LINE:COL: message (or JSON); the summary on stderr."""
-    from reconciler.files import load_projects
+def validate(paths: Sequence[str], fmt: str, root: str | None = None) -> int:
+    """Every problem as FILE:LINE:COL: message (or JSON); warnings and the summary on
+    stderr."""
+    from reconciler.files import load_projects, unincluded_fragments
 
-    result = load_projects(paths or ("projects",))
+    result = load_projects(paths or ("projects",), root=root)
+    for warning in result.warnings + unincluded_fragments(result):
+        click.echo(term(warning), err=True)
     if fmt == "json":
         doc = {"problems": [problem.to_dict() for problem in result.problems]}
         click.echo(json.dumps(doc, indent=2))
     else:
         for problem in result.problems:
             click.echo(term(problem))
-    files = result.files_read
+    files = plural(result.files_read, "file")
+    if result.fragments:
+        files += f" and {plural(len(result.fragments), 'fragment')}"
     if result.problems:
         failing = len({problem.file for problem in result.problems})
         click.echo(
             f"{plural(len(result.problems), 'problem')} in {plural(failing, 'file')} "
-            f"({plural(files, 'file')} checked).",
+            f"({files} checked).",
             err=True,
         )
         return EXIT_ERROR
-    click.echo(f"{plural(files, 'file')} valid.", err=True)
+    click.echo(f"{files} valid.", err=True)
     return EXIT_OK
 
 
@@ -220,6 +234,7 @@ def apply(
     if plan_file:
         the_plan = read_plan_file(plan_file)
         run.auths = [p.auth for p in the_plan.projects]
+        run.redact_credentials()  # before the plan is shown
         refusals(the_plan, api_url=options["api_url"], max_changes=max_changes, saved=True)
     else:
         the_plan = run.read_plan(paths)
@@ -256,8 +271,14 @@ def export(run: Run, project_id: str, output: str | None, force: bool, include: 
     """A project file from the live Project, on stdout or in --output."""
     from reconciler.client import resolve_credentials
     from reconciler.export import export_project, parse_include, schema_ref_for
+    from reconciler.files import has_include
 
     target = Path(output) if output else None
+    if target and target.is_file() and has_include(output):
+        raise ConfigError(
+            f"{output} includes fragments: export writes a standalone file and would drop "
+            "them; export to another file and copy what you need"
+        )
     if target and target.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
     words = parse_include(include)

@@ -102,6 +102,11 @@ class Kind:
     summary_fields: tuple[str, ...] = ()
     paged: bool = False  # the list is {data, metadata: {nextCursor}}
     normalisers: Mapping[str, Normaliser] = field(default_factory=dict)
+    # Object names take ${NAME} like values do (bucket names: `${PROJECT_ID}-notes`).
+    substitute_names: bool = False
+    # Values `render` and `compare` never show (a secret's): conceal(field, value) says
+    # what is shown instead, or None for a field shown as it is (see `conceal_secret`).
+    conceal: Callable[[str, Any], str | None] | None = None
 
     def path_of(self, object_id: str) -> str:
         # An id comes from the API or a plan file: never let it change the path.
@@ -124,6 +129,20 @@ class Kind:
         if one_of and not any(desired.get(name) not in (None, [], {}) for name in one_of):
             return f"creating it needs {' or '.join(one_of)} (non-empty)"
         return None
+
+
+def conceal_secret(field_name: str, value: Any) -> str | None:
+    """A secret's value as `render` shows it: where it comes from, never what it is —
+    `(not shown: literal)`, `(not shown: env NAME)`, `(not shown: m2m NAME FIELD)`."""
+    if field_name == "value":
+        return "(not shown: literal)"
+    if field_name != "valueFrom":
+        return None
+    if isinstance(value, Mapping) and "env" in value:
+        return f"(not shown: env {value['env']})"
+    if isinstance(value, Mapping) and "m2mClient" in value:
+        return f"(not shown: m2m {value['m2mClient']} {value.get('field')})"
+    return "(not shown)"
 
 
 _POLICY = {"accessPolicy": normalise_policy}

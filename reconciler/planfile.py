@@ -70,6 +70,9 @@ PROJECT_KEYS = (
 OBJECT_KEYS = ("kind", "name", "id", "action", "changes", "body", "liveFingerprint")
 ACTIONS = ("create", "update", "rename", "delete")
 CHANGE_KEYS = ("field", "before", "after")
+# Where a desired value is written ("FILE:LINE" or null): on every change and object of a
+# plan this version writes; a plan made before it has none.
+SOURCE = "source"
 STATUSES = (CHANGED, UNCHANGED, ERROR)
 ANY_ID = "00000000-0000-4000-8000-000000000000"  # stands for the id where a check needs one
 WRITABLE_KEYS = tuple(key for key in MANAGED_KEYS if key not in IMMUTABLE_KEYS)
@@ -295,7 +298,8 @@ def _check_project(project: Mapping[str, Any], where: str) -> None:
 def _check_object(change: Mapping[str, Any], where: str, prune: list[str]) -> None:
     """One object write: a known kind and action, an id where one is needed, only writable
     fields changed, a body exactly derived from the changes, deletes only in prune kinds."""
-    expect_object(change, where, required=OBJECT_KEYS, only=OBJECT_KEYS)
+    expect_object(change, where, required=OBJECT_KEYS, only=(*OBJECT_KEYS, SOURCE))
+    _expect_source(change, where)
     kind = BY_NAME.get(change["kind"])
     if kind is None:
         raise ShapeError(f"{where}.kind: {describe_json(change['kind'])} is not a kind")
@@ -317,7 +321,8 @@ def _check_object(change: Mapping[str, Any], where: str, prune: list[str]) -> No
     fields = []
     for index, field_change in enumerate(changes):
         at = f"{where}.changes[{index}]"
-        expect_object(field_change, at, required=CHANGE_KEYS, only=CHANGE_KEYS)
+        expect_object(field_change, at, required=CHANGE_KEYS, only=(*CHANGE_KEYS, SOURCE))
+        _expect_source(field_change, at)
         field = field_change["field"]
         if field not in kind.write_fields or field in fields:
             raise ShapeError(f"{at}.field: {describe_json(field)} is not a writable field once")
@@ -379,7 +384,8 @@ def _check_change(
     change: Mapping[str, Any], where: str, managed: list[str], created_roles: set[str]
 ) -> str:
     """One change: a writable, managed field, with before and after of that field's shape."""
-    expect_object(change, where, required=CHANGE_KEYS, only=CHANGE_KEYS)
+    expect_object(change, where, required=CHANGE_KEYS, only=(*CHANGE_KEYS, SOURCE))
+    _expect_source(change, where)
     field = change["field"]
     if field not in WRITABLE_KEYS:
         raise ShapeError(f"{where}.field: {describe_json(field)} is not a writable key")
@@ -430,6 +436,10 @@ def _patch_value(field: str, after: Any) -> Any:
     if field in ROLE_FIELDS:
         return after["id"] if after else None
     return after
+
+
+def _expect_source(change: Mapping[str, Any], where: str) -> None:
+    expect(change.get(SOURCE), (str, type(None)), f"{where}.{SOURCE}")
 
 
 def _expect_sha256(value: Any, where: str) -> str:

@@ -58,6 +58,7 @@ def test_each_change_type_and_the_exact_patch(repo, emu):
         "field": "defaultPatientRole",
         "before": {"id": A_PATIENT, "name": "Patient"},
         "after": None,
+        "source": "projects/alpha.yaml:5",
     }
     assert emu.stats() == {"GET /v1/project": 1, "GET /v1/iam/role": 1}
 

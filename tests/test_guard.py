@@ -716,24 +716,25 @@ def test_a_bad_variable_is_one_line(emu, repo, fake_github, name, value, said):
 
 
 def test_a_fragment_change_explains_the_changes_it_makes(emu, repo, fake_github):
-    """Environments (`include:`): a change to a shared fragment explains what it changes
-    in every Project that includes it."""
-    from reconciler.files import load_projects
-
-    probe = repo.root / "probe"
-    probe.mkdir()
-    (probe / "p.yaml").write_text(f"id: {BETA}\ninclude: [../base.yaml]\n", encoding="utf-8")
-    (repo.root / "base.yaml").write_text("description: x\n", encoding="utf-8")
-    if load_projects([str(probe)], {}).problems:
-        pytest.skip("include: (SPEC section 12) is not in files.load_projects yet")
-    (repo.root / "base.yaml").unlink()
+    """Environments (`include:`): a change to a shared fragment explains what it changes in
+    every Project that includes it, and nothing else."""
+    including = f"id: {BETA}\nname: Beta Sandbox\ninclude: [../base/clinic.yaml]\n"
     repo.pull_request(
         {
-            "base/clinic.yaml": "description: Beta sandbox\n",
-            "projects/beta.yaml": f"id: {BETA}\ninclude: [../base/clinic.yaml]\n",
+            "base/clinic.yaml": "description: Beta sandbox\nsignupEnabled: true\n",
+            "projects/beta.yaml": including,
         }
     )
-    fake_github.record_apply(repo.head)
-    repo.pull_request({"base/clinic.yaml": "description: from the fragment\n"})
+    fake_github.record_apply(repo.head)  # in sync: Beta's live values are the fragment's
+    hand_edit(emu, BETA, {"signupEnabled": False})
+    repo.pull_request({"base/clinic.yaml": "description: from the fragment\nsignupEnabled: true\n"})
+    code, lines, _ = guard(repo, plan(emu, repo))
+    assert code == 1
+    refused = [line for line in lines if line.startswith("  - ")]
+    assert refused == [
+        "  - Beta Sandbox (projects/beta.yaml): ~ signupEnabled: false -> true (not changed in "
+        "the files)"
+    ]
+    hand_edit(emu, BETA, {"signupEnabled": True})  # put back by hand: only the review is left
     code, lines, _ = guard(repo, plan(emu, repo))
     assert code == 0, lines

@@ -234,7 +234,7 @@ def test_ci_runs_pytest_on_every_supported_python():
 def test_plan_validates_forks_and_plans_only_with_secrets():
     doc = _load(WORKFLOWS / "plan.yml")
     assert list(doc["on"]) == ["pull_request"]
-    assert doc["on"]["pull_request"]["paths"] == ["projects/**", "schemas/**"]
+    assert doc["on"]["pull_request"]["paths"] == ["projects/**", "base/**", "schemas/**"]
     validate, plan = doc["jobs"]["validate"], doc["jobs"]["plan"]
     assert "if" not in validate and _commands("plan.yml", "validate") == ["validate"]
     assert plan["if"] == "github.event.pull_request.head.repo.full_name == github.repository"
@@ -264,7 +264,7 @@ def test_plan_comments_even_when_the_plan_fails_then_fails_the_job():
 
 def test_apply_plans_guards_then_applies_that_artifact_in_production():
     doc = _load(WORKFLOWS / "apply.yml")
-    assert doc["on"]["push"] == {"branches": ["main"], "paths": ["projects/**"]}
+    assert doc["on"]["push"] == {"branches": ["main"], "paths": ["projects/**", "base/**"]}
     assert "workflow_dispatch" in doc["on"]
     assert "concurrency" not in doc  # per apply job: a later plan job never waits on approval
     plan, apply = doc["jobs"]["plan"], doc["jobs"]["apply"]
@@ -465,9 +465,12 @@ def test_pre_commit_hook_runs_reconciler_validate_on_project_files():
     (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
     assert hook["id"] == "reconciler-validate"
     assert hook["entry"] == "reconciler validate"
-    assert hook["language"] == "python" and hook["pass_filenames"] is True
+    # Every file is validated when a project file or a fragment changes (a fragment is
+    # checked through the Projects that include it).
+    assert hook["language"] == "python" and hook["pass_filenames"] is False
     files = re.compile(hook["files"])
     assert files.search("projects/sandbox.yaml") and files.search("projects/eu/prod.yml")
+    assert files.search("base/clinic.yaml")
     assert not files.search("projects/README.md") and not files.search("other/x.yaml")
 
 

@@ -9,7 +9,6 @@ refused: its target is not part of what anyone reviewed.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import tempfile
@@ -22,7 +21,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.errors import ConfigError
 from reconciler.files import PROJECT_SUFFIXES, ProjectFile, load_projects
-from reconciler.github.history import REGULAR_MODES, Repository, TreeEntry
+from reconciler.github.history import REGULAR_MODES, Repository
+from reconciler.yamlread import nearest
 
 KeyPath = tuple[Any, ...]
 
@@ -63,38 +63,35 @@ def load_revision(
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with open(target, "wb") as fh:
                 fh.write(contents[entry.object_id])
-        roots = [p for p in paths if os.path.exists(os.path.join(mirror, p))]
+        roots = [os.path.join(mirror, p) for p in paths if os.path.exists(os.path.join(mirror, p))]
         if not roots:
             return revision
         try:
-            result = _load(mirror, [os.path.join(mirror, p) for p in roots], env)
+            # The mirror is the repository root: includes resolve inside it, and every
+            # path is shown as it is in the repository.
+            result = load_projects(roots, env, root=mirror, relative_to=mirror)
         except ConfigError:  # no project file at all under the paths at this commit
             return revision
-        for problem in result.problems:
-            revision.failed.setdefault(_inside(mirror, problem.file), _located(mirror, problem))
-        for project in result.projects:
-            project.path = _inside(mirror, project.path)
-            revision.projects[project.id] = project
-            text = contents_of(regular, contents, project.path)
-            revision.templated[project.id] = templated_paths(text) | {
-                path for path, _, _ in project.substituted
-            }
+    texts = {e.path: contents[e.object_id].decode("utf-8", "replace") for e in regular}
+    for problem in result.problems:
+        revision.failed.setdefault(problem.file, str(problem))
+    for project in result.projects:
+        revision.projects[project.id] = project
+        revision.templated[project.id] = _templated(project, texts)
     return revision
 
 
-def _load(mirror: str, paths: list[str], env: Mapping[str, str]) -> Any:
-    # Once files.load_projects takes the repository root (includes resolve inside it),
-    # the mirror is that root.
-    if "root" in inspect.signature(load_projects).parameters:
-        return load_projects(paths, env, root=mirror)  # type: ignore[call-arg]
-    return load_projects(paths, env)
-
-
-def contents_of(entries: Sequence[TreeEntry], contents: Mapping[str, bytes], path: str) -> str:
-    for entry in entries:
-        if entry.path == path:
-            return contents[entry.object_id].decode("utf-8", "replace")
-    return ""
+def _templated(project: ProjectFile, texts: Mapping[str, str]) -> set[KeyPath]:
+    """Where the Project's effective document takes a `${NAME}` value: from its file or a
+    fragment it includes, in the parts that file wins (an includer that overrides a
+    fragment's templated field with a literal makes it a literal)."""
+    found = {path for path, *_ in project.substituted}
+    for file in (project.path, *project.fragments):
+        for path in templated_paths(texts.get(file, "")):
+            _, owner = nearest(project.owners, path)
+            if owner is None or owner[0].file == file:
+                found.add(path)
+    return found
 
 
 def templated_paths(text: str) -> set[KeyPath]:
@@ -131,13 +128,3 @@ def _under(path: str, roots: Sequence[str]) -> bool:
 def _safe_path(path: str) -> bool:
     parts = path.split("/")
     return not path.startswith("/") and all(p not in ("", ".", "..", ".git") for p in parts)
-
-
-def _inside(mirror: str, shown: str) -> str:
-    """A path the loader showed (under the mirror) as the path inside the repository."""
-    relative = os.path.relpath(os.path.abspath(shown), mirror)
-    return relative.replace(os.sep, "/")
-
-
-def _located(mirror: str, problem: Any) -> str:
-    return f"{_inside(mirror, problem.file)}:{problem.line}:{problem.column}: {problem.message}"
