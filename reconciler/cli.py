@@ -40,7 +40,7 @@ LAZY_COMMANDS = {
     "github": (
         "reconciler.github",
         "github",
-        "Talk to GitHub for the workflows: the sticky plan comment and the drift issue.",
+        "Talk to GitHub for the workflows: the plan comment, the drift issue, the guard.",
     ),
     "init": (
         "reconciler.init",
@@ -396,7 +396,7 @@ def compare(a, b, root, raw, fmt, detailed_exitcode) -> None:
     "--seed",
     type=click.Path(dir_okay=False),
     default=None,
-    help="YAML of Projects, roles, M2M clients and Developers to load.",
+    help="YAML of Projects (with their objects) and Developers to load; 'demo': the demo's.",
 )
 @click.option("--quiet", is_flag=True, help="No request log on stderr.")
 @click.option(

@@ -18,8 +18,10 @@ format (version 2, with per-Project objects) can reuse level by level.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
+from itertools import accumulate
 from typing import Any
 
 from reconciler import schema
@@ -76,20 +78,84 @@ ANY_ID = "00000000-0000-4000-8000-000000000000"  # stands for the id where a che
 WRITABLE_KEYS = tuple(key for key in MANAGED_KEYS if key not in IMMUTABLE_KEYS)
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+# A plan file larger or deeper than this is refused before it is parsed.
+MAX_PLAN_BYTES = 64 * 2**20
+MAX_PLAN_DEPTH = 64
+# A real plan spends about 13 bytes on each value (a comma or an opening bracket): this
+# bounds the memory a file of tiny values (`"a",` or `[],`) would take once parsed.
+MAX_PLAN_VALUES = MAX_PLAN_BYTES // 8
 
 
 def read_plan_file(path: str) -> Plan:
     """Load a saved plan, refusing anything that is not an intact, consistent plan."""
+    return plan_from_document(read_plan_json(path), path)
+
+
+def read_plan_json(path: str) -> Any:
+    """A plan file's JSON, bounded: over 64 MB, nested deeper than 64 levels, or holding
+    more than 8 million values, it is refused before it is parsed (one line, never a
+    RecursionError, a huge read or gigabytes of parsed values)."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            raw = b"" if size > MAX_PLAN_BYTES else fh.read(MAX_PLAN_BYTES + 1)
     except OSError as exc:
         raise PlanFileError(f"cannot read plan file {path}: {exc.strerror}") from None
+    size = max(size, len(raw))
+    if size > MAX_PLAN_BYTES:
+        raise PlanFileError(
+            f"{path}: not a valid plan file: {size / 2**20:,.1f} MB, over the "
+            f"{MAX_PLAN_BYTES // 2**20} MB a plan file may hold"
+        )
+    punctuation = _punctuation(raw)
+    values = punctuation.count(b",") + punctuation.count(b"[") + punctuation.count(b"{")
+    if values > MAX_PLAN_VALUES:
+        # Each costs memory once parsed: 60 MB of `"a",` or `[],` would take gigabytes.
+        raise PlanFileError(
+            f"{path}: not a valid plan file: about {values:,} values, over the "
+            f"{MAX_PLAN_VALUES:,} a plan file may hold"
+        )
+    if _depth(punctuation) > MAX_PLAN_DEPTH:
+        raise PlanFileError(
+            f"{path}: not a valid plan file: nested deeper than {MAX_PLAN_DEPTH} levels"
+        )
+    try:
+        return json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise PlanFileError(f"{path}: not a valid plan file: not JSON ({exc})") from None
-    except RecursionError:
+    except RecursionError:  # cannot happen below the depth cap; never a traceback anyway
         raise PlanFileError(f"{path}: not a valid plan file: nested too deeply") from None
-    return plan_from_document(doc, path)
+
+
+_NOT_PUNCTUATION = bytes(b for b in range(256) if b not in b"[]{},")
+_BRACKET_STEP = [0] * 256
+for _byte in b"[{":
+    _BRACKET_STEP[_byte] = 1
+for _byte in b"]}":
+    _BRACKET_STEP[_byte] = -1
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest, without parsing it."""
+    return _depth(_punctuation(raw))
+
+
+def _punctuation(raw: bytes, chunk: int = 2**20) -> bytes:
+    """The brackets and commas of a JSON text outside its strings, without parsing it:
+    escapes dropped (`\\\\` before `\\"`, as a JSON reader pairs them), then strings (a
+    chunk at a time, carrying whether a string is open, so a file of tiny strings never
+    becomes millions of pieces at once), then everything else. Linear, mostly in C."""
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    inside, kept = 0, []
+    for start in range(0, len(unescaped), chunk):
+        pieces = unescaped[start : start + chunk].split(b'"')
+        kept.append(b"".join(pieces[inside::2]).translate(None, _NOT_PUNCTUATION))
+        inside = (inside + len(pieces) - 1) % 2
+    return b"".join(kept)
+
+
+def _depth(punctuation: bytes) -> int:
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, punctuation)), default=0)
 
 
 def plan_from_document(doc: Any, path: str = "the plan") -> Plan:
