@@ -144,6 +144,9 @@ class RoleIndex:
         after = {self.renamed.get(str(r.get("id")), r.get("name")) for r in self.live or ()}
         return sorted({str(n) for n in after | set(self.planned)})
 
+    def available(self) -> str:
+        return ", ".join(self.names()) or "(none)"
+
     def resolve(self, value: Any, what: str) -> dict[str, Any]:
         """{id, name} for a file's role value; ValueError says why it means nothing."""
         role_id, role_name = (
@@ -154,7 +157,6 @@ class RoleIndex:
                 value.get("name"),
             )
         )
-        available = ", ".join(self.names()) or "(none)"
         if role_id is None:
             if role_name in self.planned:
                 return {"id": self.planned[role_name], "name": role_name}
@@ -165,7 +167,8 @@ class RoleIndex:
             ]
             if not named:
                 raise ValueError(
-                    f"{what}: no role named {role_name!r} in this Project (roles: {available})"
+                    f"{what}: no role named {role_name!r} in this Project "
+                    f"(roles: {self.available()})"
                 )
             if len(named) > 1:
                 ids = ", ".join(sorted(str(r.get("id")) for r in named))
@@ -178,7 +181,7 @@ class RoleIndex:
             found = next((r for r in self.live or () if r.get("id") == role_id), None)
             if found is None:
                 raise ValueError(
-                    f"{what}: no role with id {role_id} in this Project (roles: {available})"
+                    f"{what}: no role with id {role_id} in this Project (roles: {self.available()})"
                 )
         found_id = str(found["id"])
         name = self.renamed.get(found_id, found.get("name"))
