@@ -39,6 +39,8 @@ class Run:
         self.quiet = options.get("quiet", False)
         self.concurrency = options.get("concurrency", 8)
         self.auths: list = []  # the auth blocks of the Projects in this run
+        self.projects: list = []  # the Projects planned (their files), once loaded
+        self.rotate = parse_rotations(options.get("rotate") or ())
         self._api = None
         self._pool = None
         self.reading = False  # whether a Project's reads have started
@@ -155,7 +157,11 @@ class Run:
                 self.credentials_ready([project.auth])
                 if planner is None:
                     planner = Planner(
-                        self.api(), self.env, self.pool(), progress=self.progress("Reading")
+                        self.api(),
+                        self.env,
+                        self.pool(),
+                        progress=self.progress("Reading"),
+                        rotate=self.rotate,
                     )
             except ConfigError as exc:
                 refused.append(exc)
@@ -168,10 +174,12 @@ class Run:
             if refused:
                 self.credentials_ready(self.auths)  # names every offending variable
                 raise refused[0]
+            check_rotations(self.rotate, projects)
         except BaseException:
             if planner is not None:
                 self.api().abort()  # what was read for a run that stops is not wanted
             raise
+        self.projects = projects
         if planner is None:
             from reconciler.fleet import plan_projects
 
@@ -255,13 +263,15 @@ def validate(paths: Sequence[str], fmt: str, root: str | None = None) -> int:
 
 
 def plan(run: Run, paths: Sequence[str], fmt: str, out: str | None, detailed: bool) -> int:
+    """Exit 2 (with --detailed-exitcode) when apply has anything to do: changes, or
+    secret values to compare (which apply sets back if they were changed by hand)."""
     the_plan = run.read_plan(paths, fmt)
     if out:
         write_plan_file(the_plan, out)
     run.show_plan(the_plan, fmt)
     if the_plan.errors:
         return EXIT_ERROR
-    return EXIT_CHANGES if detailed and the_plan.changed else EXIT_OK
+    return EXIT_CHANGES if detailed and the_plan.to_apply else EXIT_OK
 
 
 def drift(run: Run, paths: Sequence[str], fmt: str) -> int:
@@ -279,11 +289,13 @@ def apply(
     yes: bool,
     max_changes: int | None,
     fmt: str,
+    allow: frozenset[str] = frozenset(),
 ) -> int:
     """Plan (or read a saved plan), refuse or ask, write, report."""
     from reconciler.apply import apply_plan, refusals
     from reconciler.planfile import read_plan_file
     from reconciler.render import (
+        BLOCKED,
         FAILED,
         SKIPPED,
         STEP_SUMMARY_LIMIT,
@@ -294,6 +306,7 @@ def apply(
         render_text,
     )
     from reconciler.schedule import Stopper
+    from reconciler.secretvalues import ValueInputs
 
     options = run.options
     if plan_file:
@@ -301,12 +314,15 @@ def apply(
         run.auths = [p.auth for p in the_plan.projects]
         run.redact_credentials()  # before the plan is shown
         refusals(the_plan, api_url=options["api_url"], max_changes=max_changes, saved=True)
+        check_planned_rotations(run.rotate, the_plan)
+        literals = saved_plan_literals(the_plan, run.env, options.get("root"))
     else:
         the_plan = run.read_plan(paths)
         refusals(the_plan, max_changes=max_changes)
+        literals = file_literals(run.projects)
     show = sys.stderr if fmt == "json" else sys.stdout
     render_text(the_plan, show, colour=run.colour and show is sys.stdout)
-    if the_plan.changed and not yes:
+    if the_plan.to_apply and not yes:
         if not (sys.stdin.isatty() and show.isatty()):
             raise RefusedError(
                 "refusing to apply without --yes: there is no terminal to ask on; "
@@ -322,13 +338,15 @@ def apply(
         verify_fresh=bool(plan_file),
         stopper=Stopper(),
         progress=run.progress("Applying"),
+        values=ValueInputs(literals, run.rotate),
+        allow=allow,
     )
     if fmt == "json":
         render_apply_json(outcomes, sys.stdout)
     else:
         render_apply_text(outcomes, sys.stdout, colour=run.colour)
     run.step_summary(lambda fh: render_apply_markdown(outcomes, fh, limit=STEP_SUMMARY_LIMIT))
-    failed = any(o.status in (FAILED, UNKNOWN, SKIPPED) for o in outcomes)
+    failed = any(o.status in (FAILED, UNKNOWN, SKIPPED, BLOCKED) for o in outcomes)
     return EXIT_ERROR if failed else EXIT_OK
 
 
@@ -364,6 +382,97 @@ def export(run: Run, project_id: str, output: str | None, force: bool, include: 
     if not run.quiet:
         click.echo(f"Wrote {output}.", err=True)
     return EXIT_OK
+
+
+# Secret values: rotations asked for, and the literals apply writes -------------------
+
+
+def parse_rotations(texts: Sequence[str]) -> frozenset[tuple[str, str]]:
+    """--rotate PROJECT_ID:SECRET_NAME values, each checked for its form."""
+    from reconciler.secretvalues import parse_rotate
+
+    try:
+        return frozenset(parse_rotate(text) for text in texts)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_rotations(rotate: frozenset[tuple[str, str]], projects: Sequence) -> None:
+    """Each --rotate names a Project of this run and a secret of it whose value is an M2M
+    client's clientSecret."""
+    from reconciler.secretvalues import declared_sources
+
+    by_id = {project.id: project for project in projects}
+    for project_id, name in sorted(rotate):
+        project = by_id.get(project_id)
+        if project is None:
+            raise ConfigError(f"--rotate {project_id}:{name}: no Project {project_id} in this run")
+        source = declared_sources(project.data).get(name)
+        if source is None or not source.rotates:
+            raise ConfigError(
+                f"--rotate {project_id}:{name}: {project.path} has no secret {name} whose value "
+                "is an M2M client's clientSecret"
+            )
+
+
+def check_planned_rotations(rotate: frozenset[tuple[str, str]], the_plan: Plan) -> None:
+    """With a saved plan, each --rotate names one of its secrets that rotates a client."""
+    from reconciler.secretvalues import Source
+
+    planned = {
+        (project.project_id, change.name)
+        for project in the_plan.projects
+        for change in project.objects
+        if change.value_source is not None and Source.parse(change.value_source).rotates
+    }
+    for project_id, name in sorted(rotate - planned):
+        raise ConfigError(
+            f"--rotate {project_id}:{name}: the plan writes no secret {name} of Project "
+            f"{project_id} from an M2M client's clientSecret; make the plan with --rotate"
+        )
+
+
+def file_literals(projects: Sequence) -> dict:
+    """The literal secret values of the Projects' files: Project id -> name -> value."""
+    from reconciler.secretvalues import LITERAL, declared_sources, literal
+
+    found: dict = {}
+    for project in projects:
+        for name, source in declared_sources(project.data).items():
+            value = literal(project.data, name) if source.kind == LITERAL else None
+            if value is not None:
+                found.setdefault(project.id, {})[name] = value
+    return found
+
+
+def saved_plan_literals(the_plan: Plan, env, root: str | None) -> dict:
+    """A saved plan holds no value: the literal ones apply writes are read again from
+    the project files it names (only for Projects with such a secret). A file that no
+    longer loads refuses the apply before any request."""
+    from reconciler.files import load_projects
+
+    files = sorted(
+        {
+            project.file
+            for project in the_plan.to_apply
+            for change in project.objects
+            if change.value_source == "literal"
+        }
+    )
+    if not files:
+        return {}
+    try:
+        result = load_projects(files, env, root=root)
+    except ConfigError as exc:
+        raise RefusedError(
+            f"the plan's project files cannot be read ({exc}); nothing was applied"
+        ) from None
+    if result.problems:
+        first = result.problems[0]
+        raise RefusedError(
+            f"the plan's project files no longer load ({first}); nothing was applied"
+        )
+    return file_literals(result.projects)
 
 
 def write_plan_file(the_plan: Plan, out: str) -> None:
