@@ -210,7 +210,7 @@ SETTINGS_INDEX = -1  # the settings PATCH's place among a Project's writes (befo
 ME_CHECK, CLIENT_CHECK = (-2,), (-1,)
 # A rotated client's new secret exists only in memory until stored: its store is tried
 # at least this many more times, and an interrupt waits this long for it to finish.
-STORE_RETRIES = 6
+STORE_RETRIES = 3
 STORE_GRACE_SECONDS = 120.0
 
 

@@ -444,7 +444,7 @@ def _secret_env_problems(
         for project, name, source in found:
             at = ("secrets", name, "valueFrom", "env")
             others = [
-                f"{other.path}:{other.location('secrets', other_name, 'valueFrom', 'env')[0]}"
+                _where_read(other, ("secrets", other_name, "valueFrom", "env"))
                 for other, other_name, _ in found
                 if other.path != project.path
             ]
@@ -466,6 +466,12 @@ def _secret_env_problems(
                 )
                 problems.setdefault(project.path, []).append(project.problem(message, *at))
     return problems
+
+
+def _where_read(project: ProjectFile, keys: Path) -> str:
+    """A Project's file, and where in what it includes a value is written if elsewhere."""
+    source = project.source(*keys) or project.path
+    return source if source.startswith(f"{project.path}:") else f"{project.path}, from {source}"
 
 
 def _duplicate_id(project: ProjectFile, same_id: Sequence[ProjectFile]) -> list[Problem]:

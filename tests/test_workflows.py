@@ -317,7 +317,9 @@ def test_apply_plans_guards_then_applies_that_artifact_in_production():
         "RECONCILER_ALLOW_BUCKET_DELETES: ${{ inputs.allow-bucket-deletes }}"
     ]
     applying = next(s for s in _steps("apply.yml", "apply") if s.get("name") == "Apply that plan")
-    assert applying["env"]["RECONCILER_ALLOW_BUCKET_DELETES"] == "${{ inputs.allow-bucket-deletes }}"
+    assert (
+        applying["env"]["RECONCILER_ALLOW_BUCKET_DELETES"] == "${{ inputs.allow-bucket-deletes }}"
+    )
 
     assert apply["needs"] == "plan" and apply["environment"] == "production"
     assert apply["if"] == "needs.plan.outputs.changes == 'true'"  # nothing to approve
