@@ -437,6 +437,20 @@ def test_validate_locates_every_bad_secret_and_never_quotes_a_value(repo):
     assert "sk_live_pasted" not in result.output and "12345678" not in result.output
 
 
+def test_editors_and_standard_tools_accept_names_written_with_substitution(repo):
+    """Before substitution (what an editor checks) `${ENV}_STRIPE_KEY` and
+    `${PROJECT_ID}-visit-notes` are names too; after it, the strict rules apply."""
+    import subprocess
+    import sys
+
+    path = write_project(repo)
+    schema = Path(__file__).resolve().parent.parent / "schemas" / "project.schema.json"
+    command = [sys.executable, "-m", "check_jsonschema", "--schemafile", str(schema), str(path)]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert run(["validate", "projects"], {}).exit_code == 0
+
+
 def test_a_client_named_nowhere_is_that_projects_error(repo, emu):
     write_project(
         repo, f"id: {PID}\nsecrets:\n  X: {{valueFrom: {{m2mClient: Ghost, field: clientId}}}}\n"
