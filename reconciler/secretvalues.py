@@ -24,7 +24,6 @@ Pure: no I/O (the environment comes in as a mapping).
 
 from __future__ import annotations
 
-import hmac
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +67,8 @@ class SecretValue:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SecretValue):
             return NotImplemented
+        import hmac  # here: `validate` (which never compares values) starts without it
+
         return hmac.compare_digest(_bytes(self._text), _bytes(other._text))
 
     __hash__ = None  # type: ignore[assignment]  # a hash of a value is a hint at it
