@@ -241,21 +241,18 @@ def slug_for(name: str | None, project_id: str, taken: set[str]) -> str:
 
 def with_auth(text: str, slug: str) -> str:
     """An exported file with an `auth` block naming <SLUG>_CLIENT_ID / _SECRET."""
+    from reconciler.export import with_auth_lines
+
     env = re.sub(r"[^A-Z0-9]+", "_", slug.upper()).strip("_")
     if env.startswith(RESERVED_ENV_PREFIXES) or f"{env}_".startswith(RESERVED_ENV_PREFIXES):
         env = f"PROJECT_{env}"  # GitHub and reconciler keep these prefixes for themselves
-    lines = [
-        line
-        for line in text.splitlines()
-        if not line.startswith(("# Credentials: name the", "# auth: {clientIdEnv"))
-    ]
-    lines += [
+    auth = [
         "# The environment variables that hold this Project's credentials (names, never values).",
         "auth:",
         f"  clientIdEnv: {env}_CLIENT_ID",
         f"  clientSecretEnv: {env}_CLIENT_SECRET",
     ]
-    return "\n".join(lines) + "\n"
+    return with_auth_lines(text, auth)
 
 
 class Scaffold:

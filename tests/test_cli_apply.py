@@ -289,7 +289,10 @@ def test_export_refuses_to_overwrite_without_force(repo, emu):
     args = ["export", "--project-id", ALPHA, "--output", "projects/alpha.yaml"]
     result = run(args, emu)
     assert result.exit_code == 1
-    assert result.stderr == "Error: projects/alpha.yaml exists; pass --force to overwrite it\n"
+    assert result.stderr == (
+        f"Error: projects/alpha.yaml exists and is not a project file for {ALPHA}; pass --force "
+        "to overwrite it\n"
+    )
     assert (repo / "projects/alpha.yaml").read_text() == "keep me\n"
     assert run([*args, "--force"], emu).exit_code == 0
     assert A_PATIENT in live(emu, ALPHA)["defaultPatientRole"]["id"]
