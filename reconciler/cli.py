@@ -116,6 +116,7 @@ def _plan_command(fn: Callable) -> Callable:
 )
 @click.option(
     "--out",
+    "-o",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
     help="Also save the plan as JSON, for `apply --plan`.",
@@ -291,7 +292,7 @@ def schema() -> None:
     default=None,
     help="YAML of Projects, roles, M2M clients and Developers to load.",
 )
-@click.option("--quiet", is_flag=True, help="No request log on stderr.")
+@click.option("--quiet", "-q", is_flag=True, help="No request log on stderr.")
 @click.option(
     "--latency-ms",
     type=click.IntRange(min=0),
@@ -321,6 +322,7 @@ def emulator(**options) -> None:
     """Run a local Oystehr Project Service (the emulator).
 
     The first line on stdout is its base URL, so --port 0 works in scripts.
+    Each request is logged on stderr (-q: none). Ctrl-C (or SIGTERM) stops it.
 
     \b
       reconciler emulator --port 0 --seed seed.yaml --latency-ms 20

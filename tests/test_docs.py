@@ -18,3 +18,29 @@ def test_every_command_has_help(name):
     result = CliRunner().invoke(cli, [name, "--help"])
     assert result.exit_code == 0, result.output
     assert len(cli.commands[name].help or "") > 20
+
+
+# A long option has the same short flag wherever it appears.
+SHORT = {"--out": "-o", "--output": "-o", "--quiet": "-q", "--verbose": "-v", "--yes": "-y"}
+
+
+def _commands(group=cli, prefix=""):
+    for name, command in sorted(group.commands.items()):
+        if hasattr(command, "commands"):
+            yield from _commands(command, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", command
+
+
+@pytest.mark.parametrize(("name", "command"), list(_commands()), ids=lambda v: str(v))
+def test_short_flags_are_the_same_everywhere(name, command):
+    for param in command.params:
+        for long in param.opts:
+            if long in SHORT:
+                assert SHORT[long] in param.opts, f"{name} {long}"
+
+
+@pytest.mark.parametrize("name", ["plan", "apply", "drift", "export", "init"])
+def test_every_command_that_talks_to_the_api_has_v_q_and_no_color(name):
+    opts = {opt for param in cli.commands[name].params for opt in param.opts}
+    assert {"-v", "--verbose", "-q", "--quiet", "--no-color", "--api-url", "--auth-url"} <= opts
