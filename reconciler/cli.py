@@ -290,7 +290,7 @@ def schema() -> None:
     "--seed",
     type=click.Path(dir_okay=False),
     default=None,
-    help="YAML of Projects, roles, M2M clients and Developers to load.",
+    help="YAML of Projects, roles, M2M clients and Developers to load; demo: the demo's.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No request log on stderr.")
 @click.option(
@@ -329,6 +329,10 @@ def emulator(**options) -> None:
     """
     from reconciler.emulator import run_cli
 
+    if options["seed"] == "demo":  # the bundled demo seed, from any folder
+        from importlib import resources
+
+        options["seed"] = str(resources.files("reconciler") / "data" / "demo" / "seed.yaml")
     run_cli(**options)
 
 
