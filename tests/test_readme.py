@@ -204,6 +204,14 @@ def _environment() -> dict[str, str]:
     }
 
 
+# What "Try it on the emulator" exports, which `emulator` examples take as given.
+TRY_IT_EXPORTS = {
+    "OYSTEHR_PROJECT_API_URL": "http://127.0.0.1:8000/v1",
+    "OYSTEHR_AUTH_URL": "http://127.0.0.1:8000/oauth/token",
+    **DEMO_ENV,
+}
+
+
 @pytest.fixture
 def session(tmp_path: Path) -> Iterator[Session]:
     running = Session.start(tmp_path, _environment())
@@ -217,13 +225,7 @@ def _prepare(example: Example, session: Session) -> None:
             shutil.copytree(ROOT / name, session.folder / name)
     if "emulator" in example.setup:
         session.background("reconciler emulator --seed demo -q &", "http://127.0.0.1:8000")
-        local = "http://127.0.0.1:8000"
-        exports = {
-            "OYSTEHR_PROJECT_API_URL": f"{local}/v1",
-            "OYSTEHR_AUTH_URL": f"{local}/oauth/token",
-            **DEMO_ENV,
-        }
-        line = " ".join(f"{k}={shlex.quote(v)}" for k, v in exports.items())
+        line = " ".join(f"{k}={shlex.quote(v)}" for k, v in TRY_IT_EXPORTS.items())
         assert session.run(f"export {line}")[0] == 0
 
 
@@ -325,6 +327,18 @@ def test_the_readme_has_examples_of_every_kind():
     assert frozenset({"offline"}) in setups and any("emulator" in s for s in setups)
     for command in ("validate", "plan", "export", "init", "demo", "emulator"):
         assert any(f"reconciler {command}" in e.body for e in EXAMPLES), command
+
+
+def test_emulator_examples_assume_what_try_it_on_the_emulator_exports():
+    readme = README.read_text(encoding="utf-8")
+    section = readme[readme.index("## Try it on the emulator") :]
+    (try_it,) = [e for e in examples(section) if "$ reconciler emulator --seed demo" in e.body]
+    exported: dict[str, str] = {}
+    for command, _ in transcript(try_it.body):
+        if command.startswith("export "):
+            words = shlex.split(command.removeprefix("export "))
+            exported.update(word.split("=", 1) for word in words)
+    assert exported == TRY_IT_EXPORTS
 
 
 def test_the_matcher_and_the_normaliser():
