@@ -3,6 +3,7 @@ real files keeps the file's leading comments and its auth block, without --force
 
 from __future__ import annotations
 
+import pytest
 from e2e import ALPHA, BETA, BETA_CLIENT, BETA_SECRET, hand_edit, run, write
 
 
@@ -79,17 +80,21 @@ def test_a_file_without_auth_keeps_its_comments_and_gets_the_auth_hint(repo, emu
     )
 
 
-def test_another_projects_file_still_needs_force(repo, emu):
-    path = _beta_file(repo)
-    before = path.read_text()
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (f"id: {BETA}\nname: Beta\n", f"is the project file of {BETA}, not {ALPHA}"),
+        ("keep me\n", f"exists and is not a project file for {ALPHA}"),
+    ],
+)
+def test_any_other_existing_file_still_needs_force(repo, emu, text, why):
+    path = write(repo, "projects/beta.yaml", text)
     args = ["export", "--project-id", ALPHA, "--output", "projects/beta.yaml"]
     result = run(args, emu)
     assert result.exit_code == 1
-    assert result.stderr == (
-        f"Error: projects/beta.yaml is the project file of {BETA}, not {ALPHA}; pass --force "
-        "to overwrite it\n"
-    )
-    assert path.read_text() == before
+    assert result.stderr == f"Error: projects/beta.yaml {why}; pass --force to overwrite it\n"
+    assert path.read_text() == text
+    assert emu.stats() == {}
     forced = run([*args, "--force", "--include", "settings"], emu)
     assert forced.exit_code == 0, forced.output
     assert forced.stderr == "Wrote projects/beta.yaml.\n"
