@@ -382,12 +382,13 @@ def plan_here(exported: Sequence[Path], directory: Path, flags: Sequence[str]) -
     """How to see the exports' first plan (no change) from this machine: the credentials
     their auth blocks name, which the environment may not hold yet."""
     import os
+    import shlex
 
     names = credential_names(exported)
     missing = [name for name in names if not os.environ.get(name)]
     command = " ".join(["reconciler plan", *flags])
     if str(directory) not in ("", "."):
-        command = f"cd {directory} && {command}"
+        command = f"cd {term(shlex.quote(str(directory)))} && {command}"
     if not missing:
         verb = "is" if len(names) == 1 else "are"
         return f"{_and(names)} {verb} set here: `{command}` shows no change."
