@@ -37,12 +37,15 @@ To add an example, put the marker before its block; nothing here changes.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,16 +137,24 @@ class Session:
         script = self._script(self.localise(command)) + (
             f"code=$?\nexport -p > {self.state}/env\npwd > {self.state}/cwd\nexit $code\n"
         )
-        done = subprocess.run(
-            ["bash", "--noprofile", "--norc", "-c", script],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env={},
-            timeout=120,
-        )
-        return done.returncode, done.stdout
+        # Its own process group, ended with it: nothing a command leaves running (a job
+        # the README meant for the background) can outlive the test. Output goes to a
+        # file, as a terminal would take it, so such a job cannot hold it open.
+        with open(self.state / "output", "w+", encoding="utf-8") as output:
+            shell = subprocess.Popen(
+                ["bash", "--noprofile", "--norc", "-c", script],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={},
+                start_new_session=True,
+            )
+            try:
+                shell.wait(timeout=120)
+            finally:
+                _end_group(shell)
+            output.seek(0)
+            return shell.returncode, output.read()
 
     def background(self, command: str, readme_line: str | None) -> str:
         """Start a job; its first line. An emulator gets a free port, which then stands
@@ -160,6 +171,7 @@ class Session:
             stdin=subprocess.DEVNULL,
             text=True,
             env={},
+            start_new_session=True,
         )
         self.jobs.append(job)
         first = (job.stdout.readline() if job.stdout else "").rstrip("\n")
@@ -182,14 +194,30 @@ class Session:
 
     def close(self) -> None:
         for job in self.jobs:
-            job.terminate()
-            try:
-                job.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                job.kill()
-                job.wait()
+            _end_group(job)
             if job.stdout:
                 job.stdout.close()
+
+
+def _end_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group this test started (the emulator stops cleanly on
+    it), SIGKILL to what is left after 10 s."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while True:
+        process.poll()  # reap the leader, or the group lives on as its zombie
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            deadline = math.inf
+        time.sleep(0.05)
+    process.wait()
 
 
 def _environment() -> dict[str, str]:
@@ -339,6 +367,14 @@ def test_emulator_examples_assume_what_try_it_on_the_emulator_exports():
             words = shlex.split(command.removeprefix("export "))
             exported.update(word.split("=", 1) for word in words)
     assert exported == TRY_IT_EXPORTS
+
+
+def test_nothing_a_command_starts_outlives_it(session: Session):
+    code, output = session.run("sleep 300 & echo $! > pid")
+    assert (code, output) == (0, "")
+    pid = int((session.folder / "pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_the_matcher_and_the_normaliser():
