@@ -19,7 +19,14 @@ from reconciler import __version__
 from reconciler.commands import EXIT_ERROR, EXIT_OK
 from reconciler.errors import ReconcilerError
 from reconciler.escape import CREDENTIAL_VARIABLES, set_secrets, term
-from reconciler.options import api_options, fleet_options, format_option, paths_argument, stack
+from reconciler.options import (
+    api_options,
+    fleet_options,
+    format_option,
+    paths_argument,
+    root_option,
+    stack,
+)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -81,19 +88,17 @@ def cli() -> None:
 
 @cli.command()
 @paths_argument
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help='text: one FILE:LINE:COL line per problem; json: {"problems": [...]}.',
+@root_option
+@format_option(
+    ["text", "json"], 'text: one FILE:LINE:COL line per problem; json: {"problems": [...]}.'
 )
-def validate(paths: tuple[str, ...], fmt: str) -> None:
-    """Check project files offline: YAML, duplicate keys, ${VAR}, schema, duplicate ids.
+def validate(paths: tuple[str, ...], root: str | None, fmt: str) -> None:
+    """Check project files offline: YAML, duplicate keys, ${VAR}, includes, schema, ids.
 
-    Prints every problem as FILE:LINE:COL: message and exits 1 if there is any.
-    No network, no credentials.
+    Prints every problem as FILE:LINE:COL: message and exits 1 if there is any;
+    a problem in an included fragment is located in the fragment and names the
+    files that include it. Warns (stderr) about unused vars and fragments no
+    Project includes. No network, no credentials.
 
     \b
       reconciler validate                  # everything under projects/
@@ -101,11 +106,11 @@ def validate(paths: tuple[str, ...], fmt: str) -> None:
     """
     from reconciler import commands
 
-    raise SystemExit(commands.validate(paths, fmt))
+    raise SystemExit(commands.validate(paths, fmt, root))
 
 
 def _plan_command(fn: Callable) -> Callable:
-    return stack(paths_argument, api_options, fleet_options)(fn)
+    return stack(paths_argument, root_option, api_options, fleet_options)(fn)
 
 
 @cli.command()
@@ -260,15 +265,71 @@ def demo() -> None:
 
 
 @cli.command()
-def schema() -> None:
+@click.option(
+    "--fragment", is_flag=True, help="The schema of a fragment (a file project files include)."
+)
+def schema(fragment: bool) -> None:
     """Print the JSON Schema of a project file (JSON Schema 2020-12).
 
     \b
       reconciler schema > schemas/project.schema.json
+      reconciler schema --fragment > schemas/fragment.schema.json
     """
-    from reconciler.schema import schema_text
+    from reconciler.schema import fragment_schema_text, schema_text
 
-    click.echo(schema_text(), nl=False)
+    click.echo(fragment_schema_text() if fragment else schema_text(), nl=False)
+
+
+@cli.command()
+@paths_argument
+@root_option
+@format_option(
+    ["yaml", "json"],
+    'yaml with a source comment per key; json: {"file", "document", "sources"}.',
+    default="yaml",
+)
+def render(paths: tuple[str, ...], root: str | None, fmt: str) -> None:
+    """Print each Project's effective document: what plan compares.
+
+    Its file with every included fragment merged in and ${...} substituted, keys
+    in the schema's order, objects by name, each top-level key under a comment
+    naming the file and line it comes from. Secret values are never shown.
+    Offline: no network, no credentials.
+
+    \b
+      reconciler render projects/staging.yaml
+      reconciler render projects/staging.yaml --format json
+    """
+    from reconciler import effective
+
+    raise SystemExit(effective.render(paths, fmt, root))
+
+
+@cli.command()
+@click.argument("a", type=click.Path(path_type=str))
+@click.argument("b", type=click.Path(path_type=str))
+@root_option
+@click.option("--raw", is_flag=True, help="Compare before ${...} substitution.")
+@format_option(["text", "json"], "text: one line per difference; json for machines.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when the two Projects differ.")
+def compare(a, b, root, raw, fmt, detailed_exitcode) -> None:
+    """Show what differs between two Projects' effective documents, offline.
+
+    What promoting A's configuration to B would change: settings, objects and
+    their fields (policies as rules), prune; id, auth and vars aside. `-` is
+    only in A, `+` only in B, `~` in both with another value. Secret values are
+    never shown, only that they differ. Exit 0 (1 on a problem; with
+    --detailed-exitcode, 2 when they differ).
+
+    \b
+      reconciler compare projects/staging.yaml projects/production.yaml
+      reconciler compare projects/staging.yaml projects/production.yaml --raw
+    """
+    from reconciler import effective
+
+    raise SystemExit(
+        effective.compare(a, b, raw=raw, fmt=fmt, detailed=detailed_exitcode, root=root)
+    )
 
 
 @cli.command()
@@ -290,7 +351,7 @@ def schema() -> None:
     "--seed",
     type=click.Path(dir_okay=False),
     default=None,
-    help="YAML of Projects, roles, M2M clients and Developers to load; demo: the demo's.",
+    help="YAML of Projects (with their objects) and Developers to load; 'demo': the demo's.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No request log on stderr.")
 @click.option(
@@ -329,10 +390,6 @@ def emulator(**options) -> None:
     """
     from reconciler.emulator import run_cli
 
-    if options["seed"] == "demo":  # the bundled demo seed, from any folder
-        from importlib import resources
-
-        options["seed"] = str(resources.files("reconciler") / "data" / "demo" / "seed.yaml")
     run_cli(**options)
 
 

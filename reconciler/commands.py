@@ -51,13 +51,11 @@ class Run:
         """The run's one client, so tokens are fetched once per M2M client per run."""
         if self._api is None:
             from reconciler.client import ProjectApi, check_credentials
-            from reconciler.escape import add_secrets, credential_variables
 
             # At start, before any request: credentials unfit for a header are refused by
             # name, and every credential value is kept out of all output.
-            names = credential_variables(self.auths)
+            names = self.redact_credentials()
             check_credentials([name for name in names if name != "GITHUB_TOKEN"], self.env)
-            add_secrets(self.env.get(name) for name in names)
 
             self._api = ProjectApi(
                 self.options["api_url"],
@@ -71,6 +69,15 @@ class Run:
                 context.call_on_close(self._api.close)
         return self._api
 
+    def redact_credentials(self) -> list[str]:
+        """Keep the value of every credential variable the run's Projects name out of all
+        output; returns their names."""
+        from reconciler.escape import add_secrets, credential_variables
+
+        names = credential_variables(self.auths)
+        add_secrets(self.env.get(name) for name in names)
+        return names
+
     def load(self, paths: Sequence[str], fmt: str = "text"):
         """Validate every file; any problem stops here, before a request (as markdown
         on stdout too for `--format markdown`, so the pull request comment says where)."""
@@ -78,7 +85,9 @@ class Run:
         from reconciler.fleet import parse_shard, select
 
         shard = parse_shard(self.options.get("shard"))
-        result = load_projects(paths or ("projects",), self.env)
+        result = load_projects(paths or ("projects",), self.env, root=self.options.get("root"))
+        for warning in result.warnings:
+            click.echo(term(warning), err=True)
         if result.problems:
             for problem in result.problems:
                 click.echo(term(problem), err=True)
@@ -120,7 +129,12 @@ class Run:
 
     def show_plan(self, the_plan: Plan, fmt: str, *, drift: bool = False) -> None:
         """The plan (or drift report) on stdout, and its markdown in the job summary."""
-        from reconciler.render import render_json, render_markdown, render_text
+        from reconciler.render import (
+            STEP_SUMMARY_LIMIT,
+            render_json,
+            render_markdown,
+            render_text,
+        )
 
         if fmt == "json":
             render_json(the_plan, sys.stdout)
@@ -128,7 +142,10 @@ class Run:
             render_markdown(the_plan, sys.stdout, drift=drift)
         else:
             render_text(the_plan, sys.stdout, colour=self.colour, drift=drift, verbose=self.verbose)
-        self.step_summary(lambda fh: render_markdown(the_plan, fh, drift=drift))
+        # The job summary holds the whole plan, where a comment may have to summarise.
+        self.step_summary(
+            lambda fh: render_markdown(the_plan, fh, drift=drift, limit=STEP_SUMMARY_LIMIT)
+        )
 
     def step_summary(self, write: Callable) -> None:
         """Append markdown to the GitHub Actions job summary when there is one."""
@@ -143,27 +160,32 @@ class Run:
             click.echo(f"Warning: could not write GITHUB_STEP_SUMMARY ({exc.strerror})", err=True)
 
 
-def validate(paths: Sequence[str], fmt: str) -> int:
-    """Every problem as FILE:LINE:COL: message (or JSON); the summary on stderr."""
-    from reconciler.files import load_projects
+def validate(paths: Sequence[str], fmt: str, root: str | None = None) -> int:
+    """Every problem as FILE:LINE:COL: message (or JSON); warnings and the summary on
+    stderr."""
+    from reconciler.files import load_projects, unincluded_fragments
 
-    result = load_projects(paths or ("projects",))
+    result = load_projects(paths or ("projects",), root=root)
+    for warning in result.warnings + unincluded_fragments(result):
+        click.echo(term(warning), err=True)
     if fmt == "json":
         doc = {"problems": [problem.to_dict() for problem in result.problems]}
         click.echo(json.dumps(doc, indent=2))
     else:
         for problem in result.problems:
             click.echo(term(problem))
-    files = result.files_read
+    files = plural(result.files_read, "file")
+    if result.fragments:
+        files += f" and {plural(len(result.fragments), 'fragment')}"
     if result.problems:
         failing = len({problem.file for problem in result.problems})
         click.echo(
             f"{plural(len(result.problems), 'problem')} in {plural(failing, 'file')} "
-            f"({plural(files, 'file')} checked).",
+            f"({files} checked).",
             err=True,
         )
         return EXIT_ERROR
-    click.echo(f"{plural(files, 'file')} valid.", err=True)
+    click.echo(f"{files} valid.", err=True)
     return EXIT_OK
 
 
@@ -200,6 +222,7 @@ def apply(
     from reconciler.render import (
         FAILED,
         SKIPPED,
+        STEP_SUMMARY_LIMIT,
         UNKNOWN,
         render_apply_json,
         render_apply_markdown,
@@ -211,6 +234,7 @@ def apply(
     if plan_file:
         the_plan = read_plan_file(plan_file)
         run.auths = [p.auth for p in the_plan.projects]
+        run.redact_credentials()  # before the plan is shown
         refusals(the_plan, api_url=options["api_url"], max_changes=max_changes, saved=True)
     else:
         the_plan = run.read_plan(paths)
@@ -238,7 +262,7 @@ def apply(
         render_apply_json(outcomes, sys.stdout)
     else:
         render_apply_text(outcomes, sys.stdout, colour=run.colour)
-    run.step_summary(lambda fh: render_apply_markdown(outcomes, fh))
+    run.step_summary(lambda fh: render_apply_markdown(outcomes, fh, limit=STEP_SUMMARY_LIMIT))
     failed = any(o.status in (FAILED, UNKNOWN, SKIPPED) for o in outcomes)
     return EXIT_ERROR if failed else EXIT_OK
 
@@ -255,8 +279,14 @@ def export(run: Run, project_id: str, output: str | None, force: bool, include: 
         parse_include,
         schema_ref_for,
     )
+    from reconciler.files import has_include
 
     target = Path(output) if output else None
+    if target and target.is_file() and has_include(output):
+        raise ConfigError(
+            f"{output} includes fragments: export writes a standalone file and would drop "
+            "them; export to another file and copy what you need"
+        )
     existing = None
     if target and target.exists():
         existing = existing_project(target) if target.is_file() else None

@@ -46,13 +46,26 @@ WIDER_STAFF = {
 # (heading, command line, exit code that means the step went as the demo expects)
 STEPS = [
     (
-        "Validate the project files (offline: YAML, schema, ${VAR}, duplicate ids)",
+        "Validate the project files (offline: YAML, includes, schema, ${VAR}, duplicate ids)",
         ["validate", "projects"],
         0,
     ),
     (
-        "Plan: what would change, Project by Project. Staging's file declares a role and "
-        "makes it the default patient role in the same plan, with its app and back-end",
+        "Staging and production both include base/clinic.yaml and say what differs: "
+        "staging's effective document, each key under the file and line it comes from",
+        ["render", "projects/staging.yaml"],
+        0,
+    ),
+    (
+        "How production differs from staging (offline): what promoting staging's "
+        "configuration to production would change there",
+        ["compare", "projects/production.yaml", "projects/staging.yaml"],
+        0,
+    ),
+    (
+        "Plan: what would change, Project by Project. The base declares a role and makes it "
+        "the default patient role in the same plan, with its app and back-end; a value "
+        "from the base says where it is written",
         ["plan", "--out", "plan.json"],
         0,
     ),
@@ -77,6 +90,7 @@ def run_demo(echo=click.echo) -> int:
     with tempfile.TemporaryDirectory(prefix="reconciler-demo-") as folder:
         work = Path(folder)
         shutil.copytree(str(data / "projects"), work / "projects")
+        shutil.copytree(str(data / "base"), work / "base")
         with resources.as_file(data / "seed.yaml") as seed, serve(seed) as emu:
             env = {
                 **DEMO_ENV,

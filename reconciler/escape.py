@@ -12,12 +12,22 @@ it is written, and through :func:`markdown` before it goes into a comment.
   start a workflow command (``::`` or ``##[``, after spaces) has its first
   character escaped.
 - :func:`shorten` cuts one value to 200 characters with a visible note.
-- :func:`markdown` is both, plus the markdown escaping of a table cell.
+- :func:`markdown` is both, as an inline code span: GitHub never turns text in a code
+  span into a mention (``@org/team``), a link (``https://…``, ``www.…``, an email) or
+  a reference (``#123``, ``GH-1``, ``owner/repo#1``), so no value can ping anyone or
+  link anywhere from a comment. It escapes ``|`` for a table cell unless told
+  ``table=False`` (outside a table GitHub would show that backslash; inside one, an
+  unescaped ``|`` would split the code span across cells and let its text loose).
+  :func:`md_escape` is for our own text with values in it: markup escaped, and
+  mention, link and reference patterns broken with an invisible word joiner.
 - :func:`redact` replaces every credential value the run knows (:func:`set_secrets`,
   :func:`add_secrets`) with ``***``, in its plain, ``repr`` and JSON forms;
   :func:`term` (and so :func:`markdown`) redacts before anything else.
+  :func:`redact_values` does it to the values of a document before it is serialised
+  (never to the serialised text, whose checksum would break).
 
-The JSON plan is not escaped: it is data, and keeps every value whole.
+The JSON plan is not escaped: it is data, and keeps every value whole (credentials
+aside, redacted by :func:`redact_values`).
 """
 
 from __future__ import annotations
@@ -54,13 +64,6 @@ def term(value: Any) -> str:
     return _WORKFLOW_COMMAND.sub(lambda m: f"{m[1]}\\x{ord(m[2]):02x}", text)
 
 
-def shorten(text: str, limit: int = MARKDOWN_VALUE_LIMIT) -> str:
-    """``text`` cut to ``limit`` characters, saying how long it really was."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… ({len(text):,} characters; the JSON plan has it whole)"
-
-
 _MD_ESCAPES = {
     "\\": "\\\\",
     "|": "\\|",
@@ -75,19 +78,66 @@ _MD_ESCAPES = {
     "#": "\\#",
 }
 
+# U+2060 WORD JOINER: invisible, and it breaks each pattern GitHub acts on.
+_JOINER = "\u2060"
+# What GitHub turns into a mention (@user, @org/team; an email's @ too), a reference
+# (#123, owner/repo#1, GH-1) or a link (scheme://, www.).
+_PINGS = re.compile(r"[@#]|:(?=//)|(?i:www)(?=\.)|(?i:\bgh-)(?=\d)")
+
+
+def neutralise(text: str) -> str:
+    """``text`` with every mention, reference and autolink pattern broken by an
+    invisible word joiner, for text that cannot go in a code span."""
+    return _PINGS.sub(lambda m: m.group() + _JOINER, text)
+
 
 def md_escape(text: str) -> str:
-    """Escape text for a markdown table cell, so a value can neither break the table nor
-    inject markup or HTML into the comment. Newlines become ``<br>`` (for our own
-    multi-line text); values from elsewhere go through :func:`markdown` instead."""
+    """Escape our own text (which may quote values) for a markdown table cell or line:
+    it can neither break the table, inject markup or HTML, nor mention, link or
+    reference anything. Newlines become ``<br>``. A value on its own goes through
+    :func:`markdown` instead, which keeps it readable as it is."""
     text = text.replace("\r", "")
-    return "<br>".join("".join(_MD_ESCAPES.get(ch, ch) for ch in line) for line in text.split("\n"))
+    return "<br>".join(
+        "".join(_MD_ESCAPES.get(ch, ch) for ch in neutralise(line)) for line in text.split("\n")
+    )
 
 
-def markdown(value: Any, limit: int = MARKDOWN_VALUE_LIMIT) -> str:
+_BACKTICKS = re.compile("`+")
+
+
+def code_span(text: str, *, table: bool = True) -> str:
+    """``text`` as an inline code span, shown exactly as it is: the fence is one backtick
+    longer than any run inside it, padded where the text starts or ends with one (or
+    with spaces on both sides, which a code span would otherwise strip). In a table
+    cell (``table``) a ``|`` is escaped, as GitHub needs even inside a code span."""
+    if not text:
+        return "*(empty)*"
+    fence = "`" * (max((len(run) for run in _BACKTICKS.findall(text)), default=0) + 1)
+    if text[0] == "`" or text[-1] == "`" or (text[0] == text[-1] == " " and text.strip()):
+        text = f" {text} "
+    if table:
+        text = text.replace("|", "\\|")
+    return f"{fence}{text}{fence}"
+
+
+def shorten(text: str, limit: int = MARKDOWN_VALUE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it really was."""
+    return "".join(_cut(text, limit))
+
+
+def _cut(text: str, limit: int) -> tuple[str, str]:
+    """(``text`` cut to ``limit`` characters, the note saying so or "")."""
+    if len(text) <= limit:
+        return text, ""
+    return text[:limit], f"… ({len(text):,} characters; the JSON plan has it whole)"
+
+
+def markdown(value: Any, limit: int = MARKDOWN_VALUE_LIMIT, *, table: bool = True) -> str:
     """One value from a file or the API, ready for a markdown comment: on one line, no
-    control or bidi characters, at most ``limit`` characters, markdown escaped."""
-    return md_escape(shorten(term(value), limit))
+    control or bidi characters, at most ``limit`` characters, in a code span (so it can
+    neither mention, link, reference nor format anything)."""
+    text, note = _cut(term(value), limit)
+    return code_span(text, table=table) + note
 
 
 def without_userinfo(url: str) -> str:
@@ -170,3 +220,17 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def redact_values(value: Any, keep: frozenset[str] = frozenset()) -> Any:
+    """``value`` (a JSON-like document) with every string redacted, before it is
+    serialised; the values under the keys in ``keep`` (hashes) are left whole."""
+    if not _secrets:
+        return value
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: v if k in keep else redact_values(v, keep) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_values(item, keep) for item in value]
+    return value

@@ -22,6 +22,9 @@ from reconciler.errors import ConfigError
 from reconciler.kinds import KINDS, M2M, ROLE, Kind
 from reconciler.plan import MANAGED_KEYS, ROLE_FIELDS, normalise_live
 
+# A literal `${` in a live value must survive the file's ${VAR} substitution.
+from reconciler.substitution import as_written as _escape
+
 SCHEMA_PATH = Path("schemas") / "project.schema.json"
 MODELINE = "# yaml-language-server:"
 # The hint an export ends with when it has no auth block to keep.
@@ -182,17 +185,6 @@ def _role_value(role: Mapping[str, Any] | None, roles: Sequence[Mapping[str, Any
     if not role.get("name") or len(namesakes) > 1:
         return {"id": role["id"]}
     return role["name"]
-
-
-def _escape(value: Any) -> Any:
-    """A literal `${` in a live value must survive the file's ${VAR} substitution."""
-    if isinstance(value, str):
-        return value.replace("${", "$${")
-    if isinstance(value, dict):
-        return {k: _escape(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_escape(v) for v in value]
-    return value
 
 
 def schema_ref_for(output: Path | None, start: Path | None = None) -> str | None:

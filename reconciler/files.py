@@ -1,85 +1,95 @@
-"""Read project files: YAML with FILE:LINE:COL for everything, ${VAR}, schema, duplicate ids.
+"""Read project files: find them, read each (and the fragments it includes), substitute
+``${VAR}``, validate, and check what needs every file at once (duplicate ids,
+credentials in substituted values).
 
 Every later command starts here and stops before any request when a file has a
 problem, so the loader reports *every* problem in *every* file, each as one
-:class:`Problem` with a 1-based line and column, and never raises for bad
-input. Only a missing path or an empty selection raises (``ConfigError``).
+:class:`Problem` with a 1-based line and column where its text is (in a fragment,
+naming the files that include it), and never raises for bad input. Only a
+missing path or an empty selection raises (``ConfigError``).
 
-How a file is read, and why:
-
-- Bytes first, then UTF-8, so an invalid byte is reported at its line and
-  column instead of as a decoding traceback; control characters are found by
-  one regex before the parser sees them.
-- ``yaml.compose`` (libyaml's ``CParser`` when available) gives nodes that
-  carry their position; the Python values are built here from the nodes. That
-  is where locations are recorded, duplicate keys are caught (PyYAML's
-  constructor silently keeps the last one) and ``${VAR}`` is substituted.
-- Plain scalars resolve by the YAML 1.2 core schema, as editors do: ``yes``,
-  ``no``, ``on`` and ``off`` are strings (``name: NO`` stays ``"NO"``), dates
-  are strings, and only ``true``/``false`` are booleans.
-- Anchors and aliases are refused: a project file is a handful of keys, and
-  refusing them rules out alias bombs and self-referencing documents.
+The concerns live in their own modules: ``yamlread`` (YAML with locations),
+``substitution`` (``${NAME}`` and the credential check), ``includes`` (the
+reader, fragments and the merge). Each Project is loaded and validated whole
+before the next one is read, so a caller may hand it on as soon as it is valid.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from yaml.resolver import BaseResolver
-
 from reconciler import kinds, schema
 from reconciler.errors import ConfigError
 from reconciler.escape import credential_variables
+from reconciler.includes import (
+    SUFFIXES,
+    Includes,
+    Layer,
+    Owner,
+    Reader,
+    grouped,
+    located,
+    owner_of,
+)
+from reconciler.substitution import (
+    BUILT_IN,
+    MIN_COMPARED_CHARS,
+    VARIABLE_PREFIX,
+    Rules,
+    Variables,
+    leaked_credential,
+    substitute,
+)
+from reconciler.yamlread import (
+    Builder,
+    Location,
+    Path,
+    Problem,
+    nearest,
+    plain_value,
+    read_document,
+    top_level,
+)
 
-PROJECT_SUFFIXES = (".yaml", ".yml")
+__all__ = [
+    "MIN_COMPARED_CHARS",
+    "PROJECT_SUFFIXES",
+    "VARIABLE_PREFIX",
+    "LoadResult",
+    "Problem",
+    "ProjectFile",
+    "load_projects",
+    "substitute",
+]
 
-Path = tuple[Any, ...]
-Location = tuple[int, int]
-
-
-@dataclass(frozen=True, order=True)
-class Problem:
-    """One thing wrong with one file, at a 1-based line and column."""
-
-    file: str
-    line: int
-    column: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.message}"
-
-    def to_dict(self) -> dict:
-        return {
-            "file": self.file,
-            "line": self.line,
-            "column": self.column,
-            "message": self.message,
-        }
+PROJECT_SUFFIXES = SUFFIXES
+RULES = Rules.of(kinds.KINDS)
 
 
 @dataclass
 class ProjectFile:
-    """One project file after substitution: its data and where each part of it stands.
+    """One Project's effective document (after includes and substitution) and where each
+    part of it is written.
 
     ``locations`` maps a key path such as ``("defaultPatientRole", "id")`` to the
-    line and column of its *value*; ``key_locations`` to those of the key itself.
-    The empty path is the top-level mapping.
+    line and column of its *value* in the project file; ``key_locations`` to those
+    of the key itself. The empty path is the top-level mapping. A Project that
+    includes fragments also has ``owners``: the file (layer) each part was taken
+    from; :meth:`where` and :meth:`problem` follow them.
     """
 
     path: str
     data: dict
     locations: dict[Path, Location] = field(default_factory=dict)
     key_locations: dict[Path, Location] = field(default_factory=dict)
-    # (path, VAR, value) for each value ${VAR} took from the environment.
-    substituted: list[tuple[Path, str, str]] = field(default_factory=list)
+    # (path, final value, [(variable, its value)]) for each string a variable went into.
+    substituted: list[tuple[Path, str, list[tuple[str, str]]]] = field(default_factory=list)
+    owners: dict[Path, Owner] = field(default_factory=dict)
+    fragments: tuple[str, ...] = ()  # every fragment it includes, as the user sees its path
+    warnings: list[Problem] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -97,70 +107,149 @@ class ProjectFile:
     def auth(self) -> dict | None:
         return self.data.get("auth")
 
+    def where(self, *keys: Any, key: bool = False) -> tuple[str, Location, str]:
+        """(file, (line, column), include chain) of a value (``key``: of its key), or of
+        the nearest enclosing one that is known."""
+        if self.owners:
+            layer, there = owner_of(self.owners, keys)
+            file, chain, values, names = (
+                layer.file,
+                layer.chain,
+                layer.locations,
+                layer.key_locations,
+            )
+        else:
+            there, file, chain = keys, self.path, ""
+            values, names = self.locations, self.key_locations
+        if key and there in names:
+            return file, names[there], chain
+        return file, nearest(values, there)[1] or (1, 1), chain
+
     def location(self, *keys: Any) -> Location:
         """The value's line and column, or the nearest enclosing one that is known."""
-        return _nearest(self.locations, keys)
+        return self.where(*keys)[1]
 
     def key_location(self, *keys: Any) -> Location:
         """The key's line and column (falls back to the nearest known value)."""
-        if keys in self.key_locations:
-            return self.key_locations[keys]
-        return self.location(*keys)
+        return self.where(*keys, key=True)[1]
 
-    def problem(self, message: str, *keys: Any) -> Problem:
-        """A problem located at a value of this file, for checks made after loading."""
-        line, column = self.location(*keys)
-        return Problem(self.path, line, column, message)
+    def problem(self, message: str, *keys: Any, key: bool = False) -> Problem:
+        """A problem located where the value (or key) is written, for checks made after
+        loading; in a fragment it names the file that includes it."""
+        file, where, chain = self.where(*keys, key=key)
+        return located(file, where, message, chain)
+
+    def locate(self, *keys: Any) -> str:
+        """``FILE:LINE:COL`` for a plan-time error: a setting at its value, an object
+        (kind, name) at its name."""
+        file, (line, column), _ = self.where(*keys, key=len(keys) > 1)
+        return f"{file}:{line}:{column}"
+
+    def source(self, *keys: Any) -> str | None:
+        """``FILE:LINE`` where a desired value is written (its key's line), for plans."""
+        file, (line, _), _ = self.where(*keys, key=True)
+        return f"{file}:{line}"
+
+    def sources_of(self, *keys: Any) -> list[str]:
+        """``FILE:LINE`` of the key in every file that wrote a part of its value (a kind
+        merged from a fragment and the project file names both), the winner last."""
+        if not self.owners:
+            return [self.source(*keys)]
+        winner = owner_of(self.owners, keys)[0]
+        layers = [
+            layer
+            for path, (layer, _) in self.owners.items()
+            if path[: len(keys)] == keys and layer is not winner
+        ]
+        return [
+            f"{layer.file}:{layer.key_at(keys)[0]}" for layer in dict.fromkeys([*layers, winner])
+        ]
 
 
 @dataclass
 class LoadResult:
-    """What :func:`load_projects` found: the valid files and every problem."""
+    """What :func:`load_projects` found: the valid files, every problem, the warnings."""
 
     projects: list[ProjectFile]
     problems: list[Problem]
     files_read: int
+    warnings: list[Problem] = field(default_factory=list)
+    fragments: dict[str, str] = field(default_factory=dict)  # real path -> as shown
+    root: str | None = None  # the repository root, when an include needed it
 
 
-def load_projects(paths: Sequence[str], env: Mapping[str, str] | None = None) -> LoadResult:
+def load_projects(
+    paths: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    root: str | None = None,
+    relative_to: str | None = None,
+    substitute_values: bool = True,
+) -> LoadResult:
     """Find, read, substitute and validate every project file under ``paths``.
 
-    Raises ConfigError for a path that does not exist and when no project file
-    is found; everything else wrong is a Problem in the result.
+    ``root`` is the repository root fragments must lie in (default: found from the
+    first path); ``relative_to`` is the folder paths are shown relative to (default:
+    the current one). Without ``substitute_values``, every ``${...}`` stays as written
+    (``compare --raw``). Raises ConfigError for a path that does not exist and when no
+    project file is found; everything else wrong is a Problem in the result.
     """
     env = os.environ if env is None else env
-    files, problems = find_project_files(paths)
+    cwd = os.path.abspath(relative_to) if relative_to else os.getcwd()
+    found, problems = _find(paths, cwd)
+    folders = [path for path in paths if os.path.isdir(path)]
+    reader = Reader(root, start=paths[0] if paths else ".", projects=folders)
+    includes = Includes(reader, lambda path: display_path(path, cwd))
     loaded: list[ProjectFile] = []
     failed: set[str] = set()
-    for path in files:
-        project, file_problems = load_project_file(path, env)
+    for shown, disk in found:
+        project, file_problems = load_project_file(
+            disk, env, includes=includes, shown=shown, substitute_values=substitute_values
+        )
         if project is not None:
             loaded.append(project)
         if file_problems:
-            failed.add(path)
+            failed.add(shown)
             problems.extend(file_problems)
 
-    for problem in _duplicate_ids(loaded) + credential_problems(loaded, env):
-        failed.add(problem.file)
-        problems.append(problem)
+    credentials = _credentials(loaded, env)
+    by_id: dict[str, list[ProjectFile]] = {}
+    for project in loaded:
+        project_id = project.data.get("id")
+        if isinstance(project_id, str) and project_id:
+            by_id.setdefault(project_id, []).append(project)
+    for project in loaded:
+        same = (
+            by_id.get(project.data.get("id"), []) if isinstance(project.data.get("id"), str) else []
+        )
+        found_here = _duplicate_id(project, same) + _leaks(project, credentials)
+        if found_here:
+            failed.add(project.path)
+            problems.extend(found_here)
 
     projects = [project for project in loaded if project.path not in failed]
     return LoadResult(
         projects=sorted(projects, key=lambda project: project.path),
-        problems=sorted(set(problems)),
-        files_read=len(files),
+        problems=grouped(problems),
+        files_read=len(found),
+        warnings=sorted({w for project in loaded for w in project.warnings}),
+        fragments=dict(includes.fragments),
+        root=reader.root if includes.fragments else None,
     )
 
 
 def find_project_files(paths: Sequence[str]) -> tuple[list[str], list[Problem]]:
-    """Files named directly, plus ``*.yaml``/``*.yml`` found recursively in folders.
+    """Files named directly, plus ``*.yaml``/``*.yml`` found recursively in folders,
+    as the user sees them (relative to the current folder when under it)."""
+    found, problems = _find(paths, os.getcwd())
+    return [shown for shown, _ in found], problems
 
-    Hidden folders (``.git``, editors' backups) are skipped. The same file named
-    twice is read once. Paths are as a user reads them: relative to the current
-    folder when under it. An unreadable folder is a problem, not an exception.
-    """
-    cwd = os.getcwd()
-    found: dict[str, str] = {}  # real path -> displayed path
+
+def _find(paths: Sequence[str], cwd: str) -> tuple[list[tuple[str, str]], list[Problem]]:
+    """(shown, path) of each project file. Hidden folders (``.git``, editors' backups) are
+    skipped; the same file named twice is read once; an unreadable folder is a problem,
+    not an exception."""
+    found: dict[str, tuple[str, str]] = {}  # real path -> (shown, path)
     problems: list[Problem] = []
 
     def add(path: str, root: str, root_name: str) -> None:
@@ -170,7 +259,7 @@ def find_project_files(paths: Sequence[str]) -> tuple[list[str], list[Problem]]:
             message = f"refused: a link to a file outside {root_name}; a project file lives in it"
             problems.append(Problem(display_path(path, cwd), 1, 1, message))
             return
-        found.setdefault(real, display_path(path, cwd))
+        found.setdefault(real, (display_path(path, cwd), path))
 
     def unreadable(error: OSError) -> None:
         name = display_path(error.filename or "", cwd)
@@ -213,433 +302,179 @@ def display_path(path: str, cwd: str | None = None) -> str:
 
 
 def load_project_file(
-    path: str, env: Mapping[str, str] | None = None
+    path: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    includes: Includes | None = None,
+    shown: str | None = None,
+    substitute_values: bool = True,
 ) -> tuple[ProjectFile | None, list[Problem]]:
     """Read one file. The ProjectFile is None when there is no mapping to speak of."""
+    shown = shown or path
+    includes = includes or Includes(Reader(start=path), display_path)
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        raw = includes.reader.read(path)
     except OSError as error:
-        return None, [Problem(path, 1, 1, f"cannot read file: {_reason(error)}")]
-    return parse_project(raw, path, os.environ if env is None else env)
+        return None, [Problem(shown, 1, 1, f"cannot read file: {_reason(error)}")]
+    env = os.environ if env is None else env
+    return parse_project(
+        raw, shown, env, includes=includes, disk=path, substitute_values=substitute_values
+    )
 
 
 def parse_project(
-    raw: bytes | str, path: str, env: Mapping[str, str]
+    raw: bytes | str,
+    path: str,
+    env: Mapping[str, str],
+    *,
+    includes: Includes | None = None,
+    disk: str | None = None,
+    substitute_values: bool = True,
 ) -> tuple[ProjectFile | None, list[Problem]]:
-    """Parse, substitute and validate one document; ``path`` only names it in problems."""
-    if isinstance(raw, bytes):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            line, column = _byte_location(raw, error.start)
-            byte = raw[error.start]
-            message = f"invalid UTF-8: byte 0x{byte:02x} cannot be decoded (save the file as UTF-8)"
-            return None, [Problem(path, line, column, message)]
-    else:
-        text = raw
-    text = text.removeprefix("\ufeff")  # a BOM is invisible to the user: do not count it
-
-    problems = [
-        Problem(path, *_text_location(text, match.start()), _control_message(match.group()))
-        for match in _NOT_PRINTABLE.finditer(text)
-    ]
-    if problems:
-        return None, problems
-
-    try:
-        root = yaml.compose(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as error:
-        return None, [_yaml_problem(error, text, path)]
-    except yaml.YAMLError as error:  # no position: the reader's own complaints
-        return None, [Problem(path, 1, 1, f"invalid YAML: {error}")]
-    except RecursionError:
-        return None, [Problem(path, 1, 1, "invalid YAML: nested too deeply")]
-
+    """Parse, follow includes, substitute and validate one project file; ``path`` names
+    it in problems, ``disk`` is where it is (for resolving its includes)."""
+    root, problems = read_document(raw, path, "a project file")
     if root is None:
-        message = "empty file: a project file is a mapping of settings with at least an id"
-        return None, [Problem(path, 1, 1, message)]
-    if not isinstance(root, MappingNode):
-        line, column = _mark(root)
-        kind = "a list" if isinstance(root, SequenceNode) else "a single value"
-        message = f"the document is {kind}: a project file is a mapping of settings (key: value)"
-        return None, [Problem(path, line, column, message)]
-
-    builder = _Builder(path, env)
+        return None, problems
     try:
-        data = builder.build(root, ())
+        return _build_project(root, path, env, includes, disk or path, substitute_values)
     except RecursionError:
         return None, [Problem(path, 1, 1, "invalid YAML: nested too deeply")]
-    project = ProjectFile(path, data, builder.locations, builder.key_locations, builder.substituted)
-    problems = builder.problems
-    findings = schema.check(data, builder.written)
-    findings += [schema.Finding(*problem) for problem in kinds.check_objects(data)]
+
+
+def _build_project(
+    root: Any,
+    path: str,
+    env: Mapping[str, str],
+    includes: Includes | None,
+    disk: str,
+    substitute_values: bool,
+) -> tuple[ProjectFile, list[Problem]]:
+    # id and vars are read first (unsubstituted): everything else may refer to them.
+    declared = plain_value(top_level(root, "vars"), path)
+    declared = declared if isinstance(declared, dict) else {}
+    project_id = plain_value(top_level(root, "id"), path)
+    variables = Variables(env, declared, project_id) if substitute_values else None
+    builder = Builder(path, variables, RULES)
+    own = Layer.built(builder, os.path.abspath(disk), builder.build(root, ()))
+    problems = list(builder.problems)
+    written, reported, substituted = own.written, own.reported, own.substituted
+    project = ProjectFile(path, own.data, own.locations, own.key_locations, substituted)
+    if "include" in own.data and isinstance(own.data["include"], list) and own.data["include"]:
+        includes = includes or Includes(Reader(start=disk), display_path)
+        effective, layers = includes.expand(own, variables, RULES, problems)
+        project.data, project.owners = effective.data, effective.owners
+        project.fragments = tuple(dict.fromkeys(layer.file for layer in layers))
+        written, reported, substituted = {}, set(), []
+        for layer in (own, *layers):
+            mine = [p for p in layer.written if owner_of(effective.owners, p) == (layer, p)]
+            written.update((p, layer.written[p]) for p in mine)
+            reported |= {p for p in layer.reported if owner_of(effective.owners, p) == (layer, p)}
+            substituted += [
+                s for s in layer.substituted if owner_of(effective.owners, s[0]) == (layer, s[0])
+            ]
+        project.substituted = substituted
+
+    if BUILT_IN in declared:
+        message = (
+            f"vars.{BUILT_IN}: {BUILT_IN} is built in (this file's id) and cannot be redefined"
+        )
+        problems.append(project.problem(message, "vars", BUILT_IN, key=True))
+    if variables is not None:
+        for name in declared:
+            if name not in variables.used and name != BUILT_IN:
+                message = (
+                    f"warning: vars.{name} is not used: no ${{{name}}} in this file or the "
+                    "fragments it includes"
+                )
+                project.warnings.append(project.problem(message, "vars", name, key=True))
+
+    findings = schema.check(project.data, written)
+    findings += [schema.Finding(*problem) for problem in kinds.check_objects(project.data)]
     for finding in findings:
-        if any(finding.path[:i] in builder.reported for i in range(len(finding.path) + 1)):
+        if any(finding.path[:i] in reported for i in range(len(finding.path) + 1)):
             continue  # already said something about this value (e.g. an unset ${VAR})
-        if finding.at_key:
-            line, column = project.key_location(*finding.path)
-        else:
-            line, column = project.location(*finding.path)
-        problems.append(Problem(path, line, column, finding.message))
+        problems.append(project.problem(finding.message, *finding.path, key=finding.at_key))
     return project, problems
 
 
-# --- ${VAR} substitution ----------------------------------------------------------
-
-# One scan finds the three things a "$" can start: "$${" (a literal "${"),
-# "${NAME}" / "${NAME:-default}", and a "${" that is neither (groups unmatched).
-# A default may not hold "${": nesting is not supported and must not leave one behind.
-_REFERENCE = re.compile(r"\$\$\{|\$\{(?:([A-Za-z_][A-Za-z0-9_]*)(?:(:-)((?:(?!\$\{)[^}])*))?\})?")
-
-
-VARIABLE_PREFIX = "RECONCILER_VAR_"
-# Substituted values shorter than this are not compared with credentials: too many
-# ordinary words would match a short one.
-MIN_COMPARED_CHARS = 8
-
-
-def substitute(
-    value: str, env: Mapping[str, str], read: list[tuple[str, str]] | None = None
-) -> tuple[str, list[str]]:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` / ``$${`` in one string.
-
-    ``${VAR}`` reads ``RECONCILER_VAR_VAR`` (never ``VAR`` itself: a CI job's credentials
-    cannot be written into a setting). Returns the new string and the problems found
-    (unset variables, malformed references); ``read`` collects ``(VAR, value)`` for each
-    value taken from the environment (defaults are not). ``${VAR:-default}`` takes the
-    default when the variable is unset or empty, as the shell does.
-    """
-    if "${" not in value:
-        return value, []
-    problems: list[str] = []
-
-    def replace(match: re.Match[str]) -> str:
-        text = match.group()
-        if text == "$${":
-            return "${"
-        name, has_default, default = match.groups()
-        if name is None:
-            end = value.find("}", match.start())
-            shown = value[match.start() : end + 1] if end != -1 else value[match.start() :]
-            problems.append(
-                f"invalid reference {schema.quote(shown)}: write ${{NAME}} or "
-                "${NAME:-default}, or $${ for a literal ${"
-            )
-            return text
-        current = env.get(VARIABLE_PREFIX + name)
-        if has_default and not current:
-            return default
-        if current is None:
-            also = f" ({name} is set but is not read)" if name in env else ""
-            problems.append(f"{VARIABLE_PREFIX}{name} is not set{also}")
-            return text
-        if read is not None:
-            read.append((name, current))
-        return current
-
-    return _REFERENCE.sub(replace, value), problems
+# --- checks across files --------------------------------------------------------------
 
 
 def credential_problems(projects: Sequence[ProjectFile], env: Mapping[str, str]) -> list[Problem]:
     """A problem for each substituted value that holds a credential the run can see (the
-    variables any file's auth names, and the global ones), naming the variable, never
-    the value: it would go into plans and PR comments."""
+    variables any file's auth names, and the global ones), naming the variables, never
+    the value: it would go into plans and PR comments. The final value is compared, so a
+    credential split across two variables (or a variable and the text around it) is
+    caught too."""
+    credentials = _credentials(projects, env)
+    return [problem for project in projects for problem in _leaks(project, credentials)]
+
+
+def _credentials(projects: Sequence[ProjectFile], env: Mapping[str, str]) -> list[tuple[str, str]]:
     names = credential_variables(project.auth for project in projects)
-    credentials = [
-        (name, env[name]) for name in names if len(env.get(name) or "") >= MIN_COMPARED_CHARS
-    ]
+    return [(name, env[name]) for name in names if len(env.get(name) or "") >= MIN_COMPARED_CHARS]
+
+
+def _leaks(project: ProjectFile, credentials: Sequence[tuple[str, str]]) -> list[Problem]:
     problems = []
-    for project in projects:
-        for path, variable, value in project.substituted:
-            for name, credential in credentials:
-                if credential in value:
-                    problems.append(
-                        project.problem(
-                            f"{schema.field_name(path)}: {VARIABLE_PREFIX}{variable} holds the "
-                            f"value of {name}, a credential: it would show in plans and PR "
-                            "comments",
-                            *path,
-                        )
-                    )
-                    break
+    for path, value, reads in project.substituted:
+        why = leaked_credential(value, reads, credentials)
+        if why:
+            message = f"{why}, a credential: it would show in plans and PR comments"
+            problems.append(project.problem(f"{schema.field_name(path)}: {message}", *path))
     return problems
 
 
-# --- YAML ----------------------------------------------------------------------------
-
-_STR = "tag:yaml.org,2002:str"
-_NULL = "tag:yaml.org,2002:null"
-_BOOL = "tag:yaml.org,2002:bool"
-_INT = "tag:yaml.org,2002:int"
-_FLOAT = "tag:yaml.org,2002:float"
-_MAP = "tag:yaml.org,2002:map"
-_SEQ = "tag:yaml.org,2002:seq"
-
-
-class _CoreResolver(BaseResolver):
-    """Implicit types of the YAML 1.2 core schema (PyYAML only knows YAML 1.1's)."""
+def _duplicate_id(project: ProjectFile, same_id: Sequence[ProjectFile]) -> list[Problem]:
+    """A problem when other files (``same_id``: every file with this id) use this file's
+    id too, naming the others."""
+    others = ", ".join(
+        f"{other.path}:{other.location('id')[0]}" for other in same_id if other is not project
+    )
+    if not others:
+        return []
+    return [project.problem(f"duplicate project id {project.id}: also in {others}", "id")]
 
 
-_CoreResolver.add_implicit_resolver(
-    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_CoreResolver.add_implicit_resolver(
-    _NULL, re.compile(r"^(?:~|null|Null|NULL|)$"), list("~nN") + [""]
-)
-_CoreResolver.add_implicit_resolver(
-    _INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
-)
-_CoreResolver.add_implicit_resolver(
-    _FLOAT,
-    re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+.0123456789"),
-)
-
-try:  # libyaml: the composer runs in C, which is most of what makes validate fast
-    from yaml.cyaml import CParser
-
-    class _Loader(CParser, _CoreResolver):
-        def __init__(self, stream: str) -> None:
-            CParser.__init__(self, stream)
-            _CoreResolver.__init__(self)
-
-except ImportError:  # pragma: no cover - PyYAML built without libyaml
-    from yaml.composer import Composer
-    from yaml.parser import Parser
-    from yaml.reader import Reader
-    from yaml.scanner import Scanner
-
-    class _Loader(Reader, Scanner, Parser, Composer, _CoreResolver):  # type: ignore[no-redef]
-        def __init__(self, stream: str) -> None:
-            Reader.__init__(self, stream)
-            Scanner.__init__(self)
-            Parser.__init__(self)
-            Composer.__init__(self)
-            _CoreResolver.__init__(self)
+def unincluded_fragments(result: LoadResult) -> list[Problem]:
+    """A warning for each ``*.yaml``/``*.yml`` in a folder that holds fragments (and its
+    subfolders; only the folder itself when it is the repository root) that no Project
+    of this load includes: a fragment nobody includes is usually a forgotten one."""
+    if not result.fragments:
+        return []
+    root = os.path.realpath(result.root or ".")
+    known = set(result.fragments)
+    warnings = []
+    for folder in sorted({os.path.dirname(real) for real in known}):
+        for name in _yaml_under(folder, recursive=folder != root):
+            real = os.path.realpath(name)
+            if real not in known:
+                message = "warning: no project file checked here includes this fragment"
+                warnings.append(Problem(display_path(name), 1, 1, message))
+    return sorted(set(warnings))
 
 
-class _Builder:
-    """Turns composed nodes into Python values, recording where each one stands."""
-
-    def __init__(self, path: str, env: Mapping[str, str]) -> None:
-        self.path = path
-        self.env = env
-        self.locations: dict[Path, Location] = {}
-        self.key_locations: dict[Path, Location] = {}
-        self.problems: list[Problem] = []
-        self.reported: set[Path] = set()  # paths whose schema findings would repeat a problem
-        self.written: dict[Path, str] = {}  # the file's text where ${VAR} put in another value
-        self.substituted: list[tuple[Path, str, str]] = []
-        self._seen: set[int] = set()
-
-    def build(self, node: Node, path: Path) -> Any:
-        if id(node) in self._seen:
-            # compose() hands back the anchored node itself for every *alias, so its
-            # mark is the anchor's: point at the key that holds the alias instead.
-            self.locations[path] = self.key_locations.get(path, _mark(node))
-            self._report(path, "aliases (*name) are not supported in project files: write it out")
-            return None
-        self.locations[path] = _mark(node)
-        self._seen.add(id(node))
-        if isinstance(node, MappingNode):
-            return self._mapping(node, path) if node.tag == _MAP else self._bad_tag(node, path)
-        if isinstance(node, SequenceNode):
-            if node.tag != _SEQ:
-                return self._bad_tag(node, path)
-            return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
-        return self._scalar(node, path)
-
-    def _mapping(self, node: MappingNode, path: Path) -> dict:
-        result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = self._key(key_node, path)
-            if key is None:
-                continue
-            where = _mark(key_node)
-            if key in result:
-                first = self.key_locations[(*path, key)][0]
-                inside = f" in {schema.field_name(path)}" if path else ""
-                message = f"duplicate key '{key}'{inside}: already set at line {first}"
-                self.problems.append(Problem(self.path, *where, message))
-                continue
-            self.key_locations[(*path, key)] = where
-            result[key] = self.build(value_node, (*path, key))
-        return result
-
-    def _key(self, node: Node, path: Path) -> str | None:
-        if isinstance(node, ScalarNode) and node.tag == _STR:
-            return node.value
-        kind = _KEY_KINDS.get(node.tag, "a tagged value") if isinstance(node, ScalarNode) else ""
-        got = f"{kind} {node.value}" if kind in _KEY_KINDS.values() else kind or "a collection"
-        message = f"a key must be a string, got {got} (quote it)"
-        self.problems.append(Problem(self.path, *_mark(node), message))
-        return None
-
-    def _scalar(self, node: ScalarNode, path: Path) -> Any:
-        text, tag = node.value, node.tag
-        try:
-            if tag == _STR:
-                return self._string(text, path)
-            if tag == _NULL:
-                return None
-            if tag == _BOOL:
-                return {"true": True, "false": False}[text.lower()]
-            if tag == _INT:
-                return _to_int(text)
-            if tag == _FLOAT:
-                return _to_float(text)
-        except (KeyError, ValueError):
-            self._report(path, f"{schema.quote(text)} is not a valid {_short_tag(tag)}")
-            return None
-        return self._bad_tag(node, path)
-
-    def _string(self, text: str, path: Path) -> str:
-        read: list[tuple[str, str]] = []
-        value, problems = substitute(text, self.env, read)
-        self.substituted += [(path, name, current) for name, current in read]
-        if value != text:
-            self.written[path] = text
-        field_prefix = f"{schema.field_name(path)}: " if path else ""
-        for message in problems:
-            self._report(path, field_prefix + message)
-        return value
-
-    def _bad_tag(self, node: Node, path: Path) -> None:
-        self._report(path, f"unsupported YAML tag {_short_tag(node.tag)}")
-        return None
-
-    def _report(self, path: Path, message: str) -> None:
-        self.problems.append(Problem(self.path, *self.locations[path], message))
-        self.reported.add(path)
+def _yaml_under(folder: str, *, recursive: bool) -> list[str]:
+    if not recursive:
+        names = sorted(os.listdir(folder))
+        return [os.path.join(folder, n) for n in names if n.endswith(PROJECT_SUFFIXES)]
+    found = []
+    for at, subfolders, names in os.walk(folder):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        found += [os.path.join(at, n) for n in sorted(names) if n.endswith(PROJECT_SUFFIXES)]
+    return found
 
 
-_KEY_KINDS = {_NULL: "null", _BOOL: "boolean", _INT: "integer", _FLOAT: "number"}
-
-
-def _to_int(text: str) -> int:
-    if text.startswith(("0o", "0x")):
-        return int(text[2:], 8 if text[1] == "o" else 16)
-    return int(text, 10)
-
-
-def _to_float(text: str) -> float:
-    lowered = text.lower()
-    if lowered.endswith(".inf"):
-        return -math.inf if lowered.startswith("-") else math.inf
-    if lowered == ".nan":
-        return math.nan
-    return float(text)
-
-
-def _short_tag(tag: str) -> str:
-    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org") else tag
-
-
-def _mark(node: Node) -> Location:
-    return node.start_mark.line + 1, node.start_mark.column + 1
-
-
-def _nearest(locations: Mapping[Path, Location], keys: Path) -> Location:
-    for end in range(len(keys), -1, -1):
-        if keys[:end] in locations:
-            return locations[keys[:end]]
-    return 1, 1
-
-
-def _yaml_problem(error: yaml.MarkedYAMLError, text: str, path: str) -> Problem:
-    """PyYAML's complaint as one line at the place it points to."""
-    mark = error.problem_mark or error.context_mark
-    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-    if error.problem == "but found another document":
-        message = "a second YAML document starts here: a project file holds exactly one"
-        return Problem(path, line, column, message)
-    lines = text.splitlines()
-    if mark and mark.line < len(lines) and lines[mark.line][mark.column : mark.column + 1] == "\t":
-        return Problem(path, line, column, "tab character: YAML indents with spaces, not tabs")
-    message = f"invalid YAML: {error.problem or error.context}"
-    if error.problem and error.context and error.context_mark:
-        started = f"line {error.context_mark.line + 1}, column {error.context_mark.column + 1}"
-        message += f" ({error.context} that started at {started})"
-    return Problem(path, line, column, message + _yaml_hint(error, lines))
-
-
-# A key glued to its value ("name:SANDBOX"): YAML reads it as one string.
-_NO_SPACE_AFTER_COLON = re.compile(r"^\s*[\w-]+:(?![\s/])\S")
-
-
-def _missing_space(index: int) -> str:
-    return f" (a space missing after the colon on line {index + 1}? YAML needs key: value)"
-
-
-def _yaml_hint(error: yaml.MarkedYAMLError, lines: list[str]) -> str:
-    """What usually causes PyYAML's two most common complaints, as a hint to append."""
-    problem, mark = error.problem or "", error.problem_mark
-    if mark is None or mark.line >= len(lines):
-        return ""
-    if problem.startswith("could not find expected ':'") and error.context_mark:
-        started = error.context_mark.line
-        if started < len(lines) and _NO_SPACE_AFTER_COLON.match(lines[started]):
-            return _missing_space(started)
-        return " (every key needs a colon and a space after it: key: value)"
-    if not problem.startswith("mapping values are not allowed"):
-        return ""
-    above = next((n for n in range(mark.line - 1, -1, -1) if lines[n].strip()), None)
-    if above is not None and _NO_SPACE_AFTER_COLON.match(lines[above]):
-        return _missing_space(above)
-    if ": " in lines[mark.line][: mark.column]:  # this colon is inside a value
-        key, _, value = lines[mark.line].partition(": ")
-        value = value.partition(" #")[0].strip()
-        if '"' in value or "\\" in value:
-            return " (quote a value that holds ': ')"
-        return f' (quote a value that holds ": ", like {key.strip()}: "{value}")'
-
-    return " (check this line's indentation: it must line up with the keys it belongs with)"
-
-
-# Characters YAML does not allow in a stream (YAML 1.1 section 5.1, as PyYAML enforces).
-_NOT_PRINTABLE = re.compile(
-    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
-)
-
-
-def _control_message(char: str) -> str:
-    return f"control character U+{ord(char):04X} is not allowed in a YAML file"
-
-
-def _text_location(text: str, index: int) -> Location:
-    line_start = text.rfind("\n", 0, index) + 1
-    return text.count("\n", 0, index) + 1, index - line_start + 1
-
-
-def _byte_location(raw: bytes, index: int) -> Location:
-    line_start = raw.rfind(b"\n", 0, index) + 1
-    # Count characters, not bytes, before the bad byte: that is the column an editor shows.
-    column = len(raw[line_start:index].decode("utf-8", errors="replace")) + 1
-    return raw.count(b"\n", 0, index) + 1, column
-
-
-def _duplicate_ids(projects: list[ProjectFile]) -> list[Problem]:
-    """A problem on each file whose id another file uses too, naming the others."""
-    by_id: dict[str, list[ProjectFile]] = {}
-    for project in projects:
-        project_id = project.data.get("id")
-        if isinstance(project_id, str) and project_id:
-            by_id.setdefault(project_id, []).append(project)
-    problems = []
-    for project_id, group in by_id.items():
-        for project in group:
-            others = ", ".join(
-                f"{other.path}:{other.location('id')[0]}" for other in group if other is not project
-            )
-            if others:
-                problems.append(
-                    project.problem(f"duplicate project id {project_id}: also in {others}", "id")
-                )
-    return problems
+def has_include(path: str) -> bool:
+    """Whether a file is a project file that includes fragments (export never
+    overwrites one: it would drop what the fragments give)."""
+    try:
+        with open(path, "rb") as handle:
+            root, _ = read_document(handle.read(), path, "a project file")
+    except OSError:
+        return False
+    return root is not None and top_level(root, "include") is not None
 
 
 def _reason(error: OSError) -> str:

@@ -238,8 +238,9 @@ def plan_projects(
                 project.data,
                 live,
                 auth=project.auth,
-                locate=lambda *keys: _where(project, *keys),
+                locate=project.locate,
                 live_objects=live_objects,
+                source=project.source,
             )
         except ReconcilerError as exc:
             return ProjectPlan.failed(project.path, project.id, str(exc), project.auth)
@@ -283,9 +284,3 @@ def read_objects(
     if pruning_m2m and isinstance(credentials, ClientCredentials):
         me = str(api.m2m_me(project_id, credentials).get("id"))
     return LiveObjects(lists=lists, details=details, roles=roles, me=me)
-
-
-def _where(project: ProjectFile, *keys: str) -> str:
-    # A setting is located at its value; an object (kind, name) at its name.
-    line, column = project.key_location(*keys) if len(keys) > 1 else project.location(*keys)
-    return f"{project.path}:{line}:{column}"

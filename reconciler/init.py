@@ -2,11 +2,12 @@
 
     reconciler init                              # an example project file
     reconciler init --project-id ID --project-id ID2
-    reconciler init --action my-org/reconciler@v0.2.0
+    reconciler init --action my-org/reconciler@3d3c42e5aac5ba805825da76410c181273ba90b1
 
 Writes `projects/`, `schemas/project.schema.json`, the three workflows
 (`plan`, `apply`, `drift`) using the composite action remotely, and
-`.pre-commit-config.yaml`. An existing file is skipped and named, never
+`.pre-commit-config.yaml`, both pinned to a commit (`@<sha> # vX.Y.Z`,
+`rev: <sha>  # frozen: vX.Y.Z`). An existing file is skipped and named, never
 overwritten. The workflows get the production API and auth URLs unless
 `--api-url`/`--auth-url` are given as flags: URLs in the environment
 (`OYSTEHR_PROJECT_API_URL`, say, left over from trying the emulator) only read
@@ -30,14 +31,15 @@ from typing import Any
 import click
 import yaml
 
-from reconciler import __version__
+from reconciler import __version__, release
 from reconciler.client import DEFAULT_API_URL, DEFAULT_AUTH_URL, check_url
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.escape import term, without_userinfo
 from reconciler.options import api_options
+from reconciler.release import RELEASE_REPOSITORY
 
 # The repository that publishes reconciler and its action (tags v<version>).
-CANONICAL_REPOSITORY = "oystehr/reconciler"
+CANONICAL_REPOSITORY = RELEASE_REPOSITORY
 LOCAL_ACTION = "./.github/actions/reconciler"
 ACTION_PATH = ".github/actions/reconciler"
 WORKFLOWS = ("plan", "apply", "drift")
@@ -72,6 +74,7 @@ READ_ONLY_POLICY: dict[str, Any] = {
 }
 
 _ACTION_REF = re.compile(r"([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)@([A-Za-z0-9_./-]+)")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 _PLACEHOLDER_LINE = re.compile(r"^( *)# @(READ|WRITE)_CREDENTIALS@\n", re.MULTILINE)
 
 
@@ -87,19 +90,43 @@ class ActionRef:
         match = _ACTION_REF.fullmatch(text.strip())
         if match is None:
             raise ConfigError(
-                f"--action {text!r}: expected OWNER/REPO@REF, like my-org/reconciler@v1"
+                f"--action {text!r}: expected OWNER/REPO@SHA, like "
+                "my-org/reconciler@<the 40-hex commit of a release>"
             )
         return cls(f"{match[1]}/{match[2]}", match[3])
 
     @classmethod
     def default(cls) -> ActionRef:
-        return cls(CANONICAL_REPOSITORY, f"v{__version__}")
+        """This release's own commit; a checkout (no release) has none to offer."""
+        commit = release.RELEASE_COMMIT
+        if not commit:
+            raise ConfigError(
+                "this reconciler is not a release, so it has no commit to pin the action "
+                "to: give one with --action OWNER/REPO@SHA (the 40-hex commit of a release)"
+            )
+        return cls(CANONICAL_REPOSITORY, commit)
+
+    @property
+    def pinned(self) -> bool:
+        """A full commit: the code it names can never change under the workflows."""
+        return bool(_COMMIT.fullmatch(self.ref))
 
     @property
     def uses(self) -> str:
         if self.owner_repo is None:
             return LOCAL_ACTION
-        return f"{self.owner_repo}/{ACTION_PATH}@{self.ref}"
+        pin = f" # v{__version__}" if self.pinned else ""
+        return f"{self.owner_repo}/{ACTION_PATH}@{self.ref}{pin}"
+
+    def mutable_warning(self) -> str | None:
+        """What to say about a tag or branch, which can be moved to other code."""
+        if self.owner_repo is None or self.pinned:
+            return None
+        return (
+            f"Warning: --action {self.owner_repo}@{self.ref} is a tag or branch, which can be "
+            "moved to other code that would then run with your write credentials; pin a "
+            f"commit: --action {self.owner_repo}@<40-hex sha>"
+        )
 
 
 LOCAL = ActionRef(None, "")
@@ -220,10 +247,13 @@ def render_workflow(
 
 def render_pre_commit(action: ActionRef) -> str:
     owner_repo = action.owner_repo or CANONICAL_REPOSITORY
+    ref = action.ref or f"v{__version__}"
+    if action.pinned:  # pre-commit autoupdate --freeze writes the same form
+        ref += f"  # frozen: v{__version__}"
     return (
         _template("pre-commit-config.yaml")
         .replace("@REPO_URL@", f"https://github.com/{owner_repo}")
-        .replace("@REF@", action.ref or f"v{__version__}")
+        .replace("@REF@", ref)
     )
 
 
@@ -333,8 +363,11 @@ Next (in your repository's Settings on GitHub, or with the gh CLI as shown):
     "--action",
     "action_ref",
     default=None,
-    metavar="OWNER/REPO@REF",
-    help=f"The action the workflows use (default {CANONICAL_REPOSITORY}@v{__version__}).",
+    metavar="OWNER/REPO@SHA",
+    help=(
+        "The action the workflows use, pinned to a 40-hex commit (default: this release's "
+        f"commit of {CANONICAL_REPOSITORY}). A tag or branch works, with a warning."
+    ),
 )
 @api_options
 def init(directory: Path, project_ids: tuple[str, ...], action_ref: str | None, **options) -> None:
@@ -355,6 +388,8 @@ def init(directory: Path, project_ids: tuple[str, ...], action_ref: str | None, 
     api_url, auth_url = urls(options, click.get_current_context())
     try:
         action = ActionRef.parse(action_ref) if action_ref else ActionRef.default()
+        if warning := action.mutable_warning():
+            click.echo(warning, err=True)
         written = (api_url.written, auth_url.written)  # refused before anything is read
         scaffold = Scaffold(directory)
         exported = write_projects(scaffold, project_ids, options)

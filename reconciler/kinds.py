@@ -97,8 +97,16 @@ class Kind:
     required_one_of_on_create: tuple[str, ...] = ()  # at least one of these, non-empty
     role_fields: tuple[str, ...] = ()  # fields that hold role references
     policy_fields: tuple[str, ...] = ()
+    # What a plan's table of new objects shows beside each name (its other fields
+    # follow in one column): the fields a reviewer reads first.
+    summary_fields: tuple[str, ...] = ()
     paged: bool = False  # the list is {data, metadata: {nextCursor}}
     normalisers: Mapping[str, Normaliser] = field(default_factory=dict)
+    # Object names take ${NAME} like values do (bucket names: `${PROJECT_ID}-notes`).
+    substitute_names: bool = False
+    # Values `render` and `compare` never show (a secret's): conceal(field, value) says
+    # what is shown instead, or None for a field shown as it is (see `conceal_secret`).
+    conceal: Callable[[str, Any], str | None] | None = None
 
     def path_of(self, object_id: str) -> str:
         # An id comes from the API or a plan file: never let it change the path.
@@ -123,6 +131,20 @@ class Kind:
         return None
 
 
+def conceal_secret(field_name: str, value: Any) -> str | None:
+    """A secret's value as `render` shows it: where it comes from, never what it is —
+    `(not shown: literal)`, `(not shown: env NAME)`, `(not shown: m2m NAME FIELD)`."""
+    if field_name == "value":
+        return "(not shown: literal)"
+    if field_name != "valueFrom":
+        return None
+    if isinstance(value, Mapping) and "env" in value:
+        return f"(not shown: env {value['env']})"
+    if isinstance(value, Mapping) and "m2mClient" in value:
+        return f"(not shown: m2m {value['m2mClient']} {value.get('field')})"
+    return "(not shown)"
+
+
 _POLICY = {"accessPolicy": normalise_policy}
 
 ROLE = Kind(
@@ -135,6 +157,7 @@ ROLE = Kind(
     list_fields=frozenset({"name"}),
     read_only=("id", "memberCount"),
     policy_fields=("accessPolicy",),
+    summary_fields=("description", "accessPolicy"),
     normalisers=_POLICY,
 )
 
@@ -162,6 +185,7 @@ APPLICATION = Kind(
     list_fields=frozenset({"name"}),
     read_only=("id", "clientId", "connectionName"),
     required_on_create=("allowedCallbackUrls",),
+    summary_fields=("description", "allowedCallbackUrls", "loginWithEmailEnabled", "mfaEnabled"),
 )
 
 M2M = Kind(
@@ -176,6 +200,7 @@ M2M = Kind(
     required_one_of_on_create=("roles", "accessPolicy"),
     role_fields=("roles",),
     policy_fields=("accessPolicy",),
+    summary_fields=("description", "roles", "accessPolicy"),
     paged=True,
     normalisers={**_POLICY, "roles": _id_set},
 )

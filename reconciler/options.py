@@ -25,13 +25,21 @@ def stack(*decorators: Callable) -> Callable:
     return wrap
 
 
-def format_option(choices: list[str], help: str) -> Callable:
+def format_option(choices: list[str], help: str, default: str = "text") -> Callable:
     return click.option(
-        "--format", "fmt", type=click.Choice(choices), default="text", show_default=True, help=help
+        "--format", "fmt", type=click.Choice(choices), default=default, show_default=True, help=help
     )
 
 
 paths_argument = click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+
+root_option = click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Repository root that included fragments must lie in "
+    "(default: git's top level, else the parent of projects/).",
+)
 
 connection_options = stack(
     click.option(

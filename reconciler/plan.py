@@ -13,7 +13,7 @@ never enters the diff, the patch or the fingerprint.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -45,18 +45,28 @@ UNCHANGED, CHANGED, ERROR = "unchanged", "changed", "error"
 
 @dataclass(frozen=True)
 class Change:
-    """One managed key whose live value differs from the file's."""
+    """One managed key whose live value differs from the file's.
+
+    `source` is where the desired value is written, "FILE:LINE" (the file as the user
+    sees it: the project file, or a fragment it includes), or None.
+    """
 
     field: str
     before: Any
     after: Any
+    source: str | None = None
 
     def to_dict(self) -> dict:
-        return {"field": self.field, "before": self.before, "after": self.after}
+        return {
+            "field": self.field,
+            "before": self.before,
+            "after": self.after,
+            "source": self.source,
+        }
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Change:
-        return cls(doc["field"], doc["before"], doc["after"])
+        return cls(doc["field"], doc["before"], doc["after"], doc.get("source"))
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,8 @@ class ObjectChange:
     """One object to create, update, rename or delete (SPEC section 9), with its API body.
 
     `changes` hold the file's view (roles as {id, name}, an id not yet known as a ref);
-    `body` holds exactly what the write sends, derived from them.
+    `body` holds exactly what the write sends, derived from them. `source` is where the
+    object is declared ("FILE:LINE" of its name; for a delete, of the `prune` entry).
     """
 
     kind: str
@@ -74,6 +85,7 @@ class ObjectChange:
     changes: tuple[Change, ...] = ()
     body: Mapping[str, Any] = field(default_factory=dict)
     live_fingerprint: str | None = None
+    source: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -84,6 +96,7 @@ class ObjectChange:
             "changes": [change.to_dict() for change in self.changes],
             "body": dict(self.body),
             "liveFingerprint": self.live_fingerprint,
+            "source": self.source,
         }
 
     @classmethod
@@ -96,6 +109,7 @@ class ObjectChange:
             changes=tuple(Change.from_dict(c) for c in doc["changes"]),
             body=dict(doc.get("body") or {}),
             live_fingerprint=doc.get("liveFingerprint"),
+            source=doc.get("source"),
         )
 
     @property
@@ -348,14 +362,17 @@ def diff(
     auth: Mapping[str, str] | None = None,
     locate: Any = None,
     live_objects: LiveObjects | None = None,
+    source: Callable[..., str | None] | None = None,
 ) -> ProjectPlan:
     """Compare a file's settings and objects with the live Project and say what to write.
 
     `desired` is the file's document (id, auth and unmanaged keys are ignored);
     `roles` is the Project's role list when role fields needed a look-up;
     `live_objects` what was read of the kinds the file manages;
-    `locate(*keys)` may return "FILE:LINE:COL" to prefix error messages.
+    `locate(*keys)` may return "FILE:LINE:COL" to prefix error messages;
+    `source(*keys)` may return "FILE:LINE", where a desired value is written.
     """
+    source = source or _no_source
     project_id = str(desired.get("id"))
     live = normalise_live(live_project)
     keys = managed_keys(desired)
@@ -396,7 +413,7 @@ def diff(
         wanted[key] = value
 
     changes = tuple(
-        Change(key, live[key], wanted[key])
+        Change(key, live[key], wanted[key], source(key))
         for key in keys
         if key in wanted and _setting_differs(key, live[key], wanted[key])
     )
@@ -415,7 +432,10 @@ def diff(
         )
         for object_name, message in kind_problems:
             fail(message, kind.key, object_name)
-        object_changes += [ObjectChange.from_dict(change) for change in planned]
+        object_changes += [
+            ObjectChange.from_dict(_with_sources(kind.key, change, prune, source))
+            for change in planned
+        ]
         not_managed += [(kind.name, name) for name in unnamed]
         kept += [(kind.name, name) for name in keep]
     for message in _prune_problems(object_changes, live, wanted, roles, desired, live_objects):
@@ -441,6 +461,30 @@ def diff(
         kept=tuple(kept),
         **common,
     )
+
+
+def _no_source(*keys: Any) -> None:
+    return None
+
+
+def _with_sources(
+    key: str, change: dict[str, Any], prune: Sequence[str], source: Callable[..., str | None]
+) -> dict[str, Any]:
+    """An object change with where each desired value is written: the object at its
+    name, each field at its own line (a rename's new name at `renamedFrom`), a delete
+    at the `prune` entry that allows it."""
+    name = change["name"]
+    if change["action"] == objects.DELETE:
+        return {**change, "source": source("prune", prune.index(key)) if key in prune else None}
+
+    def field_source(field_name: str) -> str | None:
+        if field_name != "name":
+            return source(key, name, field_name)
+        renamed = change["action"] == objects.RENAME
+        return source(key, name, "renamedFrom") if renamed else source(key, name)
+
+    fields = [{**c, "source": field_source(c["field"])} for c in change["changes"]]
+    return {**change, "changes": fields, "source": source(key, name)}
 
 
 def _setting_differs(key: str, live: Any, wanted: Any) -> bool:

@@ -18,8 +18,10 @@ format (version 2, with per-Project objects) can reuse level by level.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
+from itertools import accumulate
 from typing import Any
 
 from reconciler import schema
@@ -68,25 +70,92 @@ PROJECT_KEYS = (
 OBJECT_KEYS = ("kind", "name", "id", "action", "changes", "body", "liveFingerprint")
 ACTIONS = ("create", "update", "rename", "delete")
 CHANGE_KEYS = ("field", "before", "after")
+# Where a desired value is written ("FILE:LINE" or null): on every change and object of a
+# plan this version writes; a plan made before it has none.
+SOURCE = "source"
 STATUSES = (CHANGED, UNCHANGED, ERROR)
 ANY_ID = "00000000-0000-4000-8000-000000000000"  # stands for the id where a check needs one
 WRITABLE_KEYS = tuple(key for key in MANAGED_KEYS if key not in IMMUTABLE_KEYS)
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+# A plan file larger or deeper than this is refused before it is parsed.
+MAX_PLAN_BYTES = 64 * 2**20
+MAX_PLAN_DEPTH = 64
+# A real plan spends about 13 bytes on each value (a comma or an opening bracket): this
+# bounds the memory a file of tiny values (`"a",` or `[],`) would take once parsed.
+MAX_PLAN_VALUES = MAX_PLAN_BYTES // 8
 
 
 def read_plan_file(path: str) -> Plan:
     """Load a saved plan, refusing anything that is not an intact, consistent plan."""
+    return plan_from_document(read_plan_json(path), path)
+
+
+def read_plan_json(path: str) -> Any:
+    """A plan file's JSON, bounded: over 64 MB, nested deeper than 64 levels, or holding
+    more than 8 million values, it is refused before it is parsed (one line, never a
+    RecursionError, a huge read or gigabytes of parsed values)."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            raw = b"" if size > MAX_PLAN_BYTES else fh.read(MAX_PLAN_BYTES + 1)
     except OSError as exc:
         raise PlanFileError(f"cannot read plan file {path}: {exc.strerror}") from None
+    size = max(size, len(raw))
+    if size > MAX_PLAN_BYTES:
+        raise PlanFileError(
+            f"{path}: not a valid plan file: {size / 2**20:,.1f} MB, over the "
+            f"{MAX_PLAN_BYTES // 2**20} MB a plan file may hold"
+        )
+    punctuation = _punctuation(raw)
+    values = punctuation.count(b",") + punctuation.count(b"[") + punctuation.count(b"{")
+    if values > MAX_PLAN_VALUES:
+        # Each costs memory once parsed: 60 MB of `"a",` or `[],` would take gigabytes.
+        raise PlanFileError(
+            f"{path}: not a valid plan file: about {values:,} values, over the "
+            f"{MAX_PLAN_VALUES:,} a plan file may hold"
+        )
+    if _depth(punctuation) > MAX_PLAN_DEPTH:
+        raise PlanFileError(
+            f"{path}: not a valid plan file: nested deeper than {MAX_PLAN_DEPTH} levels"
+        )
+    try:
+        return json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise PlanFileError(f"{path}: not a valid plan file: not JSON ({exc})") from None
-    except RecursionError:
+    except RecursionError:  # cannot happen below the depth cap; never a traceback anyway
         raise PlanFileError(f"{path}: not a valid plan file: nested too deeply") from None
-    return plan_from_document(doc, path)
+
+
+_NOT_PUNCTUATION = bytes(b for b in range(256) if b not in b"[]{},")
+_BRACKET_STEP = [0] * 256
+for _byte in b"[{":
+    _BRACKET_STEP[_byte] = 1
+for _byte in b"]}":
+    _BRACKET_STEP[_byte] = -1
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest, without parsing it."""
+    return _depth(_punctuation(raw))
+
+
+def _punctuation(raw: bytes, chunk: int = 2**20) -> bytes:
+    """The brackets and commas of a JSON text outside its strings, without parsing it:
+    escapes dropped (`\\\\` before `\\"`, as a JSON reader pairs them), then strings (a
+    chunk at a time, carrying whether a string is open, so a file of tiny strings never
+    becomes millions of pieces at once), then everything else. Linear, mostly in C."""
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    inside, kept = 0, []
+    for start in range(0, len(unescaped), chunk):
+        pieces = unescaped[start : start + chunk].split(b'"')
+        kept.append(b"".join(pieces[inside::2]).translate(None, _NOT_PUNCTUATION))
+        inside = (inside + len(pieces) - 1) % 2
+    return b"".join(kept)
+
+
+def _depth(punctuation: bytes) -> int:
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, punctuation)), default=0)
 
 
 def plan_from_document(doc: Any, path: str = "the plan") -> Plan:
@@ -229,7 +298,8 @@ def _check_project(project: Mapping[str, Any], where: str) -> None:
 def _check_object(change: Mapping[str, Any], where: str, prune: list[str]) -> None:
     """One object write: a known kind and action, an id where one is needed, only writable
     fields changed, a body exactly derived from the changes, deletes only in prune kinds."""
-    expect_object(change, where, required=OBJECT_KEYS, only=OBJECT_KEYS)
+    expect_object(change, where, required=OBJECT_KEYS, only=(*OBJECT_KEYS, SOURCE))
+    _expect_source(change, where)
     kind = BY_NAME.get(change["kind"])
     if kind is None:
         raise ShapeError(f"{where}.kind: {describe_json(change['kind'])} is not a kind")
@@ -251,7 +321,8 @@ def _check_object(change: Mapping[str, Any], where: str, prune: list[str]) -> No
     fields = []
     for index, field_change in enumerate(changes):
         at = f"{where}.changes[{index}]"
-        expect_object(field_change, at, required=CHANGE_KEYS, only=CHANGE_KEYS)
+        expect_object(field_change, at, required=CHANGE_KEYS, only=(*CHANGE_KEYS, SOURCE))
+        _expect_source(field_change, at)
         field = field_change["field"]
         if field not in kind.write_fields or field in fields:
             raise ShapeError(f"{at}.field: {describe_json(field)} is not a writable field once")
@@ -313,7 +384,8 @@ def _check_change(
     change: Mapping[str, Any], where: str, managed: list[str], created_roles: set[str]
 ) -> str:
     """One change: a writable, managed field, with before and after of that field's shape."""
-    expect_object(change, where, required=CHANGE_KEYS, only=CHANGE_KEYS)
+    expect_object(change, where, required=CHANGE_KEYS, only=(*CHANGE_KEYS, SOURCE))
+    _expect_source(change, where)
     field = change["field"]
     if field not in WRITABLE_KEYS:
         raise ShapeError(f"{where}.field: {describe_json(field)} is not a writable key")
@@ -364,6 +436,10 @@ def _patch_value(field: str, after: Any) -> Any:
     if field in ROLE_FIELDS:
         return after["id"] if after else None
     return after
+
+
+def _expect_source(change: Mapping[str, Any], where: str) -> None:
+    expect(change.get(SOURCE), (str, type(None)), f"{where}.{SOURCE}")
 
 
 def _expect_sha256(value: Any, where: str) -> str:

@@ -31,6 +31,13 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 SCHEMA_RESOURCE = "data/project.schema.json"
+FRAGMENT_RESOURCE = "data/fragment.schema.json"
+# A fragment holds any key a project file may, except what is one Project's alone.
+FRAGMENT_REFUSED = {
+    "id": "a fragment is shared by the Projects that include it; id belongs in each project file",
+    "auth": "credentials are per Project; write auth in each project file",
+    "vars": "vars are per Project; set them in each project file that includes this",
+}
 
 Path = tuple[Any, ...]
 
@@ -64,6 +71,33 @@ class Finding:
 def schema_text() -> str:
     """The packaged schema file's text, exactly as shipped."""
     return resources.files("reconciler").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+
+
+def fragment_schema_text() -> str:
+    """The packaged fragment schema's text (what editors check ``base/*.yaml`` with)."""
+    return resources.files("reconciler").joinpath(FRAGMENT_RESOURCE).read_text(encoding="utf-8")
+
+
+def fragment_schema(project: Mapping[str, Any]) -> dict:
+    """The fragment schema, derived from the project schema: no required id, and id,
+    auth and vars refused with the reason. (A test holds the shipped file equal to it.)"""
+    document = json.loads(json.dumps(project))
+    document["$id"] = "urn:reconciler:schema:fragment:v1"
+    document["title"] = "Oystehr Project fragment"
+    document["description"] = (
+        "A fragment: settings and objects shared by the project files that include it "
+        "(include: [../base/clinic.yaml]). It holds any key a project file may, except id, "
+        "auth and vars; the including file's keys win, objects merge field by field, prune "
+        "lists are united. ${NAME} is substituted with each including Project's vars."
+    )
+    document.pop("required", None)
+    for key, why in FRAGMENT_REFUSED.items():
+        document["properties"][key] = {
+            "not": {},
+            "description": f"Not allowed in a fragment: {why}.",
+            "x-errorMessages": {"not": f"{{field}} is not allowed in a fragment: {why}"},
+        }
+    return document
 
 
 @cache
@@ -198,6 +232,9 @@ def _translate(error: ValidationError, written: Mapping[Path, str]) -> list[Find
     else:
         # A rule with no message of its own: jsonschema's text, located and prefixed.
         message = f"{field}: {error.message}" if field else error.message
+    if "propertyNames" in error.absolute_schema_path and isinstance(error.instance, str):
+        # A bad name is a problem with that key (the message names the mapping).
+        return [Finding((*path, error.instance), message, at_key=True)]
     # A refused key ("not": {}) is a problem with the key, like an unknown one.
     at_key = keyword == "not" and schema.get("not") == {} and bool(path)
     return [Finding(path, message, at_key=at_key)]

@@ -252,8 +252,8 @@ def test_the_action_installs_from_its_own_checkout_and_runs(tmp_path, python_env
     assert len(runner.log) == runs_before + 1  # installed once per job: only the run step ran
     assert runner.output() == "exit-code=0\nexit-code=0\n"
     comment = (runner.workspace / "plan.md").read_text(encoding="utf-8")
-    assert comment.startswith("<!-- reconciler-plan -->\n<!-- reconciler-digest v1 sha256:")
-    assert "| signupEnabled | false | true |" in comment
+    assert comment.startswith("<!-- reconciler-plan -->\n### reconciler plan: ")
+    assert "| `signupEnabled` | `false` | `true` |" in comment
     assert runner.file("summary").read_text(encoding="utf-8").startswith("<!-- reconciler-plan")
     assert (runner.workspace / "plan.json").is_file()
     assert SANDBOX_CLIENT_SECRET not in "".join(runner.log) + comment

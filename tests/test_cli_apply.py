@@ -228,7 +228,7 @@ def test_apply_summary_goes_to_the_step_summary(repo, emu):
     assert result.exit_code == 0
     text = summary.read_text()
     assert text.startswith("<!-- reconciler-apply -->\n### reconciler apply: 3 applied")
-    assert f"| Beta Sandbox ({BETA}) | projects/beta.yaml | applied |" in text
+    assert f"| 🟢 `Beta Sandbox` (`{BETA}`) | `projects/beta.yaml` | applied | |" in text
 
 
 # export ---------------------------------------------------------------------------

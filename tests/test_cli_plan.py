@@ -58,6 +58,7 @@ def test_each_change_type_and_the_exact_patch(repo, emu):
         "field": "defaultPatientRole",
         "before": {"id": A_PATIENT, "name": "Patient"},
         "after": None,
+        "source": "projects/alpha.yaml:5",
     }
     assert emu.stats() == {"GET /v1/project": 1, "GET /v1/iam/role": 1}
 
@@ -250,12 +251,10 @@ def test_markdown_out_file_and_step_summary(repo, emu):
         {"GITHUB_STEP_SUMMARY": str(summary)},
     )
     assert result.exit_code == 0
-    # The marker, then the digest the merge-time guard reads, then the heading.
-    marker, digest, heading = result.stdout.split("\n")[:3]
+    marker, heading = result.stdout.split("\n")[:2]
     assert marker == "<!-- reconciler-plan -->"
-    assert digest.startswith("<!-- reconciler-digest v1 sha256:")
     assert heading.startswith("### reconciler plan: 1 to change")
-    assert "| signupEnabled | false | true |" in result.stdout
+    assert "| `signupEnabled` | `false` | `true` |" in result.stdout
     assert summary.read_text().startswith("<!-- reconciler-plan -->")
     doc = json.loads((repo / "plan.json").read_text())
     assert doc["summary"] == {"changed": 1, "unchanged": 0, "errors": 0}

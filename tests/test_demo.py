@@ -17,16 +17,27 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
     out = result.stdout
     for line in (
         "$ reconciler validate projects",
-        "Plan: 3 to change, 0 unchanged, 0 errors. Objects: 3 to add, 1 to change, 1 to destroy.",
+        "3 files and 1 fragment valid.\n",
+        "$ reconciler render projects/staging.yaml\n# projects/staging.yaml: the effective "
+        "document (includes merged, vars applied)\n",
+        "# from base/clinic.yaml:21, projects/staging.yaml:11\napplications:\n",
+        "    allowedCallbackUrls: ['https://staging.portal.example.com/callback']\n",
+        "--- projects/production.yaml\n+++ projects/staging.yaml\n",
+        "~ applications.Patient Portal.mfaEnabled: true -> false\n",
+        "Compare: 7 differences (id, auth and vars aside).\n",
+        "Plan: 3 to change, 0 unchanged, 0 errors. Objects: 7 to add, 1 to change, 1 to destroy.",
         "    ~ defaultPatientRole: Patient (",
-        ") -> Self-registered Patient (created by this plan)\n",
-        "    + role Self-registered Patient\n",
-        "    + application Patient Portal (staging)\n",
-        "    + m2m intake-sync\n",
-        "    - m2m legacy-export\n",
+        ") -> Self-registered Patient (created by this plan) (from base/clinic.yaml:7)\n",
+        "    + role Self-registered Patient (from base/clinic.yaml:10)\n",
+        "    + application Patient Portal (from base/clinic.yaml:22)\n",
+        '        + allowedCallbackUrls: ["https://staging.portal.example.com/callback"] '
+        "(from base/clinic.yaml:23)\n",
+        "        + mfaEnabled: false\n",
+        "    + m2m intake-sync (from base/clinic.yaml:29)\n",
+        "    - m2m legacy-export (from base/clinic.yaml:32)\n",
         "    + role Self-registered Patient: created\n",
         "        - accessPolicy rule Allow FHIR:Create, FHIR:Delete, FHIR:Read, FHIR:Update on "
-        "FHIR:* (live only)\n",
+        "FHIR:* (live only) (from base/clinic.yaml:18)\n",
         "Apply: 3 applied, 0 unchanged, 0 failed.",
         "Drift: 0 drifted, 3 in sync, 0 errors.",
         "Drift: 1 drifted, 2 in sync, 0 errors.",
@@ -34,10 +45,12 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
     ):
         assert line in out
     assert "demo-sandbox-secret" not in result.output
+    assert "production-ci" not in result.output  # a client id is a credential too
     assert list(tmp_path.iterdir()) == []  # works from any folder and leaves nothing behind
 
 
 def test_bundled_demo_projects_are_the_repo_examples():
-    bundled = {p.name: p.read_text() for p in BUNDLED.glob("*.yaml")}
-    examples = {p.name: p.read_text() for p in (ROOT / "projects").glob("*.yaml")}
-    assert bundled == examples and bundled
+    for folder in ("projects", "base"):
+        bundled = {p.name: p.read_text() for p in (BUNDLED.parent / folder).glob("*.yaml")}
+        examples = {p.name: p.read_text() for p in (ROOT / folder).glob("*.yaml")}
+        assert bundled == examples and bundled

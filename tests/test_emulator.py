@@ -728,13 +728,14 @@ def test_keep_alive_reuses_one_connection(emulator):
 # -- the command and its log ---------------------------------------------------
 
 
-def start_cli(*args: str) -> tuple[subprocess.Popen[str], str]:
+def start_cli(*args: str, cwd: Path | None = None) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "emulator", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONWARNINGS": "error"},
+        cwd=cwd,
     )
     url = process.stdout.readline().strip()
     return process, url

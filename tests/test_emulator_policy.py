@@ -24,6 +24,7 @@ from reconciler.emulator.policy import ENDPOINT_ACTIONS
 from reconciler.errors import ConfigError
 
 APP_ID = "6a1f0c2e-1111-4a5b-8c6d-000000000001"
+ZAMBDA_ID = "6a1f0c2e-1111-4a5b-8c6d-000000000002"
 
 
 def rule(action: Any, resource: Any = "*", effect: str = "Allow") -> dict[str, Any]:
@@ -40,6 +41,9 @@ def start(seed_data: dict[str, Any], *clients: dict[str, Any]) -> Any:
     sandbox["applications"] = [
         {"id": APP_ID, "name": "Portal", "allowedCallbackUrls": ["https://p/cb"]}
     ]
+    sandbox["secrets"] = [{"name": "API_KEY", "value": "k-1"}]
+    sandbox["buckets"] = ["visit-notes"]
+    sandbox["zambdas"] = [{"id": ZAMBDA_ID, "name": "check-in", "runtime": "nodejs22.x"}]
     return serve(seed_data)
 
 
@@ -57,6 +61,9 @@ def request_for(method: str, template: str) -> tuple[str, str, Any]:
         "/v1/iam/role/": SANDBOX_PROVIDER_ROLE_ID,
         "/v1/application/": APP_ID,
         "/v1/m2m/": seed_m2m_id(SANDBOX_CLIENT_ID),
+        "/v1/secret/": "API_KEY",
+        "/v1/z3/": "visit-notes",
+        "/v1/zambda/": ZAMBDA_ID,
     }
     path = template
     for prefix, object_id in ids.items():
@@ -66,6 +73,8 @@ def request_for(method: str, template: str) -> tuple[str, str, Any]:
         ("POST", "/v1/iam/role"): {"name": "New"},
         ("POST", "/v1/application"): {"name": "New", "allowedCallbackUrls": []},
         ("POST", "/v1/m2m"): {"name": "new", "roles": [SANDBOX_PATIENT_ROLE_ID]},
+        ("POST", "/v1/secret"): {"name": "NEW", "value": "v"},
+        ("POST", "/v1/zambda"): {"name": "new", "runtime": "python3.13"},
     }
     body = bodies.get((method, template), {} if method in ("PATCH", "POST") else None)
     return method, path.removeprefix("/v1"), body

@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from reconciler import files
+from reconciler import yamlread
 from reconciler.errors import ConfigError
 from reconciler.files import Problem, ProjectFile, load_projects, parse_project, substitute
 
@@ -184,18 +184,18 @@ def test_the_pure_python_loader_reads_the_same(monkeypatch):
         yaml.scanner.Scanner,
         yaml.parser.Parser,
         yaml.composer.Composer,
-        files._CoreResolver,
+        yamlread._CoreResolver,
     ):
         def __init__(self, stream):
             yaml.reader.Reader.__init__(self, stream)
             yaml.scanner.Scanner.__init__(self)
             yaml.parser.Parser.__init__(self)
             yaml.composer.Composer.__init__(self)
-            files._CoreResolver.__init__(self)
+            yamlread._CoreResolver.__init__(self)
 
     text = f"id: {ID_A}\nname: NO\ndefaultPatientRole: {{name: Patient}}\nsignupEnabled: true\n"
     expected = parse(text)[0]
-    monkeypatch.setattr(files, "_Loader", PurePython)
+    monkeypatch.setattr(yamlread, "_Loader", PurePython)
     project = parse(text)[0]
     assert project.data == expected.data
     assert project.locations == expected.locations
@@ -267,28 +267,37 @@ def test_substitution_happens_in_strings_only_never_keys():
 
 def test_messages_quote_the_file_never_the_environment():
     # A variable may hold a secret: a message shows the reference, not its value.
-    env = {"RECONCILER_VAR_PROJECT_ID": "hunter2-not-an-id", "RECONCILER_VAR_FLAG": "s3cret"}
-    _, problems = parse("id: ${PROJECT_ID}\nname: x-${FLAG}\nsignupEnabled: ${FLAG}\n", env)
+    env = {"RECONCILER_VAR_FLAG": "s3cret"}
+    _, problems = parse(f"id: {ID_A}\nname: x-${{FLAG}}\nsignupEnabled: ${{FLAG}}\n", env)
     assert problems == [
-        "1:5: id: '${PROJECT_ID}' is not a valid UUID "
-        "(expected lowercase 8-4-4-4-12 hex, like fd9b1113-4bd2-4dad-8631-a95ba035dfda)",
         "3:16: signupEnabled: expected a boolean, got string '${FLAG}' "
         "(a value from ${...} is always a string)",
     ]
 
 
+def test_the_id_is_never_substituted():
+    # The id says which Project a file is: it is what the file says, never a variable.
+    _, problems = parse("id: ${ID}\n", {"RECONCILER_VAR_ID": ID_A})
+    assert problems == [
+        "1:5: id: '${ID}' is not a valid UUID "
+        "(expected lowercase 8-4-4-4-12 hex, like fd9b1113-4bd2-4dad-8631-a95ba035dfda)"
+    ]
+
+
 def test_an_unset_variable_is_not_reported_twice():
-    # The schema would also reject "${ID}" as a UUID: one problem is enough.
-    _, problems = parse("id: ${ID}\n")
-    assert problems == ["1:5: id: RECONCILER_VAR_ID is not set"]
+    # The schema would also reject "${R}" as a role name's id: one problem is enough.
+    _, problems = parse(f"id: {ID_A}\ndefaultPatientRole: {{id: '${{R}}'}}\n")
+    assert problems == ["2:26: defaultPatientRole.id: RECONCILER_VAR_R is not set"]
 
 
 def test_load_projects_reads_the_environment_by_default(tmp_path, monkeypatch):
-    write(tmp_path, "p.yaml", "id: ${PROJECT_ID}\n")
-    monkeypatch.setenv("RECONCILER_VAR_PROJECT_ID", ID_A)
-    assert [p.id for p in load_projects([str(tmp_path)]).projects] == [ID_A]
-    env = {"RECONCILER_VAR_PROJECT_ID": ID_B}
-    assert [p.id for p in load_projects([str(tmp_path)], env=env).projects] == [ID_B]
+    write(tmp_path, "p.yaml", f"id: {ID_A}\nname: ${{NAME}}\n")
+    monkeypatch.setenv("RECONCILER_VAR_NAME", "from the environment")
+    assert [p.data["name"] for p in load_projects([str(tmp_path)]).projects] == [
+        "from the environment"
+    ]
+    env = {"RECONCILER_VAR_NAME": "given"}
+    assert [p.data["name"] for p in load_projects([str(tmp_path)], env=env).projects] == ["given"]
 
 
 # --- finding files, duplicate ids ------------------------------------------------------

@@ -43,8 +43,13 @@ NO_CREDENTIALS = {
 }
 
 
+# A commit to pin to: a checkout of reconciler is no release, so init needs one.
+PIN = "0123456789abcdef0123456789abcdef01234567"
+
+
 def _init(*args: str, **env: str | None):
-    return CliRunner().invoke(cli, ["init", *args], env={**NO_CREDENTIALS, **env})
+    pin = [] if "--action" in args else ["--action", f"{CANONICAL_REPOSITORY}@{PIN}"]
+    return CliRunner().invoke(cli, ["init", *args, *pin], env={**NO_CREDENTIALS, **env})
 
 
 def _tree(root: Path) -> list[str]:
@@ -91,18 +96,20 @@ def test_init_writes_a_repository_that_validates_with_workflows_github_accepts(t
     checked = _check_workflows(tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
-    action = f"{CANONICAL_REPOSITORY}/.github/actions/reconciler@v{__version__}"
+    # Every remote action, ours included, pinned by commit with the version beside it.
+    action = f"{CANONICAL_REPOSITORY}/.github/actions/reconciler@{PIN} # v{__version__}"
     for name in ("plan", "apply", "drift"):
         text = (tmp_path / ".github" / "workflows" / f"{name}.yml").read_text(encoding="utf-8")
         assert f"uses: {action}\n" in text
         for used in re.findall(r"uses: (.+)", text):
             assert used == action or re.fullmatch(r"actions/[\w-]+@[0-9a-f]{40} # v[\d.]+", used)
-    pre_commit = yaml.safe_load((tmp_path / ".pre-commit-config.yaml").read_text())
-    assert pre_commit == {
+    pre_commit_text = (tmp_path / ".pre-commit-config.yaml").read_text()
+    assert f"    rev: {PIN}  # frozen: v{__version__}\n" in pre_commit_text
+    assert yaml.safe_load(pre_commit_text) == {
         "repos": [
             {
                 "repo": f"https://github.com/{CANONICAL_REPOSITORY}",
-                "rev": f"v{__version__}",
+                "rev": PIN,
                 "hooks": [{"id": "reconciler-validate"}],
             }
         ]
@@ -242,18 +249,58 @@ def test_a_bad_action_reference_is_one_line(tmp_path, bad):
     result = _init(str(tmp_path), "--action", bad)
     assert result.exit_code == 1
     assert result.output == (
-        f"Error: --action {bad!r}: expected OWNER/REPO@REF, like my-org/reconciler@v1\n"
+        f"Error: --action {bad!r}: expected OWNER/REPO@SHA, like "
+        "my-org/reconciler@<the 40-hex commit of a release>\n"
     )
     assert not tmp_path.joinpath("projects").exists()
 
 
-def test_the_action_option_names_the_action_and_the_hook(tmp_path):
+def test_a_tag_is_accepted_with_a_warning_that_it_can_move(tmp_path):
     result = _init(str(tmp_path), "--action", "my-org/reconciler@v2.3.4")
     assert result.exit_code == 0
+    assert result.stderr == (
+        "Warning: --action my-org/reconciler@v2.3.4 is a tag or branch, which can be moved to "
+        "other code that would then run with your write credentials; pin a commit: --action "
+        "my-org/reconciler@<40-hex sha>\n"
+    )
     text = (tmp_path / ".github" / "workflows" / "apply.yml").read_text(encoding="utf-8")
     assert text.count("uses: my-org/reconciler/.github/actions/reconciler@v2.3.4\n") == 5
     hook = yaml.safe_load((tmp_path / ".pre-commit-config.yaml").read_text())["repos"][0]
     assert (hook["repo"], hook["rev"]) == ("https://github.com/my-org/reconciler", "v2.3.4")
+
+
+def test_a_commit_given_is_pinned_without_a_warning(tmp_path):
+    result = _init(str(tmp_path), "--action", f"my-org/reconciler@{PIN}")
+    assert result.exit_code == 0 and result.stderr == ""
+    text = (tmp_path / ".github" / "workflows" / "apply.yml").read_text(encoding="utf-8")
+    pinned = f"uses: my-org/reconciler/.github/actions/reconciler@{PIN} # v{__version__}\n"
+    assert text.count(pinned) == 5
+
+
+def test_without_a_release_init_asks_for_a_commit_and_writes_nothing(tmp_path, monkeypatch):
+    from reconciler import release
+
+    monkeypatch.setattr(release, "RELEASE_COMMIT", "")  # a checkout; release.yml fills it
+    result = CliRunner().invoke(cli, ["init", str(tmp_path)], env=NO_CREDENTIALS)
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: this reconciler is not a release, so it has no commit to pin the action to: "
+        "give one with --action OWNER/REPO@SHA (the 40-hex commit of a release)\n"
+    )
+    assert _tree(tmp_path) == []
+
+
+def test_a_release_pins_its_own_commit(tmp_path, monkeypatch):
+    from reconciler import release
+
+    monkeypatch.setattr(release, "RELEASE_COMMIT", "f" * 40)
+    result = CliRunner().invoke(cli, ["init", str(tmp_path)], env=NO_CREDENTIALS)
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / ".github" / "workflows" / "plan.yml").read_text(encoding="utf-8")
+    assert f"uses: {CANONICAL_REPOSITORY}/.github/actions/reconciler@{'f' * 40} # v" in text
+    assert f"rev: {'f' * 40}  # frozen: v{__version__}" in (
+        tmp_path / ".pre-commit-config.yaml"
+    ).read_text(encoding="utf-8")
 
 
 def test_the_readme_shows_what_init_writes_and_cites_nothing_outside_the_repository():
@@ -407,11 +454,11 @@ def _written_order() -> list[str]:
 
 
 def test_init_verbose_logs_its_requests_without_credentials(tmp_path, emulator):
-    runner = CliRunner()
-    result = runner.invoke(
-        cli,
-        ["init", str(tmp_path), "-v", "--no-color", "--project-id", SANDBOX_ID],
-        env={**NO_CREDENTIALS, **_environment_urls(emulator), "OYSTEHR_ACCESS_TOKEN": DEV_TOKEN},
+    result = _init(
+        str(tmp_path),
+        *("-v", "--no-color", "--project-id", SANDBOX_ID),
+        **_environment_urls(emulator),
+        OYSTEHR_ACCESS_TOKEN=DEV_TOKEN,
     )
     assert result.exit_code == 0, result.output
     assert "GET " in result.stderr and "/v1/project" in result.stderr

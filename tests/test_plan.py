@@ -53,9 +53,9 @@ def test_each_plain_field_change_is_patched_by_its_own_name():
     plan = diff("p.yaml", desired, LIVE)
     assert plan.status == CHANGED
     assert [c.to_dict() for c in plan.changes] == [
-        {"field": "name", "before": "SANDBOX", "after": "SANDBOX 2"},
-        {"field": "description", "before": "Sandbox", "after": "New"},
-        {"field": "signupEnabled", "before": False, "after": True},
+        {"field": "name", "before": "SANDBOX", "after": "SANDBOX 2", "source": None},
+        {"field": "description", "before": "Sandbox", "after": "New", "source": None},
+        {"field": "signupEnabled", "before": False, "after": True, "source": None},
     ]
     assert plan.patch == {"name": "SANDBOX 2", "description": "New", "signupEnabled": True}
 

@@ -8,8 +8,9 @@ and this test runs it in a fresh folder with a real shell (bash), one command at
 time, carrying the environment and the current folder from one command to the
 next, as a terminal would. SETUP is one or more words, comma-separated:
 
-- `offline` (the default): the folder holds a copy of the repository's
-  `projects/`, `schemas/` and `tests/fixtures/`; no credentials, no API.
+- `offline` (the default): the folder is a checkout of the repository as far as
+  the examples need one: a git repository holding a copy of its `projects/`,
+  `base/`, `schemas/` and `tests/fixtures/`; no credentials, no API.
 - `emulator`: the same, with an emulator of the demo Projects running
   (`reconciler emulator --seed demo`) and the environment that "Try it on the
   emulator" sets up (its URLs and the demo's credentials).
@@ -56,7 +57,7 @@ from reconciler.demo import DEMO_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-COPIED = ("projects", "schemas", "tests/fixtures")
+COPIED = ("projects", "base", "schemas", "tests/fixtures")
 BIN = Path(sys.executable).parent
 
 _MARKED = re.compile(r"^<!-- example: (?P<spec>.*?) -->\n```\w*\n(?P<body>.*?)^```$", re.M | re.S)
@@ -131,11 +132,13 @@ class Session:
         return cls(folder, state)
 
     def _script(self, command: str) -> str:
-        return f'source {self.state}/env\ncd "$(cat {self.state}/cwd)"\n{command}\n'
+        # The shell's variables (exported or not) as the last command left them; bash's
+        # own read-only ones cannot be set again, hence the silenced errors.
+        return f'source {self.state}/env 2>/dev/null\ncd "$(cat {self.state}/cwd)"\n{command}\n'
 
     def run(self, command: str) -> tuple[int, str]:
         script = self._script(self.localise(command)) + (
-            f"code=$?\nexport -p > {self.state}/env\npwd > {self.state}/cwd\nexit $code\n"
+            f"code=$?\ndeclare -p > {self.state}/env\npwd > {self.state}/cwd\nexit $code\n"
         )
         # Its own process group, ended with it: nothing a command leaves running (a job
         # the README meant for the background) can outlive the test. Output goes to a
@@ -251,6 +254,9 @@ def _prepare(example: Example, session: Session) -> None:
     if "empty" not in example.setup:
         for name in COPIED:
             shutil.copytree(ROOT / name, session.folder / name)
+        git = "git -c user.name=readme -c user.email=readme@example.com"
+        code, output = session.run(f"git init -q && git add -A && {git} commit -qm checkout")
+        assert code == 0, output
     if "emulator" in example.setup:
         session.background("reconciler emulator --seed demo -q &", "http://127.0.0.1:8000")
         line = " ".join(f"{k}={shlex.quote(v)}" for k, v in TRY_IT_EXPORTS.items())
@@ -283,7 +289,7 @@ def matches(expected: list[str], actual: list[str]) -> bool:
     if not expected:
         return not actual
     head, rest = expected[0], expected[1:]
-    if head == "..." or head.startswith("...   ("):
+    if head.strip() == "..." or head.strip().startswith("...   ("):
         return any(matches(rest, actual[i:]) for i in range(len(actual) + 1))
     if not actual:
         return False

@@ -332,14 +332,16 @@ def test_markdown_shows_objects_under_their_project_with_rules_one_per_line(repo
     )
     text = run(["plan", "--format", "markdown"], emu).stdout
     assert "; objects: 1 to add, 2 to change, 0 to destroy\n" in text
-    assert "| defaultPatientRole | FrontDesk (" in text
-    assert "| Nurse (created by this plan) |" in text
-    assert '- ➕ role Nurse\n  - ➕ description: "Nurses"\n' in text
-    assert "- ✏️ role Front Desk (renamed from FrontDesk)\n" in text
+    assert "| `defaultPatientRole` | `FrontDesk` (`" in text
+    assert "| `Nurse` (created by this plan) |" in text
+    assert "<summary>roles: 1 to add, 2 to change</summary>" in text
+    assert "| `Nurse` | `Nurses` | |\n" in text
+    assert "- ✏️ `Front Desk` (renamed from `FrontDesk`)\n" in text
     assert (
-        "  - ➖ accessPolicy rule Allow FHIR:Read on FHIR:Patient:\\*\n"
-        "  - ➕ accessPolicy rule Allow FHIR:Read, FHIR:Update on FHIR:Patient:\\*\n"
+        "- ✏️ `Staff`\n"
+        "  - ➖ `accessPolicy` rule `Allow FHIR:Read on FHIR:Patient:*`\n"
+        "  - ➕ `accessPolicy` rule `Allow FHIR:Read, FHIR:Update on FHIR:Patient:*`\n"
     ) in text
-    assert "🟡 to change (4)" in text
+    assert "| | | roles | 1 | 2 | |\n" in text
     drift = run(["drift", "--format", "markdown"], emu).stdout
-    assert "accessPolicy rule Allow FHIR:Read on FHIR:Patient:\\* (live only)" in drift
+    assert "`accessPolicy` rule `Allow FHIR:Read on FHIR:Patient:*` (live only)" in drift

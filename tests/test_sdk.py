@@ -1,5 +1,6 @@
-"""The official SDK (`@oystehr/sdk` 4.x, npm) against the emulator: roles, applications
-and M2M clients with the SDK's own calls and types (SPEC section 9, "Targets").
+"""The official SDK (`@oystehr/sdk` 4.x, npm) against the emulator: roles, applications,
+M2M clients, secrets, Z3 buckets and Zambda Functions with the SDK's own calls and types
+(SPEC sections 9, 13 and 14, "Targets").
 
 The SDK is installed once into ~/.cache/reconciler-sdk-test (or $RECONCILER_SDK_DIR),
 outside the repository; the test skips, saying why, where node or npm is missing or
@@ -155,6 +156,51 @@ def test_the_official_sdk_against_the_emulator(sdk_dir, seed_data):
         assert out["token with the old secret"]["status"] == 401
         assert out["token with the new secret"]["status"] == 200
 
+        assert out["secret.set"] == {"name": "SDK_SECRET", "value": "first value"}
+        assert out["secret.set again"] == {"name": "SDK_SECRET", "value": "second value"}
+        assert out["secret.get"] == out["secret.set again"]
+        assert out["secret.list"] == [{"name": "SDK_SECRET"}]
+        assert out["secret.delete"] is None
+        assert out["secret.get after delete"]["code"] == 404
+
+        bucket = out["z3.createBucket"]
+        assert bucket == {"id": bucket["id"], "name": "sdk-visit-notes"}
+        (listed_bucket,) = out["z3.listBuckets"]
+        assert listed_bucket == {**bucket, "creationDate": listed_bucket["creationDate"]}
+        assert re.fullmatch(
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", listed_bucket["creationDate"]
+        )
+        assert out["z3.deleteBucket"] is None
+        assert out["z3.listBuckets after delete"] == []
+
+        function = out["zambda.create"]
+        assert function == {
+            "id": function["id"],
+            "name": "sdk-function",
+            "runtime": "nodejs22.x",
+            "status": "Draft",
+            "triggerMethod": "cron",
+            "schedule": {"expression": "cron(*/5 * * * ? *)", "retryPolicy": {"maximumRetry": 2}},
+            "timeoutInSeconds": 300,
+            "executionRoleId": role["id"],
+        }
+        assert out["zambda.get"] == out["zambda.get by name"] == function
+        assert out["zambda.update"] == {**function, "memorySize": 512}
+        assert out["zambda.list"] == [out["zambda.update"]]
+        assert out["zambda.uploadFile"] is None
+        uploaded = out["zambda.get after upload"]
+        assert uploaded["status"] == "Active"
+        assert uploaded["fileInfo"] == {
+            "name": "sdk-code.zip",
+            "size": 22,
+            "lastModified": uploaded["fileInfo"]["lastModified"],
+        }
+        again = out["zambda.get after the second upload"]["fileInfo"]
+        assert re.fullmatch(r"[0-9a-f-]{36}\.zip", again["name"]) and again["size"] == 3
+        assert out["zambda.create with a taken name"]["code"] == 409
+        assert out["zambda.delete"] is None
+        assert out["zambda.get after delete"]["code"] == 404
+
         assert out["m2m.delete"] is None
         assert out["application.delete"] is None
         assert out["role.delete"] is None
@@ -166,11 +212,17 @@ def test_the_official_sdk_against_the_emulator(sdk_dir, seed_data):
         assert stats["GET /v1/m2m/v2/list"] == 3
         assert stats["POST /oauth/token"] == 3
         assert stats[f"DELETE /v1/iam/role/{role['id']}"] == 2
+        assert stats["POST /v1/secret"] == 2
+        assert stats["PUT /v1/z3/sdk-visit-notes"] == 1
+        assert stats[f"POST /v1/zambda/{function['id']}/s3-upload"] == 1
+        assert stats["POST /v1/zambda/sdk-function/s3-upload"] == 1
+        # Each uploadFile PUTs once to the signed URL, with no bearer token.
+        assert stats["PUT /_emulator/upload"] == 2
 
 
 def sdk_documented_actions(sdk_dir: Path) -> dict[tuple[str, str], tuple[str, str]]:
-    """(METHOD, /v1/path) -> (action, resource), read from the SDK's project, role,
-    application and m2m classes (each method's doc comment names them)."""
+    """(METHOD, /v1/path) -> (action, resource), read from the SDK's classes of the kinds
+    the emulator serves (each method's doc comment names them)."""
     classes = sdk_dir / "node_modules" / "@oystehr" / "sdk" / "dist" / "esm" / "resources"
     method = re.compile(
         r"Access Policy Action: `([^`]+)`\s*\*\s*Access Policy Resource: `([^`]+)`"
@@ -178,18 +230,26 @@ def sdk_documented_actions(sdk_dir: Path) -> dict[tuple[str, str], tuple[str, st
         re.DOTALL,
     )
     documented = {}
-    for name in ("project", "role", "application", "m2m"):
+    for name in ("project", "role", "application", "m2m", "secret", "z3", "zambda"):
         text = (classes / "classes" / f"{name}.js").read_text()
         for action, resource, path, verb in method.findall(text):
-            path = re.sub(r"\{\w+\}", "{id}", path)
+            path = re.sub(r"\{[\w+]+\}", "{id}", path)
             documented[(verb.upper(), "/v1" + path)] = (action, resource)
     return documented
 
 
 def test_the_emulator_asks_for_the_actions_the_sdk_documents(sdk_dir):
     documented = sdk_documented_actions(sdk_dir)
-    # Revoking users' tokens is not part of the Project API the emulator serves.
-    for path in ("revoke-refresh-token", "revoke-access-token"):
-        documented.pop(("POST", f"/v1/application/{{id}}/{path}"))
-    assert len(documented) == 21
+    # Not part of the Project API the emulator serves: revoking users' tokens, Z3
+    # objects (files in buckets) and running a Zambda Function.
+    for key in (
+        ("POST", "/v1/application/{id}/revoke-refresh-token"),
+        ("POST", "/v1/application/{id}/revoke-access-token"),
+        ("GET", "/v1/z3/{id}/{id}"),
+        ("POST", "/v1/z3/{id}/{id}"),
+        ("DELETE", "/v1/z3/{id}/{id}"),
+        ("POST", "/v1/zambda/{id}/execute"),
+    ):
+        documented.pop(key, None)
+    assert len(documented) == 34
     assert documented == ENDPOINT_ACTIONS

@@ -220,7 +220,7 @@ def test_an_inconsistent_plan_is_refused_before_any_request(repo, emu, plan_doc,
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
-        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than 64 levels"),
         ('{"projects": [], "checksum": "x", "formatVersion": true}', None),
         ("9" * 5000, "not JSON (Exceeds the limit"),
     ],

@@ -129,7 +129,7 @@ def test_the_example_projects_are_valid(in_repo):
     result = validate()
     assert result.exit_code == 0
     assert result.stdout == ""
-    assert result.stderr == "3 files valid.\n"
+    assert result.stderr == "3 files and 1 fragment valid.\n"
 
 
 def test_the_broken_folder_gives_one_located_line_per_problem(in_repo):
@@ -212,7 +212,7 @@ def test_unreadable_file(project, monkeypatch):
         raise PermissionError(13, "Permission denied", name)
 
     # Running as root, chmod 000 does not stop a read: fail the open instead.
-    monkeypatch.setattr("reconciler.files.open", denied, raising=False)
+    monkeypatch.setattr("reconciler.includes.open", denied, raising=False)
     result = validate(name)
     assert result.exit_code == 1
     assert result.stdout == "p.yaml:1:1: cannot read file: permission denied\n"

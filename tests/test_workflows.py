@@ -7,6 +7,7 @@ that a schema cannot see (permissions, fork safety, one apply at a time).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -27,9 +28,12 @@ LEAST_PERMISSIONS = {
     ("ci.yml", "test"): {"contents": "read"},
     ("plan.yml", "validate"): {"contents": "read"},
     ("plan.yml", "plan"): {"contents": "read", "pull-requests": "write"},
-    ("apply.yml", "plan"): {"contents": "read", "pull-requests": "read", "deployments": "read"},
+    ("apply.yml", "plan"): {"contents": "read", "actions": "read", "pull-requests": "read"},
     ("apply.yml", "apply"): {"contents": "read"},
     ("drift.yml", "drift"): {"contents": "read", "issues": "write"},
+    ("release.yml", "build"): {"contents": "read"},
+    ("release.yml", "publish"): {"id-token": "write"},
+    ("release.yml", "github-release"): {"contents": "write"},
 }
 # Which credential set each job sees: read (repository secrets READ_*), write
 # (production environment secrets), or none.
@@ -40,6 +44,9 @@ CREDENTIALS = {
     ("apply.yml", "plan"): "read",
     ("apply.yml", "apply"): "write",
     ("drift.yml", "drift"): "read",
+    ("release.yml", "build"): None,
+    ("release.yml", "publish"): None,  # trusted publishing: no secret at all
+    ("release.yml", "github-release"): None,
 }
 LOCAL_ACTION = "./.github/actions/reconciler"
 PINNED = re.compile(r"[\w.-]+/[\w.-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+")
@@ -83,7 +90,8 @@ def _secrets(node: Any) -> set[str]:
 
 
 def test_the_four_workflows_exist():
-    assert [p.name for p in WORKFLOW_FILES] == ["apply.yml", "ci.yml", "drift.yml", "plan.yml"]
+    names = ["apply.yml", "ci.yml", "drift.yml", "plan.yml", "release.yml"]
+    assert [p.name for p in WORKFLOW_FILES] == names
 
 
 @pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
@@ -135,7 +143,7 @@ def test_read_credentials_for_plan_and_drift_write_credentials_only_in_productio
             if seen[(path.name, name)] == "write":
                 assert job["environment"] == "production"
             else:
-                assert "environment" not in job
+                assert job.get("environment") in (None, "pypi")
     assert seen == CREDENTIALS
 
 
@@ -226,7 +234,7 @@ def test_ci_runs_pytest_on_every_supported_python():
 def test_plan_validates_forks_and_plans_only_with_secrets():
     doc = _load(WORKFLOWS / "plan.yml")
     assert list(doc["on"]) == ["pull_request"]
-    assert doc["on"]["pull_request"]["paths"] == ["projects/**", "schemas/**"]
+    assert doc["on"]["pull_request"]["paths"] == ["projects/**", "base/**", "schemas/**"]
     validate, plan = doc["jobs"]["validate"], doc["jobs"]["plan"]
     assert "if" not in validate and _commands("plan.yml", "validate") == ["validate"]
     assert plan["if"] == "github.event.pull_request.head.repo.full_name == github.repository"
@@ -256,7 +264,7 @@ def test_plan_comments_even_when_the_plan_fails_then_fails_the_job():
 
 def test_apply_plans_guards_then_applies_that_artifact_in_production():
     doc = _load(WORKFLOWS / "apply.yml")
-    assert doc["on"]["push"] == {"branches": ["main"], "paths": ["projects/**"]}
+    assert doc["on"]["push"] == {"branches": ["main"], "paths": ["projects/**", "base/**"]}
     assert "workflow_dispatch" in doc["on"]
     assert "concurrency" not in doc  # per apply job: a later plan job never waits on approval
     plan, apply = doc["jobs"]["plan"], doc["jobs"]["apply"]
@@ -276,6 +284,23 @@ def test_apply_plans_guards_then_applies_that_artifact_in_production():
     assert upload["with"]["name"] == "${{ steps.artifact.outputs.name }}"
     assert upload["with"]["path"] == "plan.json"
     assert plan["steps"].index(upload) < len(plan["steps"]) - 1  # the guard comes last
+    # The guard reads the whole history, and the repository variables as env.
+    checkout = plan["steps"][0]
+    assert checkout["uses"].startswith("actions/checkout@")
+    assert checkout["with"] == {"fetch-depth": 0, "persist-credentials": False}
+    guard = plan["steps"][-1]
+    assert guard["with"]["command"] == "github guard --plan-file plan.json"
+    assert guard["env"] == {
+        "GITHUB_TOKEN": "${{ github.token }}",
+        "RECONCILER_GUARD_BOOTSTRAP": "${{ vars.RECONCILER_GUARD_BOOTSTRAP }}",
+        "RECONCILER_GUARD_APPROVALS": "${{ vars.RECONCILER_GUARD_APPROVALS }}",
+        "RECONCILER_GUARD_OVERRIDERS": "${{ vars.RECONCILER_GUARD_OVERRIDERS }}",
+    }
+    # workflow_dispatch is guarded too; its override input is read by the guard from
+    # the event (never put into a command line).
+    override = doc["on"]["workflow_dispatch"]["inputs"]["override"]
+    assert (override["type"], override["default"]) == ("boolean", False)
+    assert "inputs." not in (WORKFLOWS / "apply.yml").read_text(encoding="utf-8")
 
     assert apply["needs"] == "plan" and apply["environment"] == "production"
     assert apply["if"] == "needs.plan.outputs.changes == 'true'"  # nothing to approve
@@ -335,6 +360,104 @@ def test_drift_runs_on_a_schedule_and_hands_its_exit_code_on():
     )
 
 
+def test_release_builds_tests_publishes_with_trusted_publishing_and_attaches_the_wheel():
+    doc = _load(WORKFLOWS / "release.yml")
+    assert doc["on"] == {"push": {"tags": ["v*"]}}
+    build, publish, release = (doc["jobs"][n] for n in ("build", "publish", "github-release"))
+    runs = "\n".join(step.get("run", "") for step in build["steps"])
+    assert "pytest" in runs and "pip wheel --no-deps --wheel-dir dist ." in runs
+    assert publish["needs"] == "build" and publish["environment"] == "pypi"
+    assert publish["steps"][-1]["uses"].startswith("pypa/gh-action-pypi-publish@")
+    assert "with" not in publish["steps"][-1]  # no password: the OIDC token
+    assert release["needs"] == "publish"
+    assert "gh release create" in release["steps"][-1]["run"]
+    assert "dist/*.whl" in release["steps"][-1]["run"]
+
+
+def _release_step(name: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    step = next(s for s in _steps("release.yml", "build") if s.get("name") == name)
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+        cwd=cwd,
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_release_writes_its_commit_into_the_package_and_init_pins_it(tmp_path):
+    package = tmp_path / "reconciler"
+    package.mkdir()
+    for name in ("__init__.py", "release.py"):
+        (package / name).write_text((ROOT / "reconciler" / name).read_text(encoding="utf-8"))
+    sha = "3d3c42e5aac5ba805825da76410c181273ba90b1"
+    done = _release_step("Write the release commit into the package", tmp_path, GITHUB_SHA=sha)
+    assert done.returncode == 0, done.stderr
+    released: dict[str, Any] = {}
+    exec((package / "release.py").read_text(encoding="utf-8"), released)
+    assert released["RELEASE_COMMIT"] == sha
+
+    from reconciler import __version__
+
+    ok = _release_step(
+        "Check that the tag names this version", tmp_path, GITHUB_REF_NAME=f"v{__version__}"
+    )
+    assert (ok.returncode, ok.stdout) == (0, "")
+    wrong = _release_step(
+        "Check that the tag names this version", tmp_path, GITHUB_REF_NAME="v9.9.9"
+    )
+    assert wrong.returncode == 1
+    assert wrong.stdout == f"::error::the tag v9.9.9 does not name the version {__version__}\n"
+
+
+# zizmor: the workflows' security audit, offline -----------------------------------
+
+
+def _zizmor(*paths: Path) -> list[dict[str, Any]]:
+    """zizmor's findings of high severity in these files or folders."""
+    zizmor = Path(sys.executable).with_name("zizmor")
+    done = subprocess.run(
+        [str(zizmor), "--offline", "--format", "json", "--min-severity", "high", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode in (0, 14), done.stderr  # 14: findings; anything else: it failed
+    return json.loads(done.stdout)
+
+
+def _where(findings: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"{f['ident']} {Path(f['locations'][0]['symbolic']['key']['Local']['verbatim_path']).name}"
+        for f in findings
+    ]
+
+
+def test_zizmor_finds_nothing_high_in_this_repositorys_workflows_and_action():
+    assert _where(_zizmor(WORKFLOWS, ACTION.parent)) == []
+
+
+def test_zizmor_finds_nothing_high_in_what_init_writes(tmp_path):
+    from click.testing import CliRunner
+
+    from reconciler.cli import cli
+
+    pinned = CliRunner().invoke(
+        cli, ["init", str(tmp_path / "pinned"), "--action", f"acme/reconciler@{'a' * 40}"]
+    )
+    assert pinned.exit_code == 0, pinned.output
+    assert _where(_zizmor(tmp_path / "pinned")) == []
+    # The check can fail: a tag is what the first review found, 12 times.
+    tagged = CliRunner().invoke(
+        cli, ["init", str(tmp_path / "tagged"), "--action", "acme/reconciler@v1"]
+    )
+    assert tagged.exit_code == 0
+    found = _where(_zizmor(tmp_path / "tagged"))
+    assert len(found) == 12 and set(found) == {
+        f"unpinned-uses {name}.yml" for name in ("plan", "apply", "drift")
+    }
+
+
 # The pre-commit hook ------------------------------------------------------------
 
 
@@ -342,9 +465,12 @@ def test_pre_commit_hook_runs_reconciler_validate_on_project_files():
     (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
     assert hook["id"] == "reconciler-validate"
     assert hook["entry"] == "reconciler validate"
-    assert hook["language"] == "python" and hook["pass_filenames"] is True
+    # Every file is validated when a project file or a fragment changes (a fragment is
+    # checked through the Projects that include it).
+    assert hook["language"] == "python" and hook["pass_filenames"] is False
     files = re.compile(hook["files"])
     assert files.search("projects/sandbox.yaml") and files.search("projects/eu/prod.yml")
+    assert files.search("base/clinic.yaml")
     assert not files.search("projects/README.md") and not files.search("other/x.yaml")
 
 

@@ -3,6 +3,15 @@
     POST /oauth/token                          client credentials (JSON or form) -> token
     GET  /v1/version                           public
     GET|PATCH /v1/project                      the Project named by x-oystehr-project-id
+    GET  /_emulator/stats                      {"requests": {"GET /v1/project": n, ...}}
+    POST /_emulator/stats/reset
+    PUT  /_emulator/upload/{token}             a Zambda's code, to the URL s3-upload gave
+                                               (no bearer token; counted as
+                                               PUT /_emulator/upload; the log hides the token)
+
+and, for every kind of `kinds.py` (roles, applications, M2M clients, secrets,
+buckets, Zambda Functions), the endpoints of its verbs:
+
     GET|POST /v1/iam/role                      [{id,name,memberCount}] | 201 role
     GET|PATCH|DELETE /v1/iam/role/{id}         {id,name,description?,accessPolicy} | 204
     GET|POST /v1/application                   [{id,name,clientId,description?}] | 201 app
@@ -16,22 +25,30 @@
                                                 roles:[{id,name}],accessPolicy?,jwksUrl?}
     POST /v1/m2m/{id}/rotate-secret            {"secret"}: the new secret works at
                                                 /oauth/token, the old one no longer
-    GET  /_emulator/stats                      {"requests": {"GET /v1/project": n, ...}}
-    POST /_emulator/stats/reset
+    GET|POST /v1/secret                        [{name}] | {name,value}: 201 new, 200 replaced
+    GET|DELETE /v1/secret/{name}               {name,value} | 204
+    GET  /v1/z3                                [{id,name,creationDate}]
+    PUT|DELETE /v1/z3/{bucketName}             {id,name}: 201 new, 200 already there | 204
+    GET|POST /v1/zambda                        [ZambdaFunction] | 201 ZambdaFunction
+    GET|PATCH|DELETE /v1/zambda/{id or name}   ZambdaFunction | 204
+    POST /v1/zambda/{id or name}/s3-upload     {"signedUrl"}: {filename?} in the body
 
 Every error is `{"message": str, "code": int}` with the HTTP status as code:
 400 bad body or query, 401 no or unknown token, 403 another Project or refused
 by an access policy (`... not allowed: ACTION on RESOURCE`), 404 no such
-object in this Project (another Project's ids included).
+object in this Project (another Project's included), 409 a name in use, 421
+a Host header this emulator does not answer to (DNS rebinding).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -39,48 +56,62 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from reconciler import __version__
-from reconciler.emulator.bodies import APPLICATION_FIELDS, M2M_FIELDS, ROLE_FIELDS, check_fields
+from reconciler.emulator.bodies import NAME, check_fields
 from reconciler.emulator.faults import FaultInjector, Faults, RequestStats
+from reconciler.emulator.kinds import KINDS, M2M
+from reconciler.emulator.objects import Conflict, Kind
 from reconciler.emulator.policy import ENDPOINT_ACTIONS, allows
+from reconciler.emulator.request import (
+    MAX_BODY,
+    MAX_UPLOAD,
+    Headers,
+    HttpError,
+    check_patch,
+    host_name,
+    is_loopback,
+    json_body,
+    read_body,
+    token_form,
+)
 from reconciler.emulator.store import Access, Caller, Invalid, NotFound, Store
+from reconciler.emulator.zambdas import Denied
 
-MAX_BODY = 1 << 20
 DEFAULT_LIMIT = 100
+UPLOAD_PATH = "/_emulator/upload"
 
-Headers = list[tuple[str, str]]
 Response = tuple[int, Any, Headers]
 StartResponse = Callable[..., Any]
 
 _PROJECT_HEADERS = ("HTTP_X_OYSTEHR_PROJECT_ID", "HTTP_X_ZAPEHR_PROJECT_ID")
-_READ_ONLY = ("id", "sandbox", "fhirVersion")
 _LIST_V2_PARAMS = {"cursor", "limit", "name", "id", "profile", "roleId", "sort", "sortOrder"}
-
-
-class HttpError(Exception):
-    """An error answer: status and message become `{"message","code"}`."""
-
-    def __init__(self, status: int, message: str, headers: Headers | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or []
+_STATUS = {Invalid: 400, NotFound: 404, Conflict: 409}
 
 
 @dataclass(frozen=True)
 class Call:
-    """One authorised API request: its environ, Project, caller and the {id} of its path."""
+    """One request: its environ, Project, caller, the {id} of its path and the kind it is of."""
 
     environ: dict[str, Any]
     project_id: str
     caller: Caller | None
     id: str = ""
+    kind: Kind | None = None
 
     def body(self) -> Any:
-        return _json_body(self.environ)
+        return json_body(self.environ)
+
+    def optional_body(self) -> Any:
+        """The JSON body, or {} for none (the SDK sends none with PUT and DELETE)."""
+        return json_body(self.environ, optional=True)
 
     def query(self) -> dict[str, str]:
         fields = parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True)
         return {key: values[-1] for key, values in fields.items()}
+
+    @property
+    def object_kind(self) -> Kind:
+        assert self.kind is not None
+        return self.kind
 
 
 Handler = Callable[[Call], Response]
@@ -90,7 +121,9 @@ class EmulatorApp:
     """The WSGI callable. `stats` counts requests; `store` is the state behind it.
 
     m2m_page_size: the largest page of GET /v1/m2m/v2/list (default: the
-    seed's `m2mPageSize`, else 100).
+    seed's `m2mPageSize`, else 100). allowed_hosts: the Host names it answers
+    besides `localhost` and loopback addresses (None: any, for an app used
+    without a socket); `serve()` sets it to the address it listens on.
     """
 
     def __init__(
@@ -99,11 +132,13 @@ class EmulatorApp:
         faults: Faults | None = None,
         quiet: bool = True,
         m2m_page_size: int | None = None,
+        allowed_hosts: Iterable[str] | None = None,
     ) -> None:
         self.store = store
         self.faults = faults or Faults()
         self.quiet = quiet
         self.m2m_page_size = m2m_page_size
+        self.allowed_hosts = None if allowed_hosts is None else frozenset(allowed_hosts)
         self.stats = RequestStats()
         self._injector = FaultInjector(self.faults)
         public: dict[str, dict[str, Handler]] = {
@@ -111,36 +146,33 @@ class EmulatorApp:
             "/v1/version": {"GET": self._version},
             "/_emulator/stats": {"GET": self._get_stats},
             "/_emulator/stats/reset": {"POST": self._reset_stats},
+            UPLOAD_PATH + "/{id}": {"PUT": self._upload},
         }
         api: dict[str, dict[str, Handler]] = {
             "/v1/project": {"GET": self._get_project, "PATCH": self._patch_project},
-            "/v1/iam/role": {"GET": self._list_roles, "POST": self._create_role},
-            "/v1/iam/role/{id}": {
-                "GET": self._get_role,
-                "PATCH": self._update_role,
-                "DELETE": self._delete_role,
-            },
-            "/v1/application": {"GET": self._list_applications, "POST": self._create_application},
-            "/v1/application/{id}": {
-                "GET": self._get_application,
-                "PATCH": self._update_application,
-                "DELETE": self._delete_application,
-            },
-            "/v1/application/{id}/rotate-secret": {"POST": self._rotate_application_secret},
-            "/v1/m2m": {"GET": self._list_m2m_v1, "POST": self._create_m2m},
-            "/v1/m2m/v2/list": {"GET": self._list_m2m},
-            "/v1/m2m/me": {"GET": self._m2m_me},
-            "/v1/m2m/{id}": {
-                "GET": self._get_m2m,
-                "PATCH": self._update_m2m,
-                "DELETE": self._delete_m2m,
-            },
-            "/v1/m2m/{id}/rotate-secret": {"POST": self._rotate_m2m_secret},
         }
-        # First match wins: /v1/m2m/me and /v1/m2m/v2/list come before /v1/m2m/{id}.
+        verbs: dict[str, Handler] = {
+            "list": self._list,
+            "create": self._create,
+            "put": self._put,
+            "get": self._get,
+            "update": self._update,
+            "delete": self._delete,
+            "rotate-secret": self._rotate_secret,
+            "s3-upload": self._s3_upload,
+            "me": self._m2m_me,
+            "v2/list": self._list_m2m,
+        }
+        kinds: dict[str, Kind] = {}
+        for kind in KINDS:
+            for method, template, verb, _, _ in kind.endpoints():
+                api.setdefault(template, {})[method] = verbs[verb]
+                kinds[template] = kind
+        # First match wins: literal paths (/v1/m2m/me, /v1/m2m/v2/list) before {id} ones.
+        routes = {**public, **api}
         self._routes = [
-            (_template(path), path, methods, path not in public)
-            for path, methods in {**public, **api}.items()
+            (_template(path), path, routes[path], path not in public, kinds.get(path))
+            for path in sorted(routes, key=lambda path: "{id}" in path)
         ]
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -154,7 +186,7 @@ class EmulatorApp:
         except Exception:  # a bug in the emulator: say so, keep serving
             traceback.print_exc(file=sys.stderr)
             status, body, headers = 500, _error(500, "internal emulator error"), []
-        if body is None:  # 204 No Content
+        if body is None:  # 204 No Content, or an upload's empty 200
             payload, headers = b"", [("Content-Length", "0"), *headers]
         else:
             payload = json.dumps(body, separators=(",", ":")).encode()
@@ -168,16 +200,17 @@ class EmulatorApp:
             headers.append(("x-oystehr-request-id", request_id[:100]))
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
         if not self.quiet:
-            # Method, path (never the query string), status, time: nothing that
-            # could hold a token or a secret, which live in headers and bodies.
+            # Method, path (never the query string, an upload's token hidden), status,
+            # time: nothing that could hold a token or a secret.
             ms = (time.perf_counter() - started) * 1000
-            sys.stderr.write(f"{method} {path} {status} {ms:.1f}ms\n")
+            sys.stderr.write(f"{method} {_logged(path)} {status} {ms:.1f}ms\n")
         return [payload]
 
     def _handle(self, environ: dict[str, Any], method: str, path: str) -> Response:
-        metered = path == "/oauth/token" or path == "/v1" or path.startswith("/v1/")
+        self._check_host(environ)
+        metered = _metered(path)
         if metered:
-            self.stats.count(method, path)
+            self.stats.count(method, metered)
             if path != "/v1/version" and self.faults.active:
                 fault = self._injector.decide()
                 if self.faults.latency_ms:
@@ -187,13 +220,14 @@ class EmulatorApp:
                     raise HttpError(429, "Too Many Requests (emulated)", [("Retry-After", "1")])
                 if fault == 503:
                     raise HttpError(503, "Service Unavailable (emulated)")
-        match, template, methods, authorised = self._route(path)
+        match, template, methods, authorised, kind = self._route(path)
         handler = methods.get(method)
         if handler is None:
             allowed = ", ".join(methods)
             raise HttpError(405, f"{method} not allowed on {path}", [("Allow", allowed)])
+        object_id = match.groupdict().get("id", "")
         if not authorised:
-            return handler(Call(environ, "", None))
+            return handler(Call(environ, "", None, object_id))
         project_id, caller = self._authorize(environ)
         action, resource = ENDPOINT_ACTIONS[(method, template)]
         if caller.policies is not None and not allows(caller.policies, action, resource):
@@ -202,24 +236,37 @@ class EmulatorApp:
                 f"denied by this M2M client's access policy: not allowed: {action} on {resource}",
             )
         try:
-            return handler(Call(environ, project_id, caller, match.groupdict().get("id", "")))
-        except Invalid as exc:
-            raise HttpError(400, str(exc)) from None
-        except NotFound as exc:
-            raise HttpError(404, str(exc)) from None
+            return handler(Call(environ, project_id, caller, object_id, kind))
+        except (Invalid, NotFound, Conflict) as exc:
+            raise HttpError(_STATUS[type(exc)], str(exc)) from None
 
-    def _route(self, path: str) -> tuple[re.Match[str], str, dict[str, Handler], bool]:
-        """The first route matching the path: its match, template, handlers, whether authorised."""
-        for pattern, template, methods, authorised in self._routes:
+    def _route(self, path: str) -> tuple[re.Match[str], str, dict[str, Handler], bool, Kind | None]:
+        """The first route matching the path: match, template, handlers, authorised?, kind."""
+        for pattern, template, methods, authorised, kind in self._routes:
             match = pattern.fullmatch(path)
             if match is not None:
-                return match, template, methods, authorised
+                return match, template, methods, authorised, kind
         raise HttpError(404, f"no such endpoint: {path}")
+
+    def _check_host(self, environ: dict[str, Any]) -> None:
+        """421 for a Host this emulator does not answer to: a page the browser loaded from
+        another name (DNS rebinding) must not reach it with the public seed tokens."""
+        host = environ.get("HTTP_HOST")
+        if self.allowed_hosts is None or host is None:
+            return
+        name = host_name(host)
+        if name == "localhost" or name in self.allowed_hosts or is_loopback(name):
+            return
+        raise HttpError(
+            421,
+            "this emulator answers only to localhost, a loopback address or the address "
+            "it listens on (start it with --host NAME to serve another name)",
+        )
 
     # -- endpoints -------------------------------------------------------
 
     def _token(self, call: Call) -> Response:
-        form = _token_form(call.environ)
+        form = token_form(call.environ)
         if form.get("grant_type") != "client_credentials":
             raise HttpError(400, "grant_type must be client_credentials")
         client_id, secret = form.get("client_id"), form.get("client_secret")
@@ -250,55 +297,50 @@ class EmulatorApp:
         changes = check_patch(call.body())
         return 200, self.store.patch_project(call.project_id, changes), []
 
-    # roles
+    # -- every kind ------------------------------------------------------
 
-    def _list_roles(self, call: Call) -> Response:
-        return 200, self.store.list_roles(call.project_id), []
+    def _list(self, call: Call) -> Response:
+        return 200, self.store.list(call.object_kind, call.project_id), []
 
-    def _create_role(self, call: Call) -> Response:
-        fields = _checked(call.body(), ROLE_FIELDS, ("name",))
-        role = self.store.add_role(
-            call.project_id,
-            fields["name"],
-            description=fields.get("description"),
-            access_policy=fields.get("accessPolicy"),
-        )
-        return 201, role, []
+    def _create(self, call: Call) -> Response:
+        kind = call.object_kind
+        fields = _checked(call.body(), kind.fields, kind.required)
+        problem = kind.create_rule(fields) if kind.create_rule else None
+        if problem:
+            raise HttpError(400, problem)
+        return self._created(kind, *self.store.create(kind, call.project_id, fields))
 
-    def _get_role(self, call: Call) -> Response:
-        return 200, self.store.get_role(call.project_id, call.id), []
+    def _put(self, call: Call) -> Response:
+        """PUT {path}/{name}: create by the name in the path (a Z3 bucket); no body."""
+        kind = call.object_kind
+        if call.optional_body() != {}:
+            raise HttpError(400, "this endpoint takes no request body")
+        fields = _checked({"name": call.id}, kind.fields, kind.required)
+        return self._created(kind, *self.store.create(kind, call.project_id, fields))
 
-    def _update_role(self, call: Call) -> Response:
-        fields = _checked(call.body(), ROLE_FIELDS)
-        return 200, self.store.update_role(call.project_id, call.id, fields), []
+    @staticmethod
+    def _created(kind: Kind, doc: dict[str, Any], created: bool) -> Response:
+        if kind.created is not None:
+            doc = {key: doc[key] for key in kind.created}
+        return (201 if created else 200), doc, []
 
-    def _delete_role(self, call: Call) -> Response:
-        self.store.delete_role(call.project_id, call.id)
+    def _get(self, call: Call) -> Response:
+        return 200, self.store.get(call.object_kind, call.project_id, call.id), []
+
+    def _update(self, call: Call) -> Response:
+        kind = call.object_kind
+        fields = _checked(call.body(), kind.fields)
+        return 200, self.store.update(kind, call.project_id, call.id, fields), []
+
+    def _delete(self, call: Call) -> Response:
+        self.store.delete(call.object_kind, call.project_id, call.id)
         return 204, None, []
 
-    # applications
-
-    def _list_applications(self, call: Call) -> Response:
-        return 200, self.store.list_applications(call.project_id), []
-
-    def _create_application(self, call: Call) -> Response:
-        fields = _checked(call.body(), APPLICATION_FIELDS, ("name", "allowedCallbackUrls"))
-        return 201, self.store.add_application(call.project_id, fields), []
-
-    def _get_application(self, call: Call) -> Response:
-        return 200, self.store.get_application(call.project_id, call.id), []
-
-    def _update_application(self, call: Call) -> Response:
-        fields = _checked(call.body(), APPLICATION_FIELDS)
-        return 200, self.store.update_application(call.project_id, call.id, fields), []
-
-    def _delete_application(self, call: Call) -> Response:
-        self.store.delete_application(call.project_id, call.id)
-        return 204, None, []
-
-    def _rotate_application_secret(self, call: Call) -> Response:
-        _empty_body(call)
-        return 200, {"secret": self.store.rotate_application_secret(call.project_id, call.id)}, []
+    def _rotate_secret(self, call: Call) -> Response:
+        # A body-less action accepts no body or `{}` (the SDK sends `{}`).
+        if call.optional_body() != {}:
+            raise HttpError(400, "this endpoint takes no request body")
+        return 200, {"secret": self.store.rotate(call.object_kind, call.project_id, call.id)}, []
 
     # M2M clients
 
@@ -330,42 +372,39 @@ class EmulatorApp:
         )
         return 200, {"data": items, "metadata": {"nextCursor": next_cursor}}, []
 
-    def _list_m2m_v1(self, call: Call) -> Response:
-        """The deprecated GET /v1/m2m: every client, without its roles."""
-        items = []
-        for item in self.store.list_m2m(call.project_id):
-            doc = self.store.get_m2m(call.project_id, item["id"])
-            doc.pop("roles")
-            items.append(doc)
-        return 200, items, []
-
-    def _create_m2m(self, call: Call) -> Response:
-        fields = _checked(call.body(), M2M_FIELDS, ("name",))
-        if "accessPolicy" not in fields and not fields.get("roles"):
-            raise HttpError(400, "roles must name at least one role when accessPolicy is absent")
-        return 201, self.store.create_m2m(call.project_id, fields), []
-
     def _m2m_me(self, call: Call) -> Response:
         if call.caller is None or call.caller.m2m_id is None:
             raise HttpError(
                 400, "GET /m2m/me needs an M2M client's access token, not a Developer's"
             )
-        return 200, self.store.get_m2m(call.project_id, call.caller.m2m_id), []
+        return 200, self.store.get(M2M, call.project_id, call.caller.m2m_id), []
 
-    def _get_m2m(self, call: Call) -> Response:
-        return 200, self.store.get_m2m(call.project_id, call.id), []
+    # Zambda Functions' code
 
-    def _update_m2m(self, call: Call) -> Response:
-        fields = _checked(call.body(), M2M_FIELDS)
-        return 200, self.store.update_m2m(call.project_id, call.id, fields), []
+    def _s3_upload(self, call: Call) -> Response:
+        """A single-use URL on this emulator to PUT the function's zip to."""
+        values = _checked(call.optional_body(), {"filename": NAME})
+        # The SDK: "If not provided, the filename will be randomized."
+        filename = values.get("filename") or f"{uuid.uuid4()}.zip"
+        token = self.store.start_upload(call.project_id, call.id, filename)
+        environ = call.environ
+        host = environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}"
+        url = f"{environ.get('wsgi.url_scheme', 'http')}://{host}{UPLOAD_PATH}/{token}"
+        return 200, {"signedUrl": url}, []
 
-    def _delete_m2m(self, call: Call) -> Response:
-        self.store.delete_m2m(call.project_id, call.id)
-        return 204, None, []
-
-    def _rotate_m2m_secret(self, call: Call) -> Response:
-        _empty_body(call)
-        return 200, {"secret": self.store.rotate_m2m_secret(call.project_id, call.id)}, []
+    def _upload(self, call: Call) -> Response:
+        """PUT of the zip to a signed URL: no bearer token (the URL is the credential)."""
+        if call.environ.get("HTTP_AUTHORIZATION"):
+            # As S3 refuses a presigned URL that also carries an Authorization header.
+            raise HttpError(
+                400, "a signed upload URL takes no Authorization header: its token is the URL"
+            )
+        data = read_body(call.environ, MAX_UPLOAD)
+        try:
+            self.store.finish_upload(call.id, data)
+        except Denied as exc:
+            raise HttpError(403, str(exc)) from None
+        return 200, None, [("ETag", f'"{hashlib.md5(data).hexdigest()}"')]
 
     # -- auth ------------------------------------------------------------
 
@@ -396,54 +435,18 @@ def make_app(
     faults: Faults | None = None,
     quiet: bool = True,
     m2m_page_size: int | None = None,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> EmulatorApp:
     """The WSGI app over a store (usable with `httpx.WSGITransport(app=...)`)."""
-    return EmulatorApp(store, faults, quiet, m2m_page_size)
+    return EmulatorApp(store, faults, quiet, m2m_page_size, allowed_hosts)
 
 
-def check_patch(body: Any) -> dict[str, Any]:
-    """Check a PATCH /v1/project body: the changes by API name, or HttpError 400.
-
-    Role ids are only type-checked here; the store checks they are the Project's.
-    """
-    if not isinstance(body, dict):
-        raise HttpError(400, "request body must be a JSON object")
-    problems = []
-    changes: dict[str, Any] = {}
-    for key, value in body.items():
-        if key in _READ_ONLY:
-            problems.append(f"{key} is read-only")
-        elif key == "name":
-            if isinstance(value, str) and value.strip():
-                changes[key] = value
-            else:
-                problems.append("name must be a non-empty string")
-        elif key == "description":
-            if isinstance(value, str):
-                changes[key] = value
-            else:
-                problems.append("description must be a string")
-        elif key == "signupEnabled":
-            if isinstance(value, bool):
-                changes[key] = value
-            else:
-                problems.append("signupEnabled must be true or false")
-        elif key in ("defaultPatientRoleId", "defaultSSOUserRoleId"):
-            if value is None or (isinstance(value, str) and value):
-                changes[key] = value
-            else:
-                problems.append(f"{key} must be a role id (string) or null")
-        elif key in ("defaultPatientRole", "defaultSSOUserRole"):
-            # The GET shape sent back to PATCH: a common mistake, name the fix.
-            problems.append(f"unknown field {key!r} (PATCH takes {key}Id)")
-        else:
-            problems.append(f"unknown field {key!r}")
-    if problems:
-        raise HttpError(400, "; ".join(problems))
-    return changes
+def body_limit(path: str) -> int:
+    """The largest request body a path takes (the server refuses more before reading it)."""
+    return MAX_UPLOAD if path.startswith(UPLOAD_PATH + "/") else MAX_BODY
 
 
-def _checked(body: Any, fields: dict[str, str], required: tuple[str, ...] = ()) -> dict[str, Any]:
+def _checked(body: Any, fields: Any, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """The accepted fields of a create or update body, or HttpError 400 naming every problem."""
     values, problems = check_fields(body, fields, required)
     if problems:
@@ -451,59 +454,26 @@ def _checked(body: Any, fields: dict[str, str], required: tuple[str, ...] = ()) 
     return values
 
 
-def _empty_body(call: Call) -> None:
-    """A body-less action (rotate-secret) accepts no body or `{}` (the SDK sends `{}`)."""
-    raw = _read_body(call.environ).strip()
-    if raw and raw != b"{}":
-        raise HttpError(400, "this endpoint takes no request body")
+def _metered(path: str) -> str | None:
+    """The path stats count a request under (None: not counted, never faulted)."""
+    if path == "/oauth/token" or path == "/v1" or path.startswith("/v1/"):
+        return path
+    if path.startswith(UPLOAD_PATH + "/"):
+        return UPLOAD_PATH  # never the token: it is the upload's credential
+    return None
 
 
-def _template(path: str) -> re.Pattern[str]:
-    """A route's regex: `{id}` is one path segment."""
-    return re.compile(re.escape(path).replace(r"\{id\}", "(?P<id>[^/]+)"))
+def _logged(path: str) -> str:
+    """The path as the log shows it: an upload's token is a credential."""
+    if path.startswith(UPLOAD_PATH + "/"):
+        return UPLOAD_PATH + "/<token>"
+    return path
 
 
 def _error(status: int, message: str) -> dict[str, Any]:
     return {"message": message, "code": status}
 
 
-def _read_body(environ: dict[str, Any]) -> bytes:
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise HttpError(400, "bad Content-Length") from None
-    if length > MAX_BODY:
-        raise HttpError(413, "request body too large")
-    return environ["wsgi.input"].read(length) if length > 0 else b""
-
-
-def _json_body(environ: dict[str, Any]) -> Any:
-    raw = _read_body(environ)
-    if not raw.strip():
-        raise HttpError(400, "request body must be a JSON object")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        # ValueError's text is position info only, never the body itself.
-        raise HttpError(400, f"request body is not valid JSON: {exc}") from None
-
-
-def _token_form(environ: dict[str, Any]) -> dict[str, Any]:
-    """The token request's fields from a JSON or a form-encoded body."""
-    raw = _read_body(environ)
-    content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
-    if content_type == "application/x-www-form-urlencoded" or (
-        content_type != "application/json" and not raw.lstrip().startswith(b"{")
-    ):
-        try:
-            fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
-        except UnicodeDecodeError:
-            raise HttpError(400, "form body is not UTF-8") from None
-        return {key: values[-1] for key, values in fields.items()}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise HttpError(400, "request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise HttpError(400, "request body must be a JSON object")
-    return body
+def _template(path: str) -> re.Pattern[str]:
+    """A route's regex: `{id}` is one path segment."""
+    return re.compile(re.escape(path).replace(r"\{id\}", "(?P<id>[^/]+)"))

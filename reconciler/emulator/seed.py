@@ -1,4 +1,5 @@
-"""Read and check the emulator's seed (SPEC section 6) before anything touches the store.
+"""Read and check the emulator's seed (SPEC sections 6, 9, 13, 14) before anything touches
+the store.
 
     projects:
       - id: fd9b1113-4bd2-4dad-8631-a95ba035dfda
@@ -17,6 +18,18 @@
         m2mClients:                             # id optional: seed_m2m_id(clientId)
           - {clientId: sandbox-ci, clientSecret: sandbox-secret, name: CI,
              description: ..., roles: [FrontDesk], accessPolicy: ..., jwksUrl: ...}
+        secrets:                                # name: letters, digits, - and _
+          - {name: STRIPE_KEY, value: sk_test_1}
+        buckets:                                # a name, or {name, id?, creationDate?}
+          - visit-notes
+          - {name: uploads, creationDate: "2024-01-02T03:04:05.000Z"}
+        zambdas:                                # write fields of POST /v1/zambda, and
+          - {name: check-in, runtime: nodejs22.x, triggerMethod: http_auth,
+             executionRole: FrontDesk,          # a role name or id (or executionRoleId)
+             status: Active,                    # default: Active with fileInfo, else Draft
+             fileInfo: {name: 3f2a.zip, size: 1024, lastModified: "2024-..."}, id: ...}
+        zambdaStatusAfterUpload:                # the status a code upload leaves a function
+          check-in: Failed                      # in (default Active); '*': any other
     developers:
       - {accessToken: dev-token, projects: [fd9b1113-4bd2-4dad-8631-a95ba035dfda]}
     m2mPageSize: 100                            # the largest page of GET /v1/m2m/v2/list
@@ -25,6 +38,7 @@ A seeded M2M client with neither `roles` nor `accessPolicy` may do anything in
 its Project; one with either is held to its policies (SPEC section 6).
 
 A seed file may also be written as JSON (JSON is YAML): it loads much faster.
+`demo` names the bundled demo seed (`reconciler emulator --seed demo`).
 
 Every problem is a ConfigError of one line naming the source and the place,
 e.g. `seed.yaml: projects[1] (CLINIC).defaultPatientRole: unknown role 'Nurse'`.
@@ -33,22 +47,43 @@ e.g. `seed.yaml: projects[1] (CLINIC).defaultPatientRole: unknown role 'Nurse'`.
 from __future__ import annotations
 
 import json
-import secrets
-import string
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from reconciler.emulator.bodies import APPLICATION_FIELDS, M2M_FIELDS, ROLE_FIELDS, check_fields
+from reconciler.emulator.bodies import TEXT, FieldType, check_fields, whole
+from reconciler.emulator.iam import default_profile, new_client_id, seed_m2m_id
+from reconciler.emulator.kinds import APPLICATION, BUCKET, M2M, ROLE, SECRET, ZAMBDA
+from reconciler.emulator.objects import Kind
+from reconciler.emulator.zambdas import STATUSES, rule_problem
 from reconciler.errors import ConfigError
+
+__all__ = [
+    "Seed",
+    "SeedDeveloper",
+    "SeedObject",
+    "SeedProject",
+    "default_profile",
+    "load_seed",
+    "new_client_id",
+    "parse_seed",
+    "resolve_role",
+    "resolve_seed_path",
+    "seed_m2m_id",
+]
 
 # libyaml's loader is ~10x faster: it matters when a benchmark seeds 10,000 Projects.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+# The seed every `--seed demo` means: the demo's three Projects.
+DEMO_SEED = "demo"
+
+_OBJECT_KEYS = ("roles", "applications", "m2mClients", "secrets", "buckets", "zambdas")
 _PROJECT_KEYS = {
     "id",
     "name",
@@ -56,58 +91,28 @@ _PROJECT_KEYS = {
     "signupEnabled",
     "sandbox",
     "fhirVersion",
-    "roles",
     "defaultPatientRole",
     "defaultSSOUserRole",
-    "applications",
-    "m2mClients",
+    "zambdaStatusAfterUpload",
+    *_OBJECT_KEYS,
 }
-_ROLE_KEYS = {"id", "name", "description", "accessPolicy", "members", "memberCount"}
-_APPLICATION_KEYS = {"id", "clientId", *APPLICATION_FIELDS}
-_CLIENT_KEYS = {"id", "clientId", "clientSecret", *M2M_FIELDS}
+_ROLE_KEYS = {"id", "members", "memberCount"}
+_APPLICATION_KEYS = {"id", "clientId"}
+_CLIENT_KEYS = {"id", "clientId", "clientSecret"}
+_BUCKET_KEYS = {"id", "creationDate"}
+_ZAMBDA_KEYS = {"id", "executionRole", "status", "fileInfo"}
 _DEVELOPER_KEYS = {"accessToken", "projects"}
-
-# Ids derived from a clientId, so a test can know a seeded client's id in advance.
-_ID_NAMESPACE = uuid.UUID("5b0e8f4e-4f0b-4f3e-9a61-6c1d2f7e8a90")
-
-
-def seed_m2m_id(client_id: str) -> str:
-    """The id a seeded M2M client gets when its seed entry gives none."""
-    return str(uuid.uuid5(_ID_NAMESPACE, "m2m:" + client_id))
-
-
-def default_profile(m2m_id: str) -> str:
-    """The `profile` of an M2M client that was given none: a FHIR Device reference."""
-    return f"Device/{uuid.uuid5(_ID_NAMESPACE, 'device:' + m2m_id)}"
+_FILE_INFO = {"name": TEXT, "size": whole(0), "lastModified": TEXT}
 
 
 @dataclass(frozen=True)
-class SeedRole:
-    id: str
-    name: str
-    description: str | None = None
-    access_policy: Mapping[str, Any] | None = None
-    member_count: int = 0  # the seed's `members`: Users and Developers holding the role
+class SeedObject:
+    """One object to store as given: its kind's name, write fields, id and extra columns."""
 
-
-@dataclass(frozen=True)
-class SeedApplication:
-    id: str
-    client_id: str
-    fields: Mapping[str, Any]  # the write fields given (name, allowedCallbackUrls, ...)
-
-
-@dataclass(frozen=True)
-class SeedClient:
-    client_id: str
-    client_secret: str
-    id: str = ""
-    name: str = ""
-    description: str | None = None
-    role_ids: tuple[str, ...] = ()
-    access_policy: Mapping[str, Any] | None = None
-    jwks_url: str | None = None
-    profile: str | None = None
+    kind: str
+    fields: Mapping[str, Any]
+    id: str | None = None
+    columns: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,11 +123,13 @@ class SeedProject:
     signup_enabled: bool
     sandbox: bool
     fhir_version: str
-    roles: tuple[SeedRole, ...]
     default_patient_role_id: str | None
     default_sso_user_role_id: str | None
-    clients: tuple[SeedClient, ...]
-    applications: tuple[SeedApplication, ...] = ()
+    objects: Mapping[str, Sequence[SeedObject]] = field(default_factory=dict)  # by kind name
+    zambda_upload_status: Mapping[str, str] = field(default_factory=dict)
+
+    def of(self, kind: str) -> Sequence[SeedObject]:
+        return self.objects.get(kind, ())
 
 
 @dataclass(frozen=True)
@@ -141,10 +148,17 @@ class Seed:
     m2m_page_size: int | None = None
 
 
+def resolve_seed_path(seed: str | Path) -> Path:
+    """The seed file `--seed` names: `demo` is the bundled demo seed, from any folder."""
+    if str(seed) == DEMO_SEED:
+        return Path(str(resources.files("reconciler") / "data" / "demo" / "seed.yaml"))
+    return Path(seed)
+
+
 def load_seed(seed: str | Path | Mapping[str, Any]) -> Seed:
-    """Check a seed given as a YAML file path or as an already-parsed mapping."""
+    """Check a seed given as a YAML file path (or `demo`) or as an already-parsed mapping."""
     if isinstance(seed, (str, Path)):
-        return parse_seed(read_seed_file(seed), source=str(seed))
+        return parse_seed(read_seed_file(resolve_seed_path(seed)), source=str(seed))
     return parse_seed(seed, source="seed")
 
 
@@ -189,20 +203,23 @@ def parse_seed(data: Any, *, source: str = "seed") -> Seed:
         for i, item in enumerate(_list(data, "projects", source, ""))
     )
     _no_duplicates([p.id for p in projects], source, "projects", "Project id")
-    _no_duplicates([r.id for p in projects for r in p.roles], source, "projects", "role id")
-    _no_duplicates(
-        [c.client_id for p in projects for c in p.clients], source, "projects", "clientId"
-    )
-    _no_duplicates([c.id for p in projects for c in p.clients], source, "projects", "M2M id")
-    _no_duplicates(
-        [a.id for p in projects for a in p.applications], source, "projects", "application id"
-    )
-    _no_duplicates(
-        [a.client_id for p in projects for a in p.applications],
-        source,
-        "projects",
-        "application clientId",
-    )
+    # Ids (and clientIds) are unique in the whole database, names within a Project.
+    for kind, what in (
+        ("role", "role id"),
+        ("m2m", "M2M id"),
+        ("application", "application id"),
+        ("bucket", "bucket id"),
+        ("zambda", "Zambda Function id"),
+    ):
+        ids = [o.id or "" for p in projects for o in p.of(kind)]
+        _no_duplicates(ids, source, "projects", what)
+    for kind, what in (("m2m", "clientId"), ("application", "application clientId")):
+        ids = [o.columns["client_id"] for p in projects for o in p.of(kind)]
+        _no_duplicates(ids, source, "projects", what)
+    for p in projects:
+        for kind, what in (("secret", "secret"), ("bucket", "bucket"), ("zambda", "Zambda")):
+            names = [o.fields["name"] for o in p.of(kind)]
+            _no_duplicates(names, source, f"projects ({p.name})", f"{what} name")
     developers = tuple(
         _developer(item, source, f"developers[{i}]")
         for i, item in enumerate(_list(data, "developers", source, ""))
@@ -241,19 +258,14 @@ def _project(item: Any, source: str, where: str) -> SeedProject:
     fhir = item.get("fhirVersion", "r4")
     if fhir not in ("r4", "r5"):
         raise ConfigError(f"{source}: {label}.fhirVersion: must be r4 or r5, not {fhir!r}")
-    roles = tuple(
-        _role(role, source, f"{label}.roles[{i}]")
-        for i, role in enumerate(_list(item, "roles", source, label))
-    )
-    pairs = [(r.id, r.name) for r in roles]
-    clients = tuple(
-        _client(client, pairs, source, f"{label}.m2mClients[{i}]")
-        for i, client in enumerate(_list(item, "m2mClients", source, label))
-    )
-    applications = tuple(
-        _application(app, source, f"{label}.applications[{i}]")
-        for i, app in enumerate(_list(item, "applications", source, label))
-    )
+    found: dict[str, list[SeedObject]] = {}
+    roles: list[tuple[str, str]] = []  # (id, name): what role references resolve against
+    for key in _OBJECT_KEYS:
+        for i, entry in enumerate(_list(item, key, source, label)):
+            seeded = _PARSERS[key](entry, roles, source, f"{label}.{key}[{i}]")
+            found.setdefault(seeded.kind, []).append(seeded)
+            if seeded.kind == "role":
+                roles.append((seeded.id or "", seeded.fields["name"]))
     return SeedProject(
         id=pid,
         name=name,
@@ -261,84 +273,157 @@ def _project(item: Any, source: str, where: str) -> SeedProject:
         signup_enabled=_bool(item, "signupEnabled", source, label),
         sandbox=_bool(item, "sandbox", source, label),
         fhir_version=fhir,
-        roles=roles,
-        default_patient_role_id=_default_role(item, "defaultPatientRole", pairs, source, label),
-        default_sso_user_role_id=_default_role(item, "defaultSSOUserRole", pairs, source, label),
-        clients=clients,
-        applications=applications,
+        default_patient_role_id=_default_role(item, "defaultPatientRole", roles, source, label),
+        default_sso_user_role_id=_default_role(item, "defaultSSOUserRole", roles, source, label),
+        objects=found,
+        zambda_upload_status=_upload_status(item, source, label),
     )
 
 
-def _role(item: Any, source: str, where: str) -> SeedRole:
-    if not isinstance(item, Mapping):
-        raise ConfigError(f"{source}: {where}: a role must be a mapping, not {_kind(item)}")
-    _no_unknown_keys(item, _ROLE_KEYS, source, where)
-    fields = _checked(item, ROLE_FIELDS, ("name",), source, where)
+Roles = Sequence[tuple[str, str]]
+
+
+def _role(item: Any, roles: Roles, source: str, where: str) -> SeedObject:
+    fields = _object(ROLE, item, _ROLE_KEYS, source, where)
     if "members" in item and "memberCount" in item:
         raise ConfigError(f"{source}: {where}: give members or memberCount, not both")
     key = "memberCount" if "memberCount" in item else "members"
     count = item.get(key, 0)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ConfigError(f"{source}: {where}.{key}: must be a whole number >= 0")
-    return SeedRole(
-        id=_string(item, "id", source, where) or str(uuid.uuid4()),
-        name=fields["name"],
-        description=fields.get("description"),
-        access_policy=fields.get("accessPolicy"),
-        member_count=count,
+    role_id = _string(item, "id", source, where) or str(uuid.uuid4())
+    return SeedObject("role", fields, role_id, {"member_count": count})
+
+
+def _application(item: Any, roles: Roles, source: str, where: str) -> SeedObject:
+    fields = _object(APPLICATION, item, _APPLICATION_KEYS, source, where)
+    app_id = _string(item, "id", source, where) or str(uuid.uuid4())
+    client_id = _string(item, "clientId", source, where) or new_client_id()
+    return SeedObject(
+        "application", {**APPLICATION.defaults, **fields}, app_id, {"client_id": client_id}
     )
 
 
-def _application(item: Any, source: str, where: str) -> SeedApplication:
-    if not isinstance(item, Mapping):
-        raise ConfigError(f"{source}: {where}: an application must be a mapping, not {_kind(item)}")
-    _no_unknown_keys(item, _APPLICATION_KEYS, source, where)
-    fields = _checked(item, APPLICATION_FIELDS, ("name", "allowedCallbackUrls"), source, where)
-    return SeedApplication(
-        id=_string(item, "id", source, where) or str(uuid.uuid4()),
-        client_id=_string(item, "clientId", source, where) or new_client_id(),
-        fields=fields,
-    )
-
-
-def _client(item: Any, roles: Sequence[tuple[str, str]], source: str, where: str) -> SeedClient:
-    if not isinstance(item, Mapping):
-        raise ConfigError(f"{source}: {where}: an M2M client must be a mapping, not {_kind(item)}")
-    _no_unknown_keys(item, _CLIENT_KEYS, source, where)
+def _client(item: Any, roles: Roles, source: str, where: str) -> SeedObject:
+    fields = _object(M2M, item, _CLIENT_KEYS, source, where, required=())
     client_id = _string(item, "clientId", source, where, required=True)
     secret = _string(item, "clientSecret", source, where, required=True)
-    fields = _checked(item, M2M_FIELDS, (), source, where)
     role_ids = []
-    for i, role in enumerate(fields.get("roles", ())):
+    for i, role in enumerate(fields.pop("roles", ())):
         try:
             role_ids.append(resolve_role(role, roles))
         except ValueError as exc:
             raise ConfigError(f"{source}: {where}.roles[{i}]: {exc}") from exc
+    if role_ids:
+        fields["roles"] = list(dict.fromkeys(role_ids))
+    fields.setdefault("name", client_id)
     m2m_id = _string(item, "id", source, where) or seed_m2m_id(client_id)
-    return SeedClient(
-        client_id=client_id,
-        client_secret=secret,
-        id=m2m_id,
-        name=fields.get("name", client_id),
-        description=fields.get("description"),
-        role_ids=tuple(dict.fromkeys(role_ids)),
-        access_policy=fields.get("accessPolicy"),
-        jwks_url=fields.get("jwksUrl"),
-        profile=fields.get("profile") or default_profile(m2m_id),
+    unrestricted = not role_ids and "accessPolicy" not in fields
+    columns = {"client_id": client_id, "client_secret": secret, "unrestricted": unrestricted}
+    return SeedObject("m2m", fields, m2m_id, columns)
+
+
+def _secret(item: Any, roles: Roles, source: str, where: str) -> SeedObject:
+    return SeedObject("secret", _object(SECRET, item, set(), source, where))
+
+
+def _bucket(item: Any, roles: Roles, source: str, where: str) -> SeedObject:
+    if isinstance(item, str):
+        item = {"name": item}
+    fields = _object(BUCKET, item, _BUCKET_KEYS, source, where)
+    created = _string(item, "creationDate", source, where)
+    columns = {"creation_date": created} if created else {}
+    return SeedObject(
+        "bucket", fields, _string(item, "id", source, where) or str(uuid.uuid4()), columns
     )
 
 
-def new_client_id() -> str:
-    """A fresh clientId: 32 letters and digits, as Oystehr's (Auth0's) look."""
-    return "".join(secrets.choice(_ALNUM) for _ in range(32))
+def _zambda(item: Any, roles: Roles, source: str, where: str) -> SeedObject:
+    fields = _object(ZAMBDA, item, _ZAMBDA_KEYS, source, where)
+    fields = {**ZAMBDA.defaults, **fields}
+    role = _string(item, "executionRole", source, where)
+    if role is not None:
+        if "executionRoleId" in fields:
+            raise ConfigError(f"{source}: {where}: give executionRole or executionRoleId, not both")
+        try:
+            fields["executionRoleId"] = resolve_role(role, roles)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {where}.executionRole: {exc}") from exc
+    elif "executionRoleId" in fields and all(rid != fields["executionRoleId"] for rid, _ in roles):
+        raise ConfigError(f"{source}: {where}.executionRoleId: not a role of this Project")
+    problem = rule_problem(fields)
+    if problem:
+        raise ConfigError(f"{source}: {where}: {problem}")
+    info = item.get("fileInfo")
+    columns: dict[str, Any] = {}
+    if info is not None:
+        if not isinstance(info, Mapping):
+            raise ConfigError(f"{source}: {where}.fileInfo: must be a mapping, not {_kind(info)}")
+        checked = _checked(info, _FILE_INFO, (), source, f"{where}.fileInfo")
+        _no_unknown_keys(info, set(_FILE_INFO), source, f"{where}.fileInfo")
+        columns = {
+            "file_name": checked.get("name"),
+            "file_size": checked.get("size"),
+            "file_modified": checked.get("lastModified"),
+        }
+    status = item.get("status", "Active" if info is not None else "Draft")
+    if status not in STATUSES:
+        raise ConfigError(f"{source}: {where}.status: must be one of {', '.join(STATUSES)}")
+    columns["status"] = status
+    return SeedObject(
+        "zambda", fields, _string(item, "id", source, where) or str(uuid.uuid4()), columns
+    )
 
 
-_ALNUM = string.ascii_letters + string.digits
+_PARSERS = {
+    "roles": _role,
+    "applications": _application,
+    "m2mClients": _client,
+    "secrets": _secret,
+    "buckets": _bucket,
+    "zambdas": _zambda,
+}
+
+
+def _upload_status(item: Mapping[str, Any], source: str, where: str) -> dict[str, str]:
+    value = item.get("zambdaStatusAfterUpload") or {}
+    place = f"{source}: {where}.zambdaStatusAfterUpload"
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{place}: must be a mapping of function name to status")
+    for name, status in value.items():
+        if status not in STATUSES:
+            raise ConfigError(f"{place}.{name}: must be one of {', '.join(STATUSES)}")
+    return {str(name): status for name, status in value.items()}
+
+
+def _object(
+    kind: Kind,
+    item: Any,
+    extra_keys: set[str],
+    source: str,
+    where: str,
+    required: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """The API write fields of one seeded object, checked as the API checks them."""
+    if not isinstance(item, Mapping):
+        what = f"{'an' if kind.title[0] in 'aeiouAEIOUM' else 'a'} {kind.title}"
+        raise ConfigError(f"{source}: {where}: {what} must be a mapping, not {_kind(item)}")
+    known = _KNOWN_KEYS.get(kind.name)
+    if known is None:
+        known = _KNOWN_KEYS[kind.name] = {*kind.fields, *extra_keys}
+    if not known.issuperset(item):
+        _no_unknown_keys(item, known, source, where)
+    return _checked(
+        item, kind.fields, kind.required if required is None else required, source, where
+    )
+
+
+_KNOWN_KEYS: dict[str, set[str]] = {}  # by kind: its fields and the seed's own keys
 
 
 def _checked(
     item: Mapping[str, Any],
-    fields: Mapping[str, str],
+    fields: Mapping[str, FieldType],
     required: tuple[str, ...],
     source: str,
     where: str,

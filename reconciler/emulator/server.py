@@ -20,7 +20,7 @@ from typing import Any
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from reconciler import __version__
-from reconciler.emulator.app import MAX_BODY, EmulatorApp, make_app
+from reconciler.emulator.app import EmulatorApp, body_limit, make_app
 from reconciler.emulator.faults import Faults
 from reconciler.emulator.seed import load_seed
 from reconciler.emulator.store import Store
@@ -52,6 +52,10 @@ class _RequestHandler(WSGIRequestHandler):
     # back until the client's delayed ACK (40 ms on Linux).
     disable_nagle_algorithm = True
     wbufsize = 64 * 1024
+    # Errors answered before the app runs (a body too large, a bad request line) are
+    # JSON like the app's; http.server's messages hold no quotes or backslashes.
+    error_content_type = "application/json"
+    error_message_format = '{"message": "%(message)s", "code": %(code)d}'
 
     def handle(self) -> None:
         # BaseHTTPRequestHandler.handle: loop while the connection stays open
@@ -86,7 +90,7 @@ class _RequestHandler(WSGIRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
-        if length < 0 or length > MAX_BODY:
+        if length < 0 or length > body_limit(self.path.partition("?")[0]):
             self.send_error(400 if length < 0 else 413)
             self.close_connection = True
             return
@@ -189,8 +193,9 @@ def serve(
 ) -> Iterator[RunningEmulator]:
     """Run an emulator in a background thread for the duration of a `with` block.
 
-    seed: a YAML path or an already-parsed mapping (SPEC section 6), loaded
-    over whatever `db` holds. port=0 picks a free port; `.url` says which.
+    seed: a YAML path, `demo` (the bundled demo seed) or an already-parsed
+    mapping (SPEC section 6), loaded over whatever `db` holds. port=0 picks
+    a free port; `.url` says which.
     m2m_page_size: the largest page of GET /v1/m2m/v2/list (default: the
     seed's m2mPageSize, else 100).
     """
@@ -265,7 +270,9 @@ def _started(
     try:
         if checked is not None:
             store.load_seed(checked)
-        app = make_app(store, faults, quiet, m2m_page_size)
+        # The Host names it answers to, besides localhost and loopback addresses (421
+        # otherwise): the one it was asked to listen on.
+        app = make_app(store, faults, quiet, m2m_page_size, allowed_hosts=[host.lower()])
         try:
             server = _Server(host, port)
         except OSError as exc:

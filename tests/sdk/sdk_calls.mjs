@@ -110,6 +110,51 @@ try {
   await call('token with the old secret', () => token(client.clientId, first.secret));
   await call('token with the new secret', () => token(client.clientId, second.secret));
 
+  // Secrets, Z3 buckets and Zambda Functions (what Zambdas need, and Zambdas themselves).
+  await call('secret.set', () => dev.secret.set({ name: 'SDK_SECRET', value: 'first value' }));
+  await call('secret.set again', () => dev.secret.set({ name: 'SDK_SECRET', value: 'second value' }));
+  await call('secret.get', () => dev.secret.get({ name: 'SDK_SECRET' }));
+  await call('secret.list', () => dev.secret.list());
+  await call('secret.delete', () => dev.secret.delete({ name: 'SDK_SECRET' }));
+  await refused('secret.get after delete', () => dev.secret.get({ name: 'SDK_SECRET' }));
+
+  await call('z3.createBucket', () => dev.z3.createBucket({ bucketName: 'sdk-visit-notes' }));
+  await call('z3.listBuckets', () => dev.z3.listBuckets());
+  await call('z3.deleteBucket', () => dev.z3.deleteBucket({ bucketName: 'sdk-visit-notes' }));
+  await call('z3.listBuckets after delete', () => dev.z3.listBuckets());
+
+  const fn = await call('zambda.create', () =>
+    dev.zambda.create({
+      name: 'sdk-function',
+      runtime: 'nodejs22.x',
+      triggerMethod: 'cron',
+      schedule: { expression: 'cron(*/5 * * * ? *)', retryPolicy: { maximumRetry: 2 } },
+      timeoutInSeconds: 300,
+      executionRoleId: role.id,
+    }),
+  );
+  await call('zambda.get', () => dev.zambda.get({ id: fn.id }));
+  await call('zambda.get by name', () => dev.zambda.get({ id: 'sdk-function' }));
+  await call('zambda.update', () => dev.zambda.update({ id: fn.id, memorySize: 512 }));
+  await call('zambda.list', () => dev.zambda.list());
+  // The zip as the SDK's docs show it: a Blob, with and without a type and a filename.
+  const zip = new Blob([new Uint8Array([0x50, 0x4b, 0x05, 0x06, ...new Array(18).fill(0)])], {
+    type: 'application/zip',
+  });
+  await call('zambda.uploadFile', () =>
+    dev.zambda.uploadFile({ id: fn.id, file: zip, filename: 'sdk-code.zip' }),
+  );
+  await call('zambda.get after upload', () => dev.zambda.get({ id: fn.id }));
+  await call('zambda.uploadFile without a filename', () =>
+    dev.zambda.uploadFile({ id: 'sdk-function', file: new Blob([new Uint8Array([1, 2, 3])]) }),
+  );
+  await call('zambda.get after the second upload', () => dev.zambda.get({ id: fn.id }));
+  await refused('zambda.create with a taken name', () =>
+    dev.zambda.create({ name: 'sdk-function', runtime: 'python3.13' }),
+  );
+  await call('zambda.delete', () => dev.zambda.delete({ id: fn.id }));
+  await refused('zambda.get after delete', () => dev.zambda.get({ id: fn.id }));
+
   await call('m2m.delete', () => dev.m2m.delete({ id: client.id }));
   await call('application.delete', () => dev.application.delete({ id: app.id }));
   await call('role.delete', () => dev.role.delete({ roleId: role.id }));
