@@ -1,24 +1,29 @@
 """Apply a Plan through the client: refusals first, then the smallest writes.
 
 `refusals()` and `_refuse_stale()` hold every reason not to write, in one
-place, and run before any write. `apply_plan()` then writes each changed
-Project in dependency order (SPEC section 9): creates, updates and renames of
-roles, applications and M2M clients; the settings PATCH; deletes, M2M clients
-first. Each answer is compared with what was asked for; a Project stops at its
-first failure (its remaining writes are reported skipped) and the others go on.
+place, and run before any write. `apply_plan()` then writes every changed
+Project at once, each one level at a time (``levels.py``): creates, updates and
+renames of roles, then applications, then M2M clients; the settings PATCH;
+deletes, M2M clients first. The writes of a level run concurrently, within the
+run's request budget. Each answer is compared with what was asked for. A
+Project's first failure stops it: no new write of it starts, the writes in
+flight finish and are reported, the rest are skipped; other Projects go on.
+Outcomes are reported in plan order whatever order the answers come in.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from reconciler.client import ClientCredentials, ProjectApi, resolve_credentials, same_url
 from reconciler.errors import ApiError, ReconcilerError, RefusedError, UncertainWriteError
 from reconciler.escape import plural
-from reconciler.fleet import IN_FLIGHT, Stopper, run_each
 from reconciler.kinds import BY_NAME, M2M, ROLE, Kind
+from reconciler.levels import LEVELS, SETTINGS, Level
 from reconciler.objects import is_ref, object_fingerprint
 from reconciler.plan import (
     CHANGED,
@@ -31,6 +36,7 @@ from reconciler.plan import (
     unconverged,
 )
 from reconciler.render import APPLIED, FAILED, SKIPPED, UNKNOWN, ObjectOutcome, Outcome
+from reconciler.schedule import Pool, Stopper, Tasks, TasksState
 
 IN_FLIGHT_MESSAGE = (
     "the {what} was in flight when the apply was interrupted; plan again to see whether it "
@@ -71,50 +77,76 @@ def apply_plan(
     api: ProjectApi,
     env: Mapping[str, str],
     *,
-    concurrency: int = 8,
+    pool: Pool | None = None,
     verify_fresh: bool = False,
     stopper: Stopper | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Outcome]:
-    """PATCH every changed Project; one outcome per Project in the plan, in plan order.
+    """Write every changed Project; one outcome per Project in the plan, in plan order.
 
-    With `verify_fresh` (a saved plan), each changed Project is read once first and the
-    whole apply is refused, before any PATCH, if any of them changed since the plan.
+    With `verify_fresh` (a saved plan), what each changed Project's plan writes is read
+    once first and the whole apply is refused, before any write, if any of it changed
+    since the plan.
     """
+    pool = pool or Pool(api.budget.concurrency)
     changed = plan.changed
     failures: dict[str, str] = {}
     if verify_fresh:
-        failures = _refuse_stale(changed, api, env, concurrency=concurrency)
+        failures = _refuse_stale(changed, api, env, pool)
     to_write = [p for p in changed if p.project_id not in failures]
 
-    writers = {p.project_id: ProjectWriter(p, api, env) for p in to_write}
+    done = threading.Event()
+    counts = {"started": 0, "finished": 0, "all started": False}
+    lock = threading.Lock()
 
-    def write(project: ProjectPlan) -> Outcome:
-        return writers[project.project_id].run()
+    def settled() -> None:
+        if counts["all started"] and counts["finished"] == counts["started"]:
+            done.set()
 
-    written = run_each(
-        to_write,
-        write,
-        concurrency=concurrency,
-        stopper=stopper,
-        progress=progress,
-        abandon=api.abort,
-    )
-    by_id = {p.project_id: o for p, o in zip(to_write, written, strict=True)}
+    def one_done() -> None:
+        with lock:
+            counts["finished"] += 1
+            finished = counts["finished"]
+            settled()
+        if progress:
+            progress(finished, len(to_write))
+
+    writers = [
+        ProjectWriter(p, api, env, pool, order, stopper=stopper, on_done=one_done)
+        for order, p in enumerate(to_write)
+    ]
+    try:
+        for writer in writers:
+            if stopper is not None and stopper.stopped:
+                break
+            with lock:
+                counts["started"] += 1
+            writer.start()
+    except KeyboardInterrupt:
+        # Interrupted while Projects were still being started: those started get the
+        # grace below, the rest are reported not started.
+        if stopper is None:
+            api.abort()
+            raise
+        stopper.stop()
+    with lock:
+        counts["all started"] = True
+        settled()
+
+    def abandon() -> None:
+        for writer in writers:
+            writer.freeze()
+        api.abort()
+
+    pool.wait(done, stopper=stopper, abandon=abandon)
+    by_id = {w.project.project_id: w.outcome() for w in writers}
     outcomes = []
     for project in plan.projects:
         if project.status == CHANGED:
-            result = by_id.get(project.project_id)
             if project.project_id in failures:
                 outcomes.append(_outcome(project, FAILED, failures[project.project_id]))
-            elif result is IN_FLIGHT:
-                outcomes.append(writers[project.project_id].interrupted())
-            elif isinstance(result, Outcome):
-                outcomes.append(result)
             else:
-                outcomes.append(
-                    _outcome(project, SKIPPED, "not started: the apply was interrupted")
-                )
+                outcomes.append(by_id[project.project_id])
         elif project.status == UNCHANGED:
             outcomes.append(_outcome(project, UNCHANGED))
         else:
@@ -122,90 +154,165 @@ def apply_plan(
     return outcomes
 
 
-class ProjectWriter:
-    """Writes one Project's plan in order, stopping at its first failure."""
+WriteStep = Callable[["ProjectWriter", Any, ObjectChange], None]
+SETTINGS_INDEX = -1  # the settings PATCH's place among a Project's writes (before any object)
 
-    def __init__(self, project: ProjectPlan, api: ProjectApi, env: Mapping[str, str]) -> None:
+
+class ProjectWriter:
+    """Writes one Project's plan, a level at a time (``levels.py``), the writes of a
+    level concurrently; stops at its first failure or when the run is interrupted."""
+
+    def __init__(
+        self,
+        project: ProjectPlan,
+        api: ProjectApi,
+        env: Mapping[str, str],
+        pool: Pool,
+        order: int,
+        *,
+        stopper: Stopper | None = None,
+        on_done: Callable[[], None] = lambda: None,
+    ) -> None:
         self.project = project
         self.api = api
         self.env = env
+        self.stopper = stopper
+        self.on_done = on_done
+        self.changes = list(project.objects)
         self.created: dict[str, str] = {}  # role name -> id, for refs
-        self.results: list[ObjectOutcome] = []
-        self.current: ObjectChange | None = None  # the object write in flight, if any
-
-    def interrupted(self) -> Outcome:
-        """The outcome when the run was interrupted while this Project was being written:
-        what was written, the write in flight as unknown, the rest skipped."""
-        done = {(o.kind, o.name) for o in self.results}
-        results = list(self.results)
-        what = "PATCH"
-        for change in self.project.objects:
-            if (change.kind, change.name) in done:
+        self.credentials: Any = None
+        self.tasks = Tasks(
+            pool, order, self._next_level, errors=ReconcilerError, skip="all", stopper=stopper
+        )
+        # The rounds this Project needs: (level number, level, indexes of its changes).
+        self.rounds: list[tuple[int, Level, list[int]]] = []
+        for number, level in enumerate(LEVELS):
+            if level.name == SETTINGS:
+                if project.patch:
+                    self.rounds.append((number, level, [SETTINGS_INDEX]))
                 continue
-            if change is self.current:
-                what = f"write of {change.kind} {change.name!r}"
-                message = IN_FLIGHT_MESSAGE.format(what="write")
-                results.append(_object_outcome(change, UNKNOWN, message))
-            else:
-                results.append(_object_outcome(change, SKIPPED, "not started: interrupted"))
-        return _outcome(self.project, UNKNOWN, IN_FLIGHT_MESSAGE.format(what=what), objects=results)
+            taken = [
+                index
+                for index, change in enumerate(self.changes)
+                if level.takes(change.kind, change.action, _fields(change))
+            ]
+            if taken:
+                self.rounds.append((number, level, taken))
+        self._round = -1
+        self._lock = threading.Lock()
+        self._error: str | None = None  # a failure before any write (credentials, /m2m/me)
+        self._started = False
+        self._finished = False
+        self._frozen: TasksState | None = None
 
-    def run(self) -> Outcome:
-        project = self.project
-        writes = [o for o in project.objects if o.action != "delete"]
-        deletes = [o for o in project.objects if o.action == "delete"]
+    def start(self) -> None:
+        self._started = True
         try:
-            credentials = resolve_credentials(project.auth, self.env)
-            self._refuse_deleting_self(credentials, deletes)
+            self.credentials = resolve_credentials(self.project.auth, self.env)
         except ReconcilerError as exc:
-            return self._stopped(str(exc), project.objects)
-        for index, change in enumerate(writes):
-            error = self._guarded(lambda c=change: self._write_object(credentials, c), change)
-            if error:
-                return self._stopped(error, writes[index + 1 :] + deletes, failed=change)
-        if project.patch:
-            error = self._guarded(lambda: self._patch_settings(credentials))
-            if error:
-                return self._stopped(error, deletes)
-        for index, change in enumerate(deletes):
-            error = self._guarded(lambda c=change: self._delete_object(credentials, c), change)
-            if error:
-                return self._stopped(error, deletes[index + 1 :], failed=change)
-        return _outcome(project, APPLIED, objects=self.results)
-
-    def _guarded(self, step: Callable[[], None], change: ObjectChange | None = None) -> str | None:
-        self.current = change
-        try:
-            step()
-        except ReconcilerError as exc:
-            return str(exc)
-        finally:
-            self.current = None
-        return None
-
-    def _stopped(
-        self,
-        error: str,
-        rest: Sequence[ObjectChange],
-        *,
-        failed: ObjectChange | None = None,
-    ) -> Outcome:
-        results = list(self.results)
-        if failed is not None:
-            results.append(_object_outcome(failed, FAILED, error))
-        results += [
-            _object_outcome(c, SKIPPED, "not started: an earlier write failed") for c in rest
-        ]
-        where = f"{failed.kind} {failed.name!r}: " if failed else ""
-        return _outcome(self.project, FAILED, where + error, objects=results)
-
-    def _refuse_deleting_self(self, credentials: Any, deletes: Sequence[ObjectChange]) -> None:
-        """Plan and apply may run as different clients: check /m2m/me again before writing."""
-        m2m_deletes = [c for c in deletes if c.kind == M2M.name]
-        if not m2m_deletes or not isinstance(credentials, ClientCredentials):
+            self._error = str(exc)
+            self._finish()
             return
-        me = self.api.m2m_me(self.project.project_id, credentials)
-        for change in m2m_deletes:
+        deletes = [c for c in self.changes if c.kind == M2M.name and c.action == "delete"]
+        if deletes and isinstance(self.credentials, ClientCredentials):
+            # Plan and apply may run as different clients: check /m2m/me again first.
+            self.tasks.spawn((-1,), partial(self._refuse_deleting_self, deletes))
+        else:
+            self._next_level(self.tasks)
+
+    def _next_level(self, tasks: Tasks) -> None:
+        """The level before has ended: the next one with writes, or the end."""
+        stopped = self.stopper is not None and self.stopper.stopped
+        if tasks.failures or stopped or self._round + 1 >= len(self.rounds):
+            self._finish()
+            return
+        self._round += 1
+        number, level, indexes = self.rounds[self._round]
+        if level.name == SETTINGS:
+            tasks.spawn((number, SETTINGS_INDEX), self._patch_settings)
+            return
+        step = PHASE_WRITERS[level.phase.name]
+        tasks.spawn_all(
+            ((number, index), partial(step, self, self.credentials, self.changes[index]))
+            for index in indexes
+        )
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+        self.on_done()
+
+    def freeze(self) -> None:
+        """The run gives up on what is in flight: keep the state as it is now (the
+        requests about to be cut would otherwise turn into failures)."""
+        self._frozen = self.tasks.snapshot()
+
+    def outcome(self) -> Outcome:
+        """What was done: every write in plan order as applied, failed, skipped, or (its
+        answer abandoned when the run was interrupted) unknown."""
+        project = self.project
+        if not self._started:
+            return _outcome(project, SKIPPED, "not started: the apply was interrupted")
+        state = self._frozen or self.tasks.snapshot()
+        failure = state.first_failure
+        in_flight = sorted(state.running) if self._frozen else []
+        results = []
+        for index, change in enumerate(self.changes):
+            keys = [(number, index) for number, _, indexes in self.rounds if index in indexes]
+            failed = next((state.failures[k] for k in keys if k in state.failures), None)
+            if failed is not None:
+                status, message = FAILED, str(failed)
+            elif any(k in state.running for k in keys) and self._frozen:
+                status, message = UNKNOWN, IN_FLIGHT_MESSAGE.format(what="write")
+            elif keys and all(k in state.finished for k in keys):
+                status, message = APPLIED, None
+            elif failure is not None or self._error is not None:
+                status, message = SKIPPED, "not started: an earlier write failed"
+            else:
+                status, message = SKIPPED, "not started: interrupted"
+            results.append(_object_outcome(change, status, message))
+        if self._error is not None:
+            return _outcome(project, FAILED, self._error, objects=results)
+        if failure is not None:
+            key, error = failure
+            return _outcome(project, FAILED, self._where(key) + str(error), objects=results)
+        if in_flight:
+            what = self._where(in_flight[0], write=True) or "PATCH"
+            if len(in_flight) > 1:
+                what += f" (and {len(in_flight) - 1} more)"
+            message = IN_FLIGHT_MESSAGE.format(what=what)
+            return _outcome(project, UNKNOWN, message, objects=results)
+        written = [key for key in state.finished if len(key) == 2]  # not the /m2m/me check
+        if len(written) < sum(len(indexes) for _, _, indexes in self.rounds):
+            # Interrupted between levels: what was written is applied, the rest was not begun.
+            if not written:
+                return _outcome(
+                    project, SKIPPED, "not started: the apply was interrupted", objects=results
+                )
+            message = (
+                f"interrupted after {plural(len(written), 'write')}; "
+                "the rest were not started: plan again to see them"
+            )
+            return _outcome(project, SKIPPED, message, objects=results)
+        return _outcome(project, APPLIED, objects=results)
+
+    def _where(self, key: tuple, *, write: bool = False) -> str:
+        """ "role 'Staff': " for the key of an object's write ("write of role 'Staff'"
+        with `write`); "" for the settings PATCH and the checks before any write."""
+        if len(key) < 2 or key[1] < 0:
+            return ""
+        change = self.changes[key[1]]
+        return (
+            f"write of {change.kind} {change.name!r}"
+            if write
+            else f"{change.kind} {change.name!r}: "
+        )
+
+    def _refuse_deleting_self(self, deletes: Sequence[ObjectChange]) -> None:
+        me = self.api.m2m_me(self.project.project_id, self.credentials)
+        for change in deletes:
             if change.id == me.get("id"):
                 raise RefusedError(
                     f"m2m {change.name!r} is the client this apply runs as; it is never "
@@ -219,7 +326,8 @@ class ProjectWriter:
         if change.action == "create":
             answer = self._create(kind, credentials, body, change.name)
             if kind is ROLE:
-                self.created[change.name] = answer["id"]
+                with self._lock:
+                    self.created[change.name] = answer["id"]
         else:
             answer = self.api.update_object(kind, pid, credentials, change.id, body)
         missed = [
@@ -232,7 +340,6 @@ class ProjectWriter:
             raise ConvergenceError(
                 "did not converge: the API answered with other values for " + ", ".join(missed)
             )
-        self.results.append(_object_outcome(change, APPLIED))
 
     def _create(self, kind: Kind, credentials: Any, body: Mapping[str, Any], name: str) -> dict:
         """POST; when the answer is lost, the list says whether the create happened."""
@@ -250,10 +357,10 @@ class ProjectWriter:
                     raise
         raise AssertionError("unreachable")
 
-    def _patch_settings(self, credentials: Any) -> None:
+    def _patch_settings(self) -> None:
         project = self.project
         patch = self._resolve(project.patch)
-        answer = self.api.patch_project(project.project_id, credentials, patch)
+        answer = self.api.patch_project(project.project_id, self.credentials, patch)
         resolved = replace(
             project,
             changes=tuple(replace(c, after=self._resolve(c.after)) for c in project.changes),
@@ -267,20 +374,33 @@ class ProjectWriter:
     def _delete_object(self, credentials: Any, change: ObjectChange) -> None:
         kind = BY_NAME[change.kind]
         self.api.delete_object(kind, self.project.project_id, credentials, change.id)
-        self.results.append(_object_outcome(change, APPLIED))
 
     def _resolve(self, value: Any) -> Any:
         """Refs to roles this plan created, replaced by their new ids."""
         if is_ref(value):
             name = value["ref"]["name"]
-            if name not in self.created:
+            with self._lock:
+                role_id = self.created.get(name)
+            if role_id is None:
                 raise RefusedError(f"role {name!r} was to be created first, but was not")
-            return self.created[name]
+            return role_id
         if isinstance(value, dict):
             return {key: self._resolve(item) for key, item in value.items()}
         if isinstance(value, list):
             return [self._resolve(item) for item in value]
         return value
+
+
+# The writer of each phase a kind may declare (kinds.Phase): a later kind's phase
+# registers its own here (see levels.py).
+PHASE_WRITERS: dict[str, WriteStep] = {
+    "write": ProjectWriter._write_object,
+    "delete": ProjectWriter._delete_object,
+}
+
+
+def _fields(change: ObjectChange) -> frozenset[str]:
+    return frozenset(c.field for c in change.changes)
 
 
 class ConvergenceError(ReconcilerError):
@@ -294,66 +414,100 @@ def _fields_absent(answer: Mapping[str, Any], names: Sequence[str]) -> bool:
 
 
 def _refuse_stale(
-    changed: Sequence[ProjectPlan], api: ProjectApi, env: Mapping[str, str], *, concurrency: int
+    changed: Sequence[ProjectPlan], api: ProjectApi, env: Mapping[str, str], pool: Pool
 ) -> dict[str, str]:
     """Re-read what each changed Project's plan writes, once: its settings when they change
     (GET /project), each object it updates, renames or deletes (one GET each), and the list
-    of each kind it creates in (a name it creates must still be free). Stale ones refuse
-    the whole apply; ones that cannot be read fail on their own (returned), so the others
-    still apply."""
+    of each kind it creates in (a name it creates must still be free), all at once within
+    the run's budget. Stale ones refuse the whole apply; ones that cannot be read fail on
+    their own (returned), so the others still apply."""
+    done = threading.Event()
+    remaining = [len(changed)]
+    lock = threading.Lock()
+    checks = []
 
-    def check(project: ProjectPlan) -> tuple[str, str | None]:
+    def checked(tasks: Tasks) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                done.set()
+
+    for order, project in enumerate(changed):
+        tasks = Tasks(pool, order, checked, errors=ReconcilerError)
+        checks.append(tasks)
         try:
             credentials = resolve_credentials(project.auth, env)
-            if project.changes:
-                live = normalise_live(api.get_project(project.project_id, credentials))
-                if fingerprint(live, project.managed_keys) != project.live_fingerprint:
-                    return "stale", "settings"
-            creates: dict[str, set[str]] = {}
-            for change in project.objects:
-                if change.id is None:
-                    creates.setdefault(change.kind, set()).add(change.name)
-                    continue
-                kind = BY_NAME[change.kind]
-                try:
-                    live_object = api.get_object(kind, project.project_id, credentials, change.id)
-                except ApiError as exc:
-                    if exc.status == 404:
-                        return "stale", f"{kind.name} {change.name!r} is gone"
-                    raise
-                changes = [c.to_dict() for c in change.changes]
-                if object_fingerprint(kind, changes, live_object) != change.live_fingerprint:
-                    return "stale", f"{kind.name} {change.name!r}"
-            # A name the plan creates must still be free, or apply would make a second one.
-            for kind_name, names in creates.items():
-                kind = BY_NAME[kind_name]
-                live_names = {
-                    o["name"] for o in api.list_objects(kind, project.project_id, credentials)
-                }
-                taken = sorted(names & live_names)
-                if taken:
-                    return "stale", f"{kind.name} {', '.join(map(repr, taken))} exists now"
         except ReconcilerError as exc:
-            return "unreadable", str(exc)
-        return "fresh", None
+            tasks.failures[(0,)] = exc
+            checked(tasks)
+            continue
+        tasks.spawn_all(_freshness_reads(project, api, credentials))
+    if not changed:
+        done.set()
+    pool.wait(done, abandon=api.abort)
 
-    results = run_each(changed, check, concurrency=concurrency, abandon=api.abort)
-    stale = [
-        (p, r[1])
-        for p, r in zip(changed, results, strict=True)
-        if isinstance(r, tuple) and r[0] == "stale"
-    ]
+    stale, unreadable = [], {}
+    for project, tasks in zip(changed, checks, strict=True):
+        failure = tasks.first_failure
+        if failure is None:
+            continue
+        if isinstance(failure[1], _Stale):
+            stale.append((project, str(failure[1])))
+        else:
+            unreadable[project.project_id] = str(failure[1])
     if stale:
         named = ", ".join(f"{p.file} ({p.project_id}): {what}" for p, what in stale)
         raise RefusedError(
             f"stale plan: live values changed since the plan was made: {named}; "
             "nothing was applied. Make a new plan and review it."
         )
-    return {
-        p.project_id: r[1]
-        for p, r in zip(changed, results, strict=True)
-        if isinstance(r, tuple) and r[0] == "unreadable"
-    }
+    return unreadable
+
+
+class _Stale(ReconcilerError):
+    """What changed live since the plan was made."""
+
+
+def _freshness_reads(project: ProjectPlan, api: ProjectApi, credentials: Any) -> list:
+    """The reads that say whether a Project's plan is still fresh, keyed in plan order;
+    each raises _Stale naming what changed."""
+    pid = project.project_id
+    reads = []
+
+    def settings() -> None:
+        live = normalise_live(api.get_project(pid, credentials))
+        if fingerprint(live, project.managed_keys) != project.live_fingerprint:
+            raise _Stale("settings")
+
+    def one(change: ObjectChange) -> None:
+        kind = BY_NAME[change.kind]
+        try:
+            live_object = api.get_object(kind, pid, credentials, change.id)
+        except ApiError as exc:
+            if exc.status == 404:
+                raise _Stale(f"{kind.name} {change.name!r} is gone") from None
+            raise
+        changes = [c.to_dict() for c in change.changes]
+        if object_fingerprint(kind, changes, live_object) != change.live_fingerprint:
+            raise _Stale(f"{kind.name} {change.name!r}")
+
+    def names_free(kind: Kind, names: set[str]) -> None:
+        # A name the plan creates must still be free, or apply would make a second one.
+        taken = sorted(names & {o["name"] for o in api.list_objects(kind, pid, credentials)})
+        if taken:
+            raise _Stale(f"{kind.name} {', '.join(map(repr, taken))} exists now")
+
+    if project.changes:
+        reads.append(((0,), settings))
+    creates: dict[str, set[str]] = {}
+    for index, change in enumerate(project.objects):
+        if change.id is None:
+            creates.setdefault(change.kind, set()).add(change.name)
+        else:
+            reads.append(((1, index), partial(one, change)))
+    for index, (kind_name, names) in enumerate(creates.items()):
+        reads.append(((2, index), partial(names_free, BY_NAME[kind_name], names)))
+    return reads
 
 
 def _outcome(

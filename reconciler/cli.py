@@ -33,9 +33,55 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+# Commands whose modules are imported only when they run (start-up time: `--help`,
+# `--version` and `validate` should not pay for httpx): name -> (module, attribute, the
+# first line of its help, shown by `--help`; a test holds it equal to the command's).
+LAZY_COMMANDS = {
+    "github": (
+        "reconciler.github",
+        "github",
+        "Talk to GitHub for the workflows: the plan comment, the drift issue, the guard.",
+    ),
+    "init": (
+        "reconciler.init",
+        "init",
+        "Set up a settings repository: project files, schema, workflows, pre-commit.",
+    ),
+}
+
+
 class ReconcilerGroup(click.Group):
     """Exit codes as SPEC section 4 wants them: usage errors exit 1 (never 2, which means
-    "changes"), and our errors print one `Error: ...` line and exit 1, never a traceback."""
+    "changes"), and our errors print one `Error: ...` line and exit 1, never a traceback.
+
+    The commands of LAZY_COMMANDS are loaded when they are run (or asked for by name)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            import importlib
+
+            module, attribute, _ = LAZY_COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list, without importing the lazy commands for their help line."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in LAZY_COMMANDS and name not in self.commands:
+                placeholder = click.Command(name, help=LAZY_COMMANDS[name][2])
+                rows.append((name, placeholder.get_short_help_str(limit)))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def main(self, *args, **kwargs):  # type: ignore[override]
         kwargs["standalone_mode"] = False
@@ -134,10 +180,10 @@ def _plan_command(fn: Callable) -> Callable:
 def plan(paths, fmt, out, detailed_exitcode, **options) -> None:
     """Show what apply would change: files vs the live Projects.
 
-    Validates every file first (any problem stops before a request), reads
-    each Project (and the lists and objects its file manages, no more), and
-    prints the changes. Exit 0 ok, 1 any error, 2 with --detailed-exitcode
-    when something would change.
+    Validates every file (any problem stops the run before any output or
+    write), reads each Project as soon as its file is valid (and the lists and
+    objects its file manages, no more), and prints the changes. Exit 0 ok,
+    1 any error, 2 with --detailed-exitcode when something would change.
 
     \b
       reconciler plan
@@ -372,6 +418,13 @@ def compare(a, b, root, raw, fmt, detailed_exitcode) -> None:
     default=0,
     help="Every Nth /v1 or /oauth request answers 429 with Retry-After: 1.",
 )
+@click.option(
+    "--rate-limit-rps",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    help="A token bucket per access token: R requests a second (burst R), else 429 with "
+    "Retry-After.",
+)
 @click.option("--fault-seed", type=int, default=None, help="Seed that makes faults repeatable.")
 @click.option(
     "--m2m-page-size",
@@ -396,12 +449,3 @@ def emulator(**options) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of `python -m reconciler`."""
     cli.main(args=argv, prog_name="reconciler")
-
-
-from reconciler.github import github  # noqa: E402
-
-cli.add_command(github)
-
-from reconciler.init import init  # noqa: E402
-
-cli.add_command(init)

@@ -1,4 +1,4 @@
-"""The Oystehr Project API over httpx: credentials, tokens, headers, retries, errors.
+"""The Oystehr Project API: credentials, tokens, headers, retries, errors.
 
 Everything that leaves this module as an exception is one of ours (errors.py),
 its message free of tokens and client secrets.
@@ -9,17 +9,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import random
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
-
-import httpx
 
 from reconciler import __version__
 from reconciler.errors import (
@@ -33,21 +31,33 @@ from reconciler.errors import (
 )
 from reconciler.escape import add_secrets, plural, redact, without_userinfo
 from reconciler.kinds import Kind
-from reconciler.transport import Abandoned, default_transport
+from reconciler.schedule import Budget, Interrupted
+from reconciler.urls import AUDIENCE, DEFAULT_API_URL, DEFAULT_AUTH_URL
+from reconciler.wire import Abandoned as Cut
+from reconciler.wire import (
+    Answer,
+    ConnectError,
+    NetworkError,
+    RemoteProtocolError,
+    TimeoutException,
+    Wire,
+    WireError,
+    proxies_configured,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API_URL = "https://project-api.zapehr.com/v1"
-DEFAULT_AUTH_URL = "https://auth.zapehr.com/oauth/token"
-AUDIENCE = "https://api.zapehr.com"
 
 RETRYABLE_STATUS = frozenset({408, 500, 502, 503, 504})
-MAX_RETRY_AFTER = 30.0
 MAX_RATE_LIMITED_IN_A_ROW = 10
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
 USER_AGENT = f"reconciler/{__version__}"
 PAGE_SIZE = 100
+# A kind's list longer than this is an error, never an endless read (a server whose
+# cursor never ends, or a list no Project really holds).
+MAX_PAGES = 1_000
+MAX_OBJECTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -159,7 +169,12 @@ def same_url(a: str, b: str) -> bool:
 
 
 class ProjectApi:
-    """One run's connection to the Project API; safe to share between threads."""
+    """One run's connection to the Project API; safe to share between threads.
+
+    Every request, token requests included, takes a slot of the run's `budget`
+    (schedule.Budget) while it is in flight: that is what bounds the run's requests and
+    shares a rate limit's pause between threads.
+    """
 
     def __init__(
         self,
@@ -169,20 +184,31 @@ class ProjectApi:
         timeout: float = 30.0,
         retries: int = 4,
         max_connections: int = 16,
-        transport: httpx.BaseTransport | None = None,
+        transport: Any = None,
         sleep: Callable[[float], Any] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.api_url = check_url(api_url, "--api-url (OYSTEHR_PROJECT_API_URL)").rstrip("/")
         self.auth_url = check_url(auth_url, "--auth-url (OYSTEHR_AUTH_URL)")
         self.retries = retries
         self._aborted = threading.Event()
-        # Waits (backoff, Retry-After) end early when the run is interrupted.
+        self.budget = budget or Budget(max_connections)
+        self._api_origin, self._auth_origin = _origin(self.api_url), _origin(self.auth_url)
+        # Backoff waits end early when the run is interrupted.
         self._sleep = sleep or self._aborted.wait
-        # Requests go straight to the transport: httpx's Client layers (cookies, redirects,
-        # auth flows, URL merging) cost a third of the CPU per request and none is needed.
-        self._transport = transport or default_transport(max_connections=max_connections)
-        self._timeout = httpx.Timeout(timeout).as_dict()
+        # Requests go straight to the wire (standard library only; see wire.py), unless a
+        # proxy is configured or an httpx transport is given (a test's, say): then httpx.
+        if transport is None and not proxies_configured():
+            self._sender: Any = Wire()
+        else:
+            from reconciler.transport import ClientTransport, HttpxSender
+
+            self._sender = HttpxSender(
+                transport or ClientTransport(max_connections=max_connections)
+            )
+        self._timeout = timeout
         self._tokens: dict[tuple[str, str], str] = {}
+        self._remembered: set[str] = set()
         self._token_locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -193,15 +219,14 @@ class ProjectApi:
         self.close()
 
     def close(self) -> None:
-        self._transport.close()
+        self._sender.close()
 
     def abort(self) -> None:
         """The run was interrupted: cut the requests in flight, send no more. Threads
         waiting on an answer get a TransportError at once."""
         self._aborted.set()
-        abort = getattr(self._transport, "abort", None)
-        if abort is not None:
-            abort()
+        self.budget.abort()
+        self._sender.abort()
 
     # The Project API --------------------------------------------------------------
 
@@ -237,25 +262,30 @@ class ProjectApi:
 
     def list_objects(self, kind: Kind, project_id: str, credentials: Credentials) -> list[dict]:
         """Every live object of a kind: every page of a paged list, never more."""
-        if not kind.paged:
-            items = self._call("GET", kind.list_path, project_id, credentials)
-            return _objects(items, f"GET {self.api_url}{kind.list_path}")
-        items: list[dict] = []
-        cursors: set[str] = set()
-        query = f"?limit={PAGE_SIZE}"
+        pages = Pages(f"GET {self.api_url}{kind.list_path}")
+        cursor = None
         while True:
-            page = self._call("GET", kind.list_path + query, project_id, credentials)
-            what = f"GET {self.api_url}{kind.list_path}"
-            page = expect_object(page, what, required=("data",))
-            items += _objects(page["data"], f"{what}: data")
-            metadata = expect(page.get("metadata") or {}, dict, f"{what}: metadata")
-            cursor = expect(metadata.get("nextCursor"), (str, type(None)), f"{what}: nextCursor")
-            if not cursor:
-                return items
-            if cursor in cursors:
-                raise ShapeError(f"{what}: nextCursor repeats; refusing to loop")
-            cursors.add(cursor)
-            query = f"?limit={PAGE_SIZE}&cursor={quote(cursor, safe='')}"
+            items, cursor = self.list_page(kind, project_id, credentials, cursor)
+            if not pages.add(items, cursor):
+                return pages.items
+
+    def list_page(
+        self, kind: Kind, project_id: str, credentials: Credentials, cursor: str | None = None
+    ) -> tuple[list[dict], str | None]:
+        """One page of a kind's list and the cursor of the next (None: the last page; an
+        unpaged list is one page). `Pages` bounds the whole."""
+        what = f"GET {self.api_url}{kind.list_path}"
+        if not kind.paged:
+            return _objects(self._call("GET", kind.list_path, project_id, credentials), what), None
+        query = f"?limit={PAGE_SIZE}"
+        if cursor:
+            query += f"&cursor={quote(cursor, safe='')}"
+        page = self._call("GET", kind.list_path + query, project_id, credentials)
+        page = expect_object(page, what, required=("data",))
+        items = _objects(page["data"], f"{what}: data")
+        metadata = expect(page.get("metadata") or {}, dict, f"{what}: metadata")
+        cursor = expect(metadata.get("nextCursor"), (str, type(None)), f"{what}: nextCursor")
+        return items, cursor or None
 
     def get_object(
         self, kind: Kind, project_id: str, credentials: Credentials, object_id: str
@@ -376,35 +406,45 @@ class ProjectApi:
         self._remember_secret(token)
         return token
 
-    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def _send(self, method: str, url: str, **kwargs: Any) -> Answer:
         """Send with retries: backoff with jitter on 408/5xx and connection errors,
-        Retry-After on 429 (not counted against --retries, at most 10 in a row)."""
+        Retry-After on 429 (not counted against --retries, at most 10 in a row; the
+        budget's shared pause does the waiting)."""
         headers = kwargs.pop("headers")
         idempotent = kwargs.pop("idempotent", True)
+        doc = kwargs.pop("json", None)
+        body = None
+        if doc is not None:
+            body = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            body = body.encode()
         attempt = 0
         rate_limited = 0
         while True:
             if self._aborted.is_set():
                 raise TransportError(f"{method} {url}: not sent: the run was interrupted")
-            request_id = str(uuid.uuid4())
-            started = time.monotonic()
-            request = httpx.Request(
-                method,
-                url,
-                headers={**headers, "user-agent": USER_AGENT, "x-oystehr-request-id": request_id},
-                extensions={"timeout": self._timeout},
-                **kwargs,
-            )
+            request_id = _request_id()
+            sent = [
+                *headers.items(),
+                ("user-agent", USER_AGENT),
+                ("x-oystehr-request-id", request_id),
+            ]
             try:
-                response = self._transport.handle_request(request)
-                try:
-                    response.read()
-                finally:
-                    response.close()
-            except Abandoned as exc:
+                origin = self._auth_origin if url == self.auth_url else self._api_origin
+                with self.budget.slot(origin) as slot:
+                    started = time.monotonic()
+                    response = self._sender.send(
+                        method,
+                        url,
+                        sent,
+                        body,
+                        timeout=self._timeout,
+                        connect_timeout=self._timeout,
+                    )
+                    slot.answered(response.status_code, response.headers.get("retry-after"))
+            except (Interrupted, Cut) as exc:
                 raise TransportError(f"{method} {url}: {exc}") from None
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                if not idempotent and not isinstance(exc, httpx.ConnectError):
+            except (TimeoutException, NetworkError, RemoteProtocolError) as exc:
+                if not idempotent and not isinstance(exc, ConnectError):
                     raise UncertainWriteError(
                         f"{method} {url}: {type(exc).__name__}; it may have been carried out"
                     ) from None
@@ -416,7 +456,7 @@ class ProjectApi:
                 attempt += 1
                 self._backoff(attempt, f"{method} {url}: {type(exc).__name__}")
                 continue
-            except httpx.HTTPError as exc:
+            except WireError as exc:
                 raise TransportError(f"{method} {url}: {self._redact(str(exc))}") from None
             log.debug(
                 "%s %s -> %s in %.0f ms (request %s)",
@@ -427,10 +467,9 @@ class ProjectApi:
                 request_id,
             )
             if response.status_code == 429 and rate_limited < MAX_RATE_LIMITED_IN_A_ROW:
+                # The budget holds every new request to this API until Retry-After: this
+                # one too, once it asks for a slot again.
                 rate_limited += 1
-                wait = _retry_after(response.headers.get("retry-after"))
-                log.debug("rate limited: waiting %.1f s", wait)
-                self._sleep(wait)
                 continue
             rate_limited = 0
             if not idempotent and response.status_code in RETRYABLE_STATUS:
@@ -449,7 +488,7 @@ class ProjectApi:
         log.debug("%s; retry %d of %d in %.2f s", why, attempt, self.retries, delay)
         self._sleep(delay)
 
-    def _decode(self, response: httpx.Response, what: str, *, auth: bool = False) -> Any:
+    def _decode(self, response: Answer, what: str, *, auth: bool = False) -> Any:
         """The answer's JSON, or one line saying what went wrong: status, what was sent
         back (never an HTML page itself) and, where it helps, which URL to check."""
         status = response.status_code
@@ -477,7 +516,7 @@ class ProjectApi:
         return doc
 
     @staticmethod
-    def _content(response: httpx.Response) -> str:
+    def _content(response: Answer) -> str:
         kind = response.headers.get("content-type", "").split(";")[0].strip()
         if not response.content:
             return "an empty body"
@@ -501,14 +540,16 @@ class ProjectApi:
             return "; the server, or a proxy in front of it, failed"
         return "; is the API URL right? (--api-url)"
 
-    def _message(self, response: httpx.Response) -> str:
+    def _message(self, response: Answer) -> str:
         doc = _json_or_none(response)
         if isinstance(doc, dict) and isinstance(doc.get("message"), str):
             return redact(doc["message"])
         return f"{response.status_code} with {self._content(response)}"
 
     def _remember_secret(self, secret: str) -> None:
-        add_secrets([secret])
+        if secret not in self._remembered:  # once each: every request passes here
+            add_secrets([secret])
+            self._remembered.add(secret)
 
     def _redact(self, text: str) -> str:
         return redact(text)
@@ -609,16 +650,52 @@ def _objects(value: Any, what: str) -> list[dict]:
     return value
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+def _json_or_none(response: Answer) -> Any:
     try:
-        return response.json()
+        return json.loads(response.content)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
-def _retry_after(value: str | None) -> float:
-    try:
-        seconds = float(value) if value is not None else 1.0
-    except ValueError:
-        seconds = 1.0
-    return max(0.0, min(seconds, MAX_RETRY_AFTER))
+def _request_id() -> str:
+    """A random (version 4) UUID, without importing uuid (which imports platform)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class Pages:
+    """A kind's list as it is read, page after page: at most MAX_PAGES pages and
+    MAX_OBJECTS objects, and a cursor that repeats is an error, not a loop."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.items: list[dict] = []
+        self.pages = 0
+        self._cursors: set[str] = set()
+
+    def add(self, items: list[dict], cursor: str | None) -> bool:
+        """Take in a page; True when there is a next one to read (at `cursor`)."""
+        self.pages += 1
+        self.items += items
+        if len(self.items) > MAX_OBJECTS:
+            raise ShapeError(
+                f"{self.what}: more than {MAX_OBJECTS:,} objects; refusing to read further"
+            )
+        if not cursor:
+            return False
+        if cursor in self._cursors:
+            raise ShapeError(f"{self.what}: nextCursor repeats; refusing to loop")
+        if self.pages >= MAX_PAGES:
+            raise ShapeError(
+                f"{self.what}: more than {MAX_PAGES:,} pages; refusing to read further"
+            )
+        self._cursors.add(cursor)
+        return True

@@ -10,17 +10,18 @@ ReconcilerError and become one `Error: …` line in `cli.py`.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from reconciler.errors import ConfigError, RefusedError
 from reconciler.escape import plural, term
-from reconciler.plan import Plan
+
+if TYPE_CHECKING:
+    from reconciler.plan import Plan
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -28,19 +29,25 @@ EXIT_CHANGES = 2
 
 
 class Run:
-    """What every API command shares: options, environment, output settings, the client."""
+    """What every API command shares: options, environment, output settings, the client
+    and the pool of workers its requests run on."""
 
     def __init__(self, options: dict) -> None:
         self.options = options
         self.env = os.environ
         self.verbose = options.get("verbose", False)
         self.quiet = options.get("quiet", False)
+        self.concurrency = options.get("concurrency", 8)
         self.auths: list = []  # the auth blocks of the Projects in this run
         self._api = None
+        self._pool = None
+        self.reading = False  # whether a Project's reads have started
         self.colour = (
             not options.get("no_color") and not os.environ.get("NO_COLOR") and sys.stdout.isatty()
         )
         if self.verbose:
+            import logging
+
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(message)s"))
             logger = logging.getLogger("reconciler")
@@ -48,44 +55,76 @@ class Run:
             logger.setLevel(logging.DEBUG)
 
     def api(self):
-        """The run's one client, so tokens are fetched once per M2M client per run."""
+        """The run's one client, so tokens are fetched once per M2M client per run, and
+        one request budget (--concurrency) covers every request of the run."""
         if self._api is None:
-            from reconciler.client import ProjectApi, check_credentials
+            from reconciler.client import ProjectApi
 
-            # At start, before any request: credentials unfit for a header are refused by
-            # name, and every credential value is kept out of all output.
-            names = self.redact_credentials()
-            check_credentials([name for name in names if name != "GITHUB_TOKEN"], self.env)
-
+            self.credentials_ready(self.auths)
             self._api = ProjectApi(
                 self.options["api_url"],
                 auth_url=self.options["auth_url"],
                 timeout=self.options["timeout"],
                 retries=self.options["retries"],
-                max_connections=self.options.get("concurrency", 8),
+                max_connections=self.concurrency,
             )
             context = click.get_current_context(silent=True)
             if context is not None:
-                context.call_on_close(self._api.close)
+                context.call_on_close(self.close)
         return self._api
 
-    def redact_credentials(self) -> list[str]:
-        """Keep the value of every credential variable the run's Projects name out of all
-        output; returns their names."""
+    def pool(self):
+        """The run's workers: as many threads as requests may be in flight."""
+        if self._pool is None:
+            from reconciler.schedule import Pool
+
+            self._pool = Pool(self.concurrency)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        if self._api is not None:
+            if self.verbose:
+                click.echo(term(self._api.budget.summary().capitalize() + "."), err=True)
+            self._api.close()
+
+    def credentials_ready(self, auths: Sequence) -> None:
+        """Before any request that uses them: credentials unfit for a header are refused
+        by name, and every credential value is kept out of all output."""
+        from reconciler.client import check_credentials
+
+        names = self.redact_credentials(auths)
+        check_credentials([name for name in names if name != "GITHUB_TOKEN"], self.env)
+
+    def redact_credentials(self, auths: Sequence | None = None) -> list[str]:
+        """Keep the value of every credential variable the Projects name (the run's, by
+        default) out of all output; returns their names."""
         from reconciler.escape import add_secrets, credential_variables
 
-        names = credential_variables(self.auths)
+        names = credential_variables(self.auths if auths is None else auths)
         add_secrets(self.env.get(name) for name in names)
         return names
 
-    def load(self, paths: Sequence[str], fmt: str = "text"):
-        """Validate every file; any problem stops here, before a request (as markdown
-        on stdout too for `--format markdown`, so the pull request comment says where)."""
+    def load(self, paths: Sequence[str], fmt: str = "text", start: Callable | None = None):
+        """Validate every file, calling `start(project)` with each chosen Project as soon
+        as its file is valid; any problem stops here, before any write and any output (as
+        markdown on stdout too for `--format markdown`, so the pull request comment says
+        where)."""
         from reconciler.files import load_projects
-        from reconciler.fleet import parse_shard, select
+        from reconciler.fleet import check_filters, chosen, parse_shard
 
         shard = parse_shard(self.options.get("shard"))
-        result = load_projects(paths or ("projects",), self.env, root=self.options.get("root"))
+        filters = list(self.options.get("project_filters", ()))
+
+        def valid(project) -> None:
+            self.auths.append(project.auth)
+            if start is not None and chosen(project, filters, shard):
+                start(project)
+
+        result = load_projects(
+            paths or ("projects",), self.env, root=self.options.get("root"), on_valid=valid
+        )
         for warning in result.warnings:
             click.echo(term(warning), err=True)
         if result.problems:
@@ -96,33 +135,59 @@ class Run:
 
                 render_problems_markdown(result.problems, sys.stdout)
             count = len(result.problems)
-            raise ConfigError(
-                f"{plural(count, 'problem')} in the project files; nothing was read or written"
-            )
-        self.auths = [project.auth for project in result.projects]
-        return select(result.projects, self.options.get("project_filters", ()), shard)
+            done = "nothing was written" if self.reading else "nothing was read or written"
+            raise ConfigError(f"{plural(count, 'problem')} in the project files; {done}")
+        check_filters(result.projects, filters)
+        return [project for project in result.projects if chosen(project, filters, shard)]
 
     def read_plan(self, paths: Sequence[str], fmt: str = "text") -> Plan:
-        from reconciler.fleet import plan_projects
+        """Plan while loading: a Project's reads start as soon as its file is valid."""
+        from reconciler.fleet import Planner
 
-        projects = self.load(paths, fmt)
-        return plan_projects(
-            projects,
-            self.api(),
-            self.env,
-            concurrency=self.options.get("concurrency", 8),
-            progress=self.progress("Reading", len(projects)),
-        )
+        planner = None
+        refused: list[Exception] = []
 
-    def progress(self, verb: str, total: int):
+        def start(project) -> None:
+            nonlocal planner
+            if refused:
+                return
+            try:
+                self.credentials_ready([project.auth])
+                if planner is None:
+                    planner = Planner(
+                        self.api(), self.env, self.pool(), progress=self.progress("Reading")
+                    )
+            except ConfigError as exc:
+                refused.append(exc)
+                return
+            self.reading = True
+            planner.add(project)
+
+        try:
+            projects = self.load(paths, fmt, start)
+            if refused:
+                self.credentials_ready(self.auths)  # names every offending variable
+                raise refused[0]
+        except BaseException:
+            if planner is not None:
+                self.api().abort()  # what was read for a run that stops is not wanted
+            raise
+        if planner is None:
+            from reconciler.fleet import plan_projects
+
+            return plan_projects([], self.api(), self.env, pool=self.pool())
+        return planner.plan(projects)
+
+    def progress(self, verb: str):
         """A progress line on stderr, only on a terminal and only for longer runs."""
-        if self.quiet or total < 20 or not sys.stderr.isatty():
+        if self.quiet or not sys.stderr.isatty():
             return None
 
         def show(done: int, total: int) -> None:
-            end = "\n" if done == total else ""
+            if total < 20:
+                return
             click.echo(f"\r{verb} {done}/{total} Projects…", nl=False, err=True)
-            if end:
+            if done == total:
                 click.echo("", err=True)
 
         return show
@@ -217,7 +282,6 @@ def apply(
 ) -> int:
     """Plan (or read a saved plan), refuse or ask, write, report."""
     from reconciler.apply import apply_plan, refusals
-    from reconciler.fleet import Stopper
     from reconciler.planfile import read_plan_file
     from reconciler.render import (
         FAILED,
@@ -229,6 +293,7 @@ def apply(
         render_apply_text,
         render_text,
     )
+    from reconciler.schedule import Stopper
 
     options = run.options
     if plan_file:
@@ -253,10 +318,10 @@ def apply(
         the_plan,
         run.api(),
         run.env,
-        concurrency=options.get("concurrency", 8),
+        pool=run.pool(),
         verify_fresh=bool(plan_file),
         stopper=Stopper(),
-        progress=run.progress("Applying", len(the_plan.changed)),
+        progress=run.progress("Applying"),
     )
     if fmt == "json":
         render_apply_json(outcomes, sys.stdout)
@@ -271,6 +336,8 @@ def export(run: Run, project_id: str, output: str | None, force: bool, include: 
     """A project file from the live Project, on stdout or in --output. Over a project file
     for the same Project it keeps that file's leading comments and auth block (and reads
     with the credentials the block names); any other existing file needs --force."""
+    from pathlib import Path
+
     from reconciler.client import resolve_credentials
     from reconciler.export import (
         existing_project,

@@ -17,7 +17,7 @@ before the next one is read, so a caller may hand it on as soon as it is valid.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,6 +185,7 @@ def load_projects(
     root: str | None = None,
     relative_to: str | None = None,
     substitute_values: bool = True,
+    on_valid: Callable[[ProjectFile], None] | None = None,
 ) -> LoadResult:
     """Find, read, substitute and validate every project file under ``paths``.
 
@@ -193,6 +194,10 @@ def load_projects(
     the current one). Without ``substitute_values``, every ``${...}`` stays as written
     (``compare --raw``). Raises ConfigError for a path that does not exist and when no
     project file is found; everything else wrong is a Problem in the result.
+    ``on_valid`` is called with each file that is valid on its own, as soon as it is,
+    while no file has had a problem (a plan starts reading that Project while later
+    files load); problems across files (duplicate ids, credentials) are known only in
+    the result.
     """
     env = os.environ if env is None else env
     cwd = os.path.abspath(relative_to) if relative_to else os.getcwd()
@@ -208,6 +213,8 @@ def load_projects(
         )
         if project is not None:
             loaded.append(project)
+            if on_valid is not None and not file_problems and not problems:
+                on_valid(project)
         if file_problems:
             failed.add(shown)
             problems.extend(file_problems)

@@ -1,42 +1,37 @@
-"""Many Projects at once: choosing them (--project, --shard), running them concurrently
-(--concurrency), stopping cleanly on Ctrl-C or SIGTERM, and reading their live state
-into a Plan.
+"""Many Projects at once: choosing them (--project, --shard) and reading their live
+state into a Plan, every read as soon as what it depends on is known.
 
-Each Project's own requests stay in order inside one worker; an error in one
-Project becomes that Project's status and never stops the others.
+A Project's `GET /project` and the lists of the kinds it manages start together
+(a paged list page after page; different kinds in parallel); each object's `GET`
+starts as soon as its kind's list is read; the role list only when a reference
+needs it. The reads go to the run's pool (schedule.py), which with the client's
+budget decides when each is sent. Projects start as their files are loaded
+(:class:`Planner`), and the plan is assembled in file order whatever order the
+answers come in. An error in one Project becomes that Project's status and never
+stops the others; within a Project, the error reported is the one a
+one-read-at-a-time run would meet first.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import queue
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from reconciler import objects
-from reconciler.client import ClientCredentials, Credentials, ProjectApi, resolve_credentials
+from reconciler.client import ClientCredentials, Pages, ProjectApi, resolve_credentials
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.files import ProjectFile
-from reconciler.kinds import M2M, ROLE
-from reconciler.plan import (
-    LiveObjects,
-    Plan,
-    ProjectPlan,
-    diff,
-    needs_role_lookup,
-    normalise_live,
-    now_utc,
-)
+from reconciler.kinds import M2M, ROLE, Kind
+from reconciler.schedule import Pool, Tasks
+
+if TYPE_CHECKING:
+    from reconciler.plan import Plan, ProjectPlan
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -65,155 +60,90 @@ def select(
 ) -> list[ProjectFile]:
     """The Projects a run covers. A --project value matching no file is an error."""
     filters = list(filters)
-    chosen = list(projects)
-    if filters:
-        unmatched = [f for f in filters if not any(f in (p.id, p.stem) for p in projects)]
-        if unmatched:
-            raise ConfigError(
-                "--project matches no project file (by id or file stem): " + ", ".join(unmatched)
-            )
-        chosen = [p for p in chosen if p.id in filters or p.stem in filters]
-    if shard:
-        index, count = shard
-        chosen = [p for p in chosen if shard_of(p.id, count) == index]
-    return chosen
+    check_filters(projects, filters)
+    return [p for p in projects if chosen(p, filters, shard)]
 
 
-GRACE_SECONDS = 1.0
+def chosen(project: ProjectFile, filters: Sequence[str], shard: tuple[int, int] | None) -> bool:
+    """Whether one Project is in the run (decided as its file is loaded)."""
+    if filters and project.id not in filters and project.stem not in filters:
+        return False
+    return not shard or shard_of(project.id, shard[1]) == shard[0]
 
 
-class Stopper:
-    """Set when the user interrupts (Ctrl-C, or SIGTERM, which the CLI turns into the
-    same KeyboardInterrupt): no new work starts; work in flight gets `grace` seconds to
-    finish, then is abandoned (SPEC section 5: the run ends within 2 s)."""
-
-    def __init__(self, grace: float = GRACE_SECONDS) -> None:
-        self.event = threading.Event()
-        self.grace = grace
-
-    def stop(self) -> None:
-        if not self.event.is_set():
-            print(
-                "Stopping: no new Projects will start; waiting up to "
-                f"{self.grace:g} s for those in flight.",
-                file=sys.stderr,
-            )
-        self.event.set()
-
-    @property
-    def stopped(self) -> bool:
-        return self.event.is_set()
+def check_filters(projects: Sequence[ProjectFile], filters: Sequence[str]) -> None:
+    unmatched = [f for f in filters if not any(f in (p.id, p.stem) for p in projects)]
+    if unmatched:
+        raise ConfigError(
+            "--project matches no project file (by id or file stem): " + ", ".join(unmatched)
+        )
 
 
-class InFlight:
-    """The result of an item whose work was abandoned while it ran: what it did is unknown."""
+class Planner:
+    """Plans Projects as they are added: each Project's reads go to the pool at once, and
+    :meth:`plan` assembles the plans in the order asked for once every one is in.
 
-    def __repr__(self) -> str:
-        return "IN_FLIGHT"
-
-
-IN_FLIGHT = InFlight()
-
-
-def run_each(
-    items: Sequence[T],
-    work: Callable[[T], R],
-    *,
-    concurrency: int,
-    stopper: Stopper | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    abandon: Callable[[], None] | None = None,
-) -> list[R | None | InFlight]:
-    """work(item) for every item, `concurrency` at a time; results in item order.
-
-    On an interrupt: without a stopper, `abandon()` is called and the KeyboardInterrupt
-    goes on. With one, no new item starts, the items in flight get the stopper's grace
-    to finish (a second interrupt ends it), then `abandon()` is called (it should cut
-    their requests) and run_each returns: items never started get None, items still
-    running get IN_FLIGHT. Workers are daemon threads, so a request that never returns
-    cannot keep the process alive.
+    Projects added earlier have priority on the pool, so they finish first and the
+    reads held in memory stay bounded however many Projects a run holds.
     """
-    results: list[R | None | InFlight] = [None] * len(items)
-    if not items:
-        return results
-    todo: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-    wake: queue.SimpleQueue[int] = queue.SimpleQueue()
-    # Workers record outcomes here, not only in a queue: an interrupt landing while the
-    # main thread takes an item off a queue must not lose a write that was answered.
-    outcomes: dict[int, tuple[Any, BaseException | None]] = {}
-    lock = threading.Lock()
 
-    def worker() -> None:
-        while (index := todo.get()) is not None:
-            try:
-                outcome: tuple[Any, BaseException | None] = (work(items[index]), None)
-            except BaseException as exc:  # handed to the main thread, raised there
-                outcome = (None, exc)
-            with lock:
-                outcomes[index] = outcome
-            wake.put(index)
+    def __init__(
+        self,
+        api: ProjectApi,
+        env: Mapping[str, str],
+        pool: Pool,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.api = api
+        self.env = env
+        self.pool = pool
+        self.progress = progress
+        self.done = threading.Event()
+        self._plans: dict[str, ProjectPlan] = {}
+        self._lock = threading.Lock()
+        self._added = 0
+        self._finished = 0
+        self._closed = False
 
-    workers = min(concurrency, len(items))
-    for _ in range(workers):
-        threading.Thread(target=worker, name="reconciler-worker", daemon=True).start()
-    running: set[int] = set()
-    next_index = 0
-    give_up_at: float | None = None
+    def add(self, project: ProjectFile) -> None:
+        """Start reading a Project (from the thread that loads the files)."""
+        with self._lock:
+            self._added += 1
+            order = self._added
+        ProjectReader(project, self, order).start()
 
-    def refill() -> None:
-        nonlocal next_index
-        while (
-            next_index < len(items)
-            and len(running) < concurrency
-            and not (stopper and stopper.stopped)
-        ):
-            running.add(next_index)
-            todo.put(next_index)
-            next_index += 1
+    def close(self) -> None:
+        """No more Projects will be added."""
+        with self._lock:
+            self._closed = True
+            if self._finished == self._added:
+                self.done.set()
 
-    def collect() -> None:
-        """Take in every finished item (idempotent: safe to repeat after an interrupt)."""
-        with lock:
-            ready = [(index, outcomes[index]) for index in running if index in outcomes]
-        for index, (result, error) in ready:
-            if error is not None:
-                raise error
-            results[index] = result
-            running.discard(index)
-        if ready and progress:
-            progress(next_index - len(running), len(items))
+    def finished(self, project: ProjectFile, plan: ProjectPlan) -> None:
+        with self._lock:
+            self._plans[project.path] = plan
+            self._finished += 1
+            done, total = self._finished, self._added
+            if self._closed and done == total:
+                self.done.set()
+        if self.progress:
+            self.progress(done, total)
 
-    try:
-        refill()
-        while running:
-            try:
-                wait = 0.5 if give_up_at is None else give_up_at - time.monotonic()
-                if wait <= 0:
-                    break
-                with contextlib.suppress(queue.Empty):
-                    wake.get(timeout=wait)
-                collect()
-                refill()
-            except KeyboardInterrupt:
-                if stopper is None:
-                    if abandon:
-                        abandon()
-                    raise
-                if give_up_at is not None:
-                    break  # interrupted twice: abandon now
-                stopper.stop()
-                give_up_at = time.monotonic() + stopper.grace
-    finally:
-        for _ in range(workers):
-            todo.put(None)  # idle workers end; busy ones end with their request
-    collect()
-    if running:
-        log.debug("abandoning %d item(s) in flight", len(running))
-        if abandon:
-            abandon()
-        for index in running:
-            results[index] = IN_FLIGHT
-    return results
+    def plan(self, projects: Sequence[ProjectFile]) -> Plan:
+        """Wait for every Project added (an interrupt abandons their reads), then the
+        plan of `projects`, in that order."""
+        self.close()
+        # On a thread of its own: an interrupt never lands in the middle of an import.
+        threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
+        self.pool.wait(self.done, abandon=self.api.abort)
+        from reconciler.plan import Plan, now_utc
+
+        return Plan(
+            api_url=self.api.api_url,
+            projects=tuple(self._plans[p.path] for p in projects),
+            created_at=now_utc(),
+        )
 
 
 def plan_projects(
@@ -221,66 +151,140 @@ def plan_projects(
     api: ProjectApi,
     env: Mapping[str, str],
     *,
-    concurrency: int = 8,
+    pool: Pool | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Plan:
-    """Read each Project's live settings (and roles only where needed) and diff them."""
+    """Read each Project's live settings (and the lists and objects its file manages, and
+    roles only where needed) and diff them."""
+    pool = pool or Pool(api.budget.concurrency)
+    planner = Planner(api, env, pool, progress=progress)
+    for project in projects:
+        planner.add(project)
+    return planner.plan(projects)
 
-    def plan_one(project: ProjectFile) -> ProjectPlan:
+
+class ProjectReader:
+    """The reads one Project's plan needs, and no more (SPEC sections 3 and 9), each
+    started as soon as what it depends on is known; then the diff.
+
+    Keys order the reads as a one-at-a-time run makes them: the Project, each managed
+    kind's list (page after page), the role list when a reference needs it, one GET per
+    managed live object whose compared fields its list does not carry, and /m2m/me
+    only when pruning M2M clients under M2M credentials.
+    """
+
+    def __init__(self, project: ProjectFile, planner: Planner, order: int) -> None:
+        self.project = project
+        self.planner = planner
+        self.api = planner.api
+        self.desired = project.data
+        self.tasks = Tasks(planner.pool, order, self._diff, errors=ReconcilerError)
+        self.live: dict[str, Any] | None = None
+        self.lists: dict[str, list[dict]] = {}
+        self.details: dict[str, dict] = {}
+        self.roles: list[dict] | None = None
+        self.me: str | None = None
+        self._role_list_asked = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        project = self.project
         try:
-            credentials = resolve_credentials(project.auth, env)
-            live = api.get_project(project.id, credentials)
-            if not isinstance(live, dict):
-                raise ConfigError("GET /project did not answer with an object")
-            live_objects = read_objects(api, project.id, credentials, project.data, live)
-            return diff(
-                project.path,
-                project.data,
-                live,
-                auth=project.auth,
-                locate=project.locate,
-                live_objects=live_objects,
-                source=project.source,
-            )
+            self.credentials = resolve_credentials(project.auth, self.planner.env)
         except ReconcilerError as exc:
-            return ProjectPlan.failed(project.path, project.id, str(exc), project.auth)
+            self.planner.finished(project, self._failed(str(exc)))
+            return
+        kinds = objects.managed_kinds(self.desired)
+        reads = [((0,), self._read_project)]
+        for index, kind in enumerate(kinds):
+            pages = Pages(f"GET {self.api.api_url}{kind.list_path}")
+            reads.append(((1, index, 0), partial(self._read_page, kind, index, pages, None)))
+        if ROLE not in kinds and M2M in kinds and objects.names_roles(self.desired):
+            self._role_list_asked = True
+            reads.append(((2,), self._read_roles))
+        pruning_m2m = M2M in kinds and M2M.key in (self.desired.get("prune") or ())
+        if pruning_m2m and isinstance(self.credentials, ClientCredentials):
+            reads.append(((4,), self._read_me))
+        self.tasks.spawn_all(reads)
 
-    plans = run_each(
-        projects, plan_one, concurrency=concurrency, progress=progress, abandon=api.abort
-    )
-    return Plan(
-        api_url=api.api_url,
-        projects=tuple(p for p in plans if isinstance(p, ProjectPlan)),
-        created_at=now_utc(),
-    )
+    def _read_project(self) -> None:
+        live = self.api.get_project(self.project.id, self.credentials)
+        if not isinstance(live, dict):
+            raise ConfigError("GET /project did not answer with an object")
+        self.live = live
+        from reconciler.plan import needs_role_lookup, normalise_live
+
+        if ROLE not in objects.managed_kinds(self.desired) and needs_role_lookup(
+            self.desired, normalise_live(live)
+        ):
+            with self._lock:
+                ask, self._role_list_asked = not self._role_list_asked, True
+            if ask:
+                self.tasks.spawn((2,), self._read_roles)
+
+    def _read_page(self, kind: Kind, index: int, pages: Pages, cursor: str | None) -> None:
+        items, cursor = self.api.list_page(kind, self.project.id, self.credentials, cursor)
+        if pages.add(items, cursor):
+            next_page = partial(self._read_page, kind, index, pages, cursor)
+            self.tasks.spawn((1, index, pages.pages), next_page)
+            return
+        self.lists[kind.name] = pages.items
+        matching = objects.match(kind, objects.desired_objects(self.desired, kind), pages.items)
+        self.tasks.spawn_all(
+            ((3, index, number), partial(self._read_object, kind, object_id))
+            for number, object_id in enumerate(objects.objects_to_read(matching))
+        )
+
+    def _read_object(self, kind: Kind, object_id: str) -> None:
+        self.details[object_id] = self.api.get_object(
+            kind, self.project.id, self.credentials, object_id
+        )
+
+    def _read_roles(self) -> None:
+        self.roles = self.api.list_objects(ROLE, self.project.id, self.credentials)
+
+    def _read_me(self) -> None:
+        self.me = str(self.api.m2m_me(self.project.id, self.credentials).get("id"))
+
+    def _diff(self, tasks: Tasks) -> None:
+        """Every read is in (or one failed): the Project's plan."""
+        from reconciler.plan import LiveObjects, diff
+
+        project = self.project
+        failure = tasks.first_failure
+        if failure is not None:
+            plan = self._failed(str(failure[1]))
+        else:
+            live_objects = LiveObjects(
+                lists=self.lists,
+                details=self.details,
+                roles=self.lists.get(ROLE.name, self.roles),
+                me=self.me,
+            )
+            try:
+                plan = diff(
+                    project.path,
+                    self.desired,
+                    self.live or {},
+                    auth=project.auth,
+                    locate=project.locate,
+                    live_objects=live_objects,
+                    source=project.source,
+                )
+            except ReconcilerError as exc:
+                plan = self._failed(str(exc))
+        self.planner.finished(project, plan)
+
+    def _failed(self, message: str) -> ProjectPlan:
+        from reconciler.plan import ProjectPlan
+
+        project = self.project
+        return ProjectPlan.failed(project.path, project.id, message, project.auth)
 
 
-def read_objects(
-    api: ProjectApi,
-    project_id: str,
-    credentials: Credentials,
-    desired: Mapping,
-    live: Mapping,
-) -> LiveObjects:
-    """The reads a plan needs beyond GET /project, and no more (SPEC sections 3 and 9):
-    each managed kind's list; the role list when a role reference must be resolved; one
-    GET per managed live object whose compared fields the list does not carry; /m2m/me
-    only when pruning M2M clients under M2M credentials."""
-    kinds = objects.managed_kinds(desired)
-    lists = {kind.name: api.list_objects(kind, project_id, credentials) for kind in kinds}
-    roles = lists.get(ROLE.name)
-    if roles is None and (
-        needs_role_lookup(desired, normalise_live(live))
-        or (M2M in kinds and objects.names_roles(desired))
-    ):
-        roles = api.list_objects(ROLE, project_id, credentials)
-    details = {}
-    for kind in kinds:
-        matching = objects.match(kind, objects.desired_objects(desired, kind), lists[kind.name])
-        for object_id in objects.objects_to_read(matching):
-            details[object_id] = api.get_object(kind, project_id, credentials, object_id)
-    me = None
-    pruning_m2m = M2M in kinds and M2M.key in (desired.get("prune") or ())
-    if pruning_m2m and isinstance(credentials, ClientCredentials):
-        me = str(api.m2m_me(project_id, credentials).get("id"))
-    return LiveObjects(lists=lists, details=details, roles=roles, me=me)
+def warm_up() -> None:
+    """Import what comes after the reads (the differ, the renderers) while the first
+    answers are awaited: the main thread is idle then, and the run's last answer is
+    followed only by the diff and the output."""
+    import reconciler.plan
+    import reconciler.render  # noqa: F401

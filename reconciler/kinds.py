@@ -81,6 +81,25 @@ def _id_set(value: Any) -> list[Any]:
     return sorted(ids, key=_canonical)
 
 
+def _not_a_delete(action: str, fields: frozenset[str]) -> bool:
+    return action != "delete"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One round of a kind's writes at apply, a dependency level of its own (see
+    ``levels.py``). `includes(action, fields)` says which object changes it writes
+    (`fields`: the names of the fields the change sets); the applier writes them
+    with the writer registered under `name` (``apply.PHASE_WRITERS``)."""
+
+    name: str
+    includes: Callable[[str, frozenset[str]], bool] = _not_a_delete
+
+
+# Creates, updates and renames, in one round: what most kinds need.
+WRITE = Phase("write")
+
+
 @dataclass(frozen=True)
 class Kind:
     """One type of object: its file key, its API, and how its fields compare."""
@@ -107,6 +126,8 @@ class Kind:
     # Values `render` and `compare` never show (a secret's): conceal(field, value) says
     # what is shown instead, or None for a field shown as it is (see `conceal_secret`).
     conceal: Callable[[str, Any], str | None] | None = None
+    # Its rounds of writes at apply, in order (a Zambda function: configuration, then code).
+    phases: tuple[Phase, ...] = (WRITE,)
 
     def path_of(self, object_id: str) -> str:
         # An id comes from the API or a plan file: never let it change the path.

@@ -145,6 +145,9 @@ class RoleIndex:
         after = {self.renamed.get(str(r.get("id")), r.get("name")) for r in self.live or ()}
         return sorted({str(n) for n in after | set(self.planned)})
 
+    def available(self) -> str:
+        return ", ".join(self.names()) or "(none)"
+
     def resolve(self, value: Any, what: str) -> dict[str, Any]:
         """{id, name} for a file's role value; ValueError says why it means nothing."""
         role_id, role_name = (
@@ -155,7 +158,6 @@ class RoleIndex:
                 value.get("name"),
             )
         )
-        available = ", ".join(self.names()) or "(none)"
         if role_id is None:
             if role_name in self.planned:
                 return {"id": self.planned[role_name], "name": role_name}
@@ -177,7 +179,7 @@ class RoleIndex:
             found = next((r for r in self.live or () if r.get("id") == role_id), None)
             if found is None:
                 raise ValueError(
-                    f"{what}: no role with id {role_id} in this Project (roles: {available})"
+                    f"{what}: no role with id {role_id} in this Project (roles: {self.available()})"
                 )
         found_id = str(found["id"])
         name = self.renamed.get(found_id, found.get("name"))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import click
 
-from reconciler.client import DEFAULT_API_URL, DEFAULT_AUTH_URL
+from reconciler.urls import DEFAULT_API_URL, DEFAULT_AUTH_URL
 
 
 def stack(*decorators: Callable) -> Callable:
@@ -75,7 +75,12 @@ connection_options = stack(
 api_options = stack(
     connection_options,
     click.option("--no-color", is_flag=True, help="No colour (also NO_COLOR)."),
-    click.option("-v", "--verbose", is_flag=True, help="Log each request to stderr."),
+    click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        help="Log each request to stderr, and where the request limit ended.",
+    ),
     click.option("-q", "--quiet", is_flag=True, help="Print only the result."),
 )
 
@@ -85,7 +90,7 @@ fleet_options = stack(
         type=click.IntRange(min=1, max=256),
         default=8,
         show_default=True,
-        help="Projects in flight at once.",
+        help="Requests in flight at once, for the whole run (token requests included).",
     ),
     click.option(
         "--project",

@@ -495,14 +495,15 @@ def _setting_differs(key: str, live: Any, wanted: Any) -> bool:
 
 
 def _in_write_order(changes: Sequence[ObjectChange]) -> list[ObjectChange]:
-    """Creates, updates and renames in kind order; deletes last, in reverse kind order."""
+    """Creates, updates and renames in kind order; deletes last, in reverse kind order;
+    by name within a kind (the order is the same whatever order the reads came in)."""
     from reconciler.kinds import KINDS
 
     order = [kind.name for kind in KINDS]
     writes = [c for c in changes if c.action != "delete"]
     deletes = [c for c in changes if c.action == "delete"]
-    writes.sort(key=lambda c: order.index(c.kind))
-    deletes.sort(key=lambda c: -order.index(c.kind))
+    writes.sort(key=lambda c: (order.index(c.kind), c.name))
+    deletes.sort(key=lambda c: (-order.index(c.kind), c.name))
     return writes + deletes
 
 

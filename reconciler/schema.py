@@ -19,16 +19,18 @@ Pure: data in, findings out. ``files.py`` maps a finding's path to a line.
 
 from __future__ import annotations
 
-import difflib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from reconciler.quickschema import conforms
+
+if TYPE_CHECKING:  # imported when a document has problems (start-up time of validate)
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 SCHEMA_RESOURCE = "data/project.schema.json"
 FRAGMENT_RESOURCE = "data/fragment.schema.json"
@@ -70,12 +72,18 @@ class Finding:
 
 def schema_text() -> str:
     """The packaged schema file's text, exactly as shipped."""
-    return resources.files("reconciler").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    return _packaged(SCHEMA_RESOURCE)
 
 
 def fragment_schema_text() -> str:
     """The packaged fragment schema's text (what editors check ``base/*.yaml`` with)."""
-    return resources.files("reconciler").joinpath(FRAGMENT_RESOURCE).read_text(encoding="utf-8")
+    return _packaged(FRAGMENT_RESOURCE)
+
+
+def _packaged(name: str) -> str:
+    # A plain open, not importlib.resources: its import costs validate's start-up.
+    with open(os.path.join(os.path.dirname(__file__), name), encoding="utf-8") as fh:
+        return fh.read()
 
 
 def fragment_schema(project: Mapping[str, Any]) -> dict:
@@ -115,11 +123,16 @@ def validator() -> Draft202012Validator:
     costs more than a third of validation time (validate must beat
     check-jsonschema on 1,000 files).
     """
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(inlined(), format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+@cache
+def inlined() -> dict:
+    """The schema with its ``$ref``s inlined (what both validators check against)."""
     schema = load_schema()
-    return Draft202012Validator(
-        inline_refs(schema, schema.get("$defs", {})),
-        format_checker=Draft202012Validator.FORMAT_CHECKER,
-    )
+    return inline_refs(schema, schema.get("$defs", {}))
 
 
 def inline_refs(node: Any, defs: Mapping[str, Any]) -> Any:
@@ -146,6 +159,8 @@ def check(data: Mapping[str, Any], written: Mapping[Path, str] | None = None) ->
     the file holds there: messages quote that text, never the environment's
     value, which may be a secret.
     """
+    if conforms(inlined(), data):
+        return []  # the usual case, without importing jsonschema (quickschema.py)
     findings: list[Finding] = []
     seen: set[tuple[Path, str]] = set()
     for error in validator().iter_errors(data):
@@ -249,6 +264,8 @@ def _unknown_keys(error: ValidationError, path: Path, field: str) -> list[Findin
         if key in properties:
             continue
         where = f" in {field}" if field else ""
+        import difflib
+
         close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         findings.append(Finding((*path, key), f"unknown key '{key}'{where}{hint}", at_key=True))

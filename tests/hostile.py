@@ -28,6 +28,8 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    arrived: float = 0.0  # time.monotonic() when it was read
+    replied: float = 0.0  # ... and when its answer was sent
 
     @property
     def key(self) -> str:
@@ -153,6 +155,7 @@ class HostileServer:
                             return
                     return
                 conn.sendall(reply)
+                request.replied = time.monotonic()
         except OSError:
             return
         finally:
@@ -169,7 +172,7 @@ def _read_request(reader: Any) -> Request | None:
         name, _, value = header.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
     body = reader.read(int(headers.get("content-length", 0)))
-    return Request(method, target.split("?")[0], headers, body)
+    return Request(method, target.split("?")[0], headers, body, arrived=time.monotonic())
 
 
 def project_doc(project_id: str, **fields: Any) -> dict[str, Any]:

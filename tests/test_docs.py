@@ -1,5 +1,6 @@
 """Every command has --help text, and --version works."""
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -24,9 +25,17 @@ def test_every_command_has_help(name):
 SHORT = {"--out": "-o", "--output": "-o", "--quiet": "-q", "--verbose": "-v", "--yes": "-y"}
 
 
-def _commands(group=cli, prefix=""):
-    for name, command in sorted(group.commands.items()):
-        if hasattr(command, "commands"):
+def _command(group: click.Group, name: str) -> click.Command:
+    """A command by name, loading it if the group loads it lazily."""
+    command = group.get_command(click.Context(group), name)
+    assert command is not None, name
+    return command
+
+
+def _commands(group: click.Group = cli, prefix: str = ""):
+    for name in group.list_commands(click.Context(group)):
+        command = _command(group, name)
+        if isinstance(command, click.Group):
             yield from _commands(command, f"{prefix}{name} ")
         else:
             yield f"{prefix}{name}", command
@@ -42,5 +51,5 @@ def test_short_flags_are_the_same_everywhere(name, command):
 
 @pytest.mark.parametrize("name", ["plan", "apply", "drift", "export", "init"])
 def test_every_command_that_talks_to_the_api_has_v_q_and_no_color(name):
-    opts = {opt for param in cli.commands[name].params for opt in param.opts}
+    opts = {opt for param in _command(cli, name).params for opt in param.opts}
     assert {"-v", "--verbose", "-q", "--quiet", "--no-color", "--api-url", "--auth-url"} <= opts

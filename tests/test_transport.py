@@ -15,7 +15,7 @@ def test_requests_reuse_one_kept_alive_connection():
         for _ in range(5):
             assert client.get(emu.api_url + "/version").status_code == 200
         transport = client._transport
-        assert sum(len(idle) for idle in transport._idle.values()) == 1
+        assert sum(len(idle) for idle in transport.wire._idle.values()) == 1
 
 
 def _one_shot_server(replies: list[bytes]):

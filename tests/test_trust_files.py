@@ -79,7 +79,9 @@ def test_a_substituted_value_holding_a_credential_is_refused(repo, emu, credenti
         "projects/alpha.yaml:3:14: description: RECONCILER_VAR_DESC holds the value of "
         f"{credential}, a credential: it would show in plans and PR comments"
     )
-    assert emu.stats() == {}
+    # Alpha's reads may have started before beta's file named BETA_KEY (a plan reads a
+    # Project as soon as its file is valid on its own); nothing was written or shown.
+    assert all(key.startswith("GET ") for key in emu.stats())
     assert SECRET not in everywhere(repo, result)
 
 

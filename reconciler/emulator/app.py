@@ -4,7 +4,6 @@
     GET  /v1/version                           public
     GET|PATCH /v1/project                      the Project named by x-oystehr-project-id
     GET  /_emulator/stats                      {"requests": {"GET /v1/project": n, ...}}
-    POST /_emulator/stats/reset
     PUT  /_emulator/upload/{token}             a Zambda's code, to the URL s3-upload gave
                                                (no bearer token; counted as
                                                PUT /_emulator/upload; the log hides the token)
@@ -32,6 +31,12 @@ buckets, Zambda Functions), the endpoints of its verbs:
     GET|POST /v1/zambda                        [ZambdaFunction] | 201 ZambdaFunction
     GET|PATCH|DELETE /v1/zambda/{id or name}   ZambdaFunction | 204
     POST /v1/zambda/{id or name}/s3-upload     {"signedUrl"}: {filename?} in the body
+    GET  /_emulator/requests                   {"requests": [{method, path, project,
+                                                start, end, status}, ...] (oldest first),
+                                                "faults": {"429": n, "503": n},
+                                                "concurrency": {"peak": n,
+                                                                "byProject": {id: n}}}
+    POST /_emulator/stats/reset                zeroes both
 
 Every error is `{"message": str, "code": int}` with the HTTP status as code:
 400 bad body or query, 401 no or unknown token, 403 another Project or refused
@@ -57,7 +62,13 @@ from urllib.parse import parse_qs
 
 from reconciler import __version__
 from reconciler.emulator.bodies import NAME, check_fields
-from reconciler.emulator.faults import FaultInjector, Faults, RequestStats
+from reconciler.emulator.faults import (
+    FaultInjector,
+    Faults,
+    RequestLog,
+    RequestStats,
+    TokenBuckets,
+)
 from reconciler.emulator.kinds import KINDS, M2M
 from reconciler.emulator.objects import Conflict, Kind
 from reconciler.emulator.policy import ENDPOINT_ACTIONS, allows
@@ -140,11 +151,14 @@ class EmulatorApp:
         self.m2m_page_size = m2m_page_size
         self.allowed_hosts = None if allowed_hosts is None else frozenset(allowed_hosts)
         self.stats = RequestStats()
+        self.log = RequestLog()
         self._injector = FaultInjector(self.faults)
+        self._buckets = TokenBuckets(self.faults.rate_limit_rps)
         public: dict[str, dict[str, Handler]] = {
             "/oauth/token": {"POST": self._token},
             "/v1/version": {"GET": self._version},
             "/_emulator/stats": {"GET": self._get_stats},
+            "/_emulator/requests": {"GET": self._get_requests},
             "/_emulator/stats/reset": {"POST": self._reset_stats},
             UPLOAD_PATH + "/{id}": {"PUT": self._upload},
         }
@@ -179,6 +193,11 @@ class EmulatorApp:
         started = time.perf_counter()
         method = environ["REQUEST_METHOD"]
         path = environ.get("PATH_INFO") or "/"
+        logged = None
+        metered = _metered(path)
+        if metered:  # logged under the path stats count it by (never an upload's token)
+            project = environ.get(_PROJECT_HEADERS[0]) or environ.get(_PROJECT_HEADERS[1]) or ""
+            logged = self.log.begin(method, metered, project.strip())
         try:
             status, body, headers = self._handle(environ, method, path)
         except HttpError as exc:
@@ -195,6 +214,8 @@ class EmulatorApp:
                 ("Content-Length", str(len(payload))),
                 *headers,
             ]
+        if logged is not None:
+            self.log.end(logged, status)
         request_id = environ.get("HTTP_X_OYSTEHR_REQUEST_ID")
         if request_id:
             headers.append(("x-oystehr-request-id", request_id[:100]))
@@ -212,14 +233,7 @@ class EmulatorApp:
         if metered:
             self.stats.count(method, metered)
             if path != "/v1/version" and self.faults.active:
-                fault = self._injector.decide()
-                if self.faults.latency_ms:
-                    # No lock is held here: a sleeping request blocks nobody.
-                    time.sleep(self.faults.latency_ms / 1000)
-                if fault == 429:
-                    raise HttpError(429, "Too Many Requests (emulated)", [("Retry-After", "1")])
-                if fault == 503:
-                    raise HttpError(503, "Service Unavailable (emulated)")
+                self._inject(environ)
         match, template, methods, authorised, kind = self._route(path)
         handler = methods.get(method)
         if handler is None:
@@ -239,6 +253,26 @@ class EmulatorApp:
             return handler(Call(environ, project_id, caller, object_id, kind))
         except (Invalid, NotFound, Conflict) as exc:
             raise HttpError(_STATUS[type(exc)], str(exc)) from None
+
+    def _inject(self, environ: dict[str, Any]) -> None:
+        """Latency, then the fault this request gets, if any (raised as its answer)."""
+        fault = self._injector.decide()
+        if self.faults.latency_ms:
+            # No lock is held here: a sleeping request blocks nobody.
+            time.sleep(self.faults.latency_ms / 1000)
+        if fault is None and self.faults.rate_limit_rps:
+            wait = self._buckets.take(environ.get("HTTP_AUTHORIZATION", ""))
+            if wait is not None:
+                self.stats.fault(429)
+                raise HttpError(
+                    429, "Too Many Requests (emulated rate limit)", [("Retry-After", f"{wait:.3f}")]
+                )
+        if fault is not None:
+            self.stats.fault(fault)
+        if fault == 429:
+            raise HttpError(429, "Too Many Requests (emulated)", [("Retry-After", "1")])
+        if fault == 503:
+            raise HttpError(503, "Service Unavailable (emulated)")
 
     def _route(self, path: str) -> tuple[re.Match[str], str, dict[str, Handler], bool, Kind | None]:
         """The first route matching the path: match, template, handlers, authorised?, kind."""
@@ -283,8 +317,17 @@ class EmulatorApp:
     def _get_stats(self, call: Call) -> Response:
         return 200, {"requests": self.stats.snapshot()}, []
 
+    def _get_requests(self, call: Call) -> Response:
+        doc = {
+            "requests": self.log.entries(),
+            "faults": self.stats.faults(),
+            "concurrency": self.log.concurrency(),
+        }
+        return 200, doc, []
+
     def _reset_stats(self, call: Call) -> Response:
         self.stats.reset()
+        self.log.reset()
         return 200, {"requests": {}}, []
 
     def _get_project(self, call: Call) -> Response:

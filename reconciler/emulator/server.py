@@ -180,8 +180,18 @@ class RunningEmulator:
         return self.app.stats.snapshot()
 
     def reset_stats(self) -> None:
-        """Zero the request counts."""
+        """Zero the request counts and the request log."""
         self.app.stats.reset()
+        self.app.log.reset()
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The request log, as GET /_emulator/requests: method, path, project, start, end
+        and status of each request, oldest first."""
+        return self.app.log.entries()
+
+    def concurrency(self) -> dict[str, Any]:
+        """The most requests in flight at once, in all and per Project (since the reset)."""
+        return self.app.log.concurrency()
 
 
 @contextmanager
@@ -230,9 +240,10 @@ def run_cli(
     rate_limit_every: int = 0,
     fault_seed: int | None = None,
     m2m_page_size: int | None = None,
+    rate_limit_rps: float = 0.0,
 ) -> None:
     """`reconciler emulator`: print the base URL first, serve until SIGINT/SIGTERM."""
-    faults = Faults(latency_ms, error_rate, rate_limit_every, fault_seed)
+    faults = Faults(latency_ms, error_rate, rate_limit_every, fault_seed, rate_limit_rps)
     if m2m_page_size is not None and m2m_page_size < 1:
         raise ConfigError("--m2m-page-size must be at least 1")
     with _started(seed, db, faults, quiet, (host, port), m2m_page_size) as emu:
