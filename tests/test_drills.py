@@ -202,6 +202,10 @@ def test_a_rejected_patch_fails_its_project_and_the_others_apply(repo):
 # (c) an apply killed mid-way ---------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class EmulatorProcess:
     """`reconciler emulator` in its own process (the apply under test is one too)."""
 
@@ -358,6 +362,10 @@ def sigterm_once(
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # A test run started in the background (`cmd &` in a script, nohup) passes SIGINT
+        # on ignored, and Python then never turns it into KeyboardInterrupt: the drill is
+        # about a user's Ctrl-C, so the child starts with SIGINT's default.
+        preexec_fn=_default_sigint,
     )
     try:
         server.wait_for(key, count)
