@@ -45,7 +45,7 @@ from reconciler.client import ProjectApi, describe_json, resolve_credentials
 from reconciler.errors import ApiError, ConfigError, PlanFileError, ReconcilerError, RefusedError
 from reconciler.escape import plural, redact_values
 from reconciler.files import PROJECT_SUFFIXES, ProjectFile, load_projects
-from reconciler.kinds import BY_NAME, ROLE, Kind
+from reconciler.kinds import BY_NAME, ROLE, Kind, policy_rules
 from reconciler.objects import object_fingerprint
 from reconciler.plan import (
     ERROR,
@@ -419,8 +419,18 @@ def _shown(value: Any) -> Any:
     return redact_values(value)
 
 
-def changes_difference(saved: Sequence[Change], recomputed: Sequence[Change]) -> str | None:
-    """The first way a plan's field changes differ from the recomputed ones, or None."""
+def _described(kind: Kind | None, name: str, value: Any) -> str:
+    """A value in a reason: a policy as its rules (as the plan shows them), else JSON."""
+    if kind is not None and name in kind.policy_fields:
+        return "[" + "; ".join(policy_rules(value)) + "]"
+    return describe_json(value, 200)
+
+
+def changes_difference(
+    saved: Sequence[Change], recomputed: Sequence[Change], kind: Kind | None = None
+) -> str | None:
+    """The first way a plan's field changes (of an object of `kind`; the settings' without
+    one) differ from the recomputed ones, or None."""
     ours = {change.field: _shown(change.to_dict()) for change in recomputed}
     for change in saved:
         theirs = change.to_dict()
@@ -432,8 +442,8 @@ def changes_difference(saved: Sequence[Change], recomputed: Sequence[Change]) ->
         for key, says in (("before", "live it is"), ("after", "the files give")):
             if theirs[key] != mine[key]:
                 return (
-                    f"{change.field}: {key} is {describe_json(theirs[key], 120)} in the plan; "
-                    f"{says} {describe_json(mine[key], 120)}"
+                    f"{change.field}: {key} is {_described(kind, change.field, theirs[key])} in "
+                    f"the plan; {says} {_described(kind, change.field, mine[key])}"
                 )
         if theirs["source"] != mine["source"]:
             return (
@@ -443,7 +453,7 @@ def changes_difference(saved: Sequence[Change], recomputed: Sequence[Change]) ->
     for name, mine in ours.items():
         return (
             f"{name}: the plan leaves it as it is; the files change it to "
-            f"{describe_json(mine['after'], 120)}"
+            f"{_described(kind, name, mine['after'])}"
         )
     return None
 
@@ -459,13 +469,13 @@ def entry_difference(saved: ObjectChange, recomputed: ObjectChange | None) -> st
         return (
             f"the plan would {theirs['action']} it; the files and what is live {mine['action']} it"
         )
-    reason = changes_difference(saved.changes, recomputed.changes)
+    reason = changes_difference(saved.changes, recomputed.changes, BY_NAME[saved.kind])
     if reason:
         return reason
     for key in dict.fromkeys([*theirs, *mine]):
         if theirs.get(key) != mine.get(key):
             return (
-                f"{key} is {describe_json(theirs.get(key), 120)} in the plan; the files and "
-                f"what is live give {describe_json(mine.get(key), 120)}"
+                f"{key} is {describe_json(theirs.get(key), 200)} in the plan; the files and "
+                f"what is live give {describe_json(mine.get(key), 200)}"
             )
     return None
