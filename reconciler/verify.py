@@ -13,18 +13,21 @@ written, a saved plan is checked against what it was made from:
    load, hold that Project's id and give its `auth`.
 2. **What is live** (:func:`verify_saved_plan`): what each changed Project's plan
    writes is read once, all at once within the run's request budget: `GET /project`,
-   one `GET` per object it updates, renames or deletes (or whatever an entry with an
-   id names), the list of each kind it creates in (a name it creates must still be
-   free), and the role list when role references must resolve. What moved since the
-   plan was made (its fingerprints, a name taken, an object gone) makes it stale.
+   one `GET` per entry with an id (an object it updates, renames or deletes), the
+   list of each kind it has an entry without an id in (a name it creates must still
+   be free), and the role list when role references must resolve. What moved since
+   the plan was made (its fingerprints, a name taken, an object gone, a reference
+   that no longer resolves) makes it stale.
 3. **The planning code**: every entry of the plan — settings changes and object
    changes, with their `before`, `after`, `body` and `source`, the Project's `name` —
    must be what ``plan.diff`` computes again from the files' effective document and
    those live values, restricted to the objects the plan names (its `focus`). It is
    the same code `plan` ran, so whatever a kind adds to its entries is verified with
    it. `liveFingerprint` is left aside (it only dates the read); a kind whose plan
-   defers a decision to apply says what may match (``Kind.verify_saved``). Writes the
-   recomputation finds that the plan does not hold are not added.
+   defers a decision to apply says what may match (``Kind.verify_saved``). The
+   settings changes must be exactly the recomputed ones; an object write the
+   recomputation finds beyond the plan's (a live object created since, in a kind it
+   prunes) is not added: apply never writes more than the plan shows.
 
 A difference is ``not a valid plan file: REASON`` naming the Project and the entry; a
 stale plan stays "stale plan". Either way nothing is written. What apply then shows

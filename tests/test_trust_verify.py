@@ -26,6 +26,7 @@ from reconciler.emulator.seed import seed_m2m_id
 PROD = "4d1a6c2e-8b3f-4e5a-9c7d-1e2f3a4b5c6d"
 SANDBOX = "5e2b7d3f-9c40-4f6b-8d8e-2f3a4b5c6d7e"
 ADMIN = "6f3c8e40-ad51-4a7c-9e9f-3a4b5c6d7e8f"
+READER = "704d9f51-be62-4b8d-8fa0-4b5c6d7e8f90"
 TMP_CLIENT = seed_m2m_id("tmp-test-client")
 LEGACY_EXPORT = seed_m2m_id("legacy-export")
 
@@ -68,7 +69,7 @@ SEED: dict[str, Any] = {
             "description": "Sandbox",
             "signupEnabled": False,
             "fhirVersion": "r4",
-            "roles": [],
+            "roles": [{"id": READER, "name": "Reader"}],
         },
     ],
     "developers": [{"accessToken": DEV_TOKEN, "projects": [PROD, SANDBOX]}],
@@ -371,6 +372,27 @@ def test_an_entry_the_files_do_not_give_is_refused(checkout, emu, edit, reason, 
         "nothing was applied\n"
     )
     assert counts(emu) == reads
+
+
+def test_a_reference_that_no_longer_resolves_is_a_stale_plan(checkout, emu):
+    write(
+        checkout,
+        "projects/sandbox.yaml",
+        SANDBOX_FILE + "m2mClients:\n  reader-job: {roles: [Reader]}\n",
+    )
+    git(checkout, "commit", "-q", "-am", "A job that reads")
+    planned(checkout, emu, "--project", "sandbox")
+    emu.store.delete_role(SANDBOX, READER)  # by hand, after the plan
+    emu.reset_stats()
+    result = run(["apply", "--plan", "plan.json", "--yes"], emu)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: stale plan: live values changed since the plan was made: "
+        f"projects/sandbox.yaml ({SANDBOX}): now projects/sandbox.yaml:5:3: m2m 'reader-job': "
+        "roles: no role named 'Reader' in this Project (roles: (none)); nothing was applied. "
+        "Make a new plan and review it.\n"
+    )
+    assert counts(emu) == {"GET /v1/project": 1, "GET /v1/m2m/v2/list": 1, "GET /v1/iam/role": 1}
 
 
 # --- the files the plan was made from ------------------------------------------------------
