@@ -41,7 +41,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 from reconciler import provenance
 from reconciler.client import ProjectApi, describe_json, resolve_credentials
@@ -112,6 +112,20 @@ def load_plan_files(
             + "; nothing was applied"
         )
     by_label = {project.path: project for project in result.projects}
+    files = {}
+    for index, project in enumerate(plan.projects):
+        loaded = by_label.get(project.file)
+        if loaded is None:  # the loader shows the path otherwise (`./x.yaml` as `x.yaml`)
+            _invalid(path, f"projects[{index}].file: {project.file} is not how plan names it")
+        elif loaded.id != project.project_id:
+            _invalid(
+                path,
+                f"projects[{index}].file: {project.file} is the file of Project {loaded.id}, "
+                f"not {project.project_id}",
+            )
+        elif (loaded.auth or None) != (project.auth or None):
+            _invalid(path, f"projects[{index}].auth: not the auth {project.file} gives")
+        files[project.project_id] = loaded
     read = provenance.files_read((p.path, p.fragments) for p in result.projects)
     if plan.commit is not None:
         changed = provenance.uncommitted(read, base)
@@ -128,24 +142,10 @@ def load_plan_files(
             f"the files it was made from changed since (filesHash does not match "
             f"{', '.join(read)})",
         )
-    files = {}
-    for index, project in enumerate(plan.projects):
-        loaded = by_label.get(project.file)
-        if loaded is None:  # the loader shows the path otherwise (`./x.yaml` as `x.yaml`)
-            _invalid(path, f"projects[{index}].file: {project.file} is not how plan names it")
-        elif loaded.id != project.project_id:
-            _invalid(
-                path,
-                f"projects[{index}].file: {project.file} is the file of Project {loaded.id}, "
-                f"not {project.project_id}",
-            )
-        elif (loaded.auth or None) != (project.auth or None):
-            _invalid(path, f"projects[{index}].auth: is not the auth {project.file} gives")
-        files[project.project_id] = loaded
     return files
 
 
-def _invalid(path: str, reason: str) -> None:
+def _invalid(path: str, reason: str) -> NoReturn:
     raise PlanFileError(f"{path}: not a valid plan file: {reason}")
 
 

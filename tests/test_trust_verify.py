@@ -287,6 +287,11 @@ def name_as_sandbox(doc: dict[str, Any]) -> None:
             {},
         ),
         (
+            lambda doc: doc["projects"][0].update(auth={"accessTokenEnv": "SANDBOX_TOKEN"}),
+            "projects[0].auth: not the auth projects/production.yaml gives",
+            {},
+        ),
+        (
             name_as_sandbox,
             f'projects/production.yaml ({PROD}): the Project is named "PRODUCTION" live, not '
             '"SANDBOX" as the plan says; nothing was applied',
