@@ -312,24 +312,6 @@ def needs_role_lookup(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bo
     return any(role_needs_lookup(desired[key], live[key]) for key in ROLE_FIELDS if key in desired)
 
 
-def resolves_roles(desired: Mapping[str, Any], focus: Mapping[str, Collection[str]]) -> bool:
-    """Whether planning these objects (`focus`: kind name -> names) and the settings
-    resolves role references through the Project's role list whatever is live: one of
-    the objects names roles, or the file declares roles and a default role (a declared
-    role's id is known only from the list). Otherwise only a default role whose name
-    differs from live needs the list (:func:`needs_role_lookup`, after GET /project)."""
-    kinds = objects.managed_kinds(desired)
-    if objects.ROLE in kinds and any(desired.get(key) is not None for key in ROLE_FIELDS):
-        return True
-    for kind in kinds:
-        declared = objects.desired_objects(desired, kind)
-        for name in focus.get(kind.name, ()):
-            fields = declared.get(name) or {}
-            if any(fields.get(role_field) for role_field in kind.role_fields):
-                return True
-    return False
-
-
 def resolve_role(
     key: str,
     desired: Any,

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, NoReturn
@@ -49,9 +49,10 @@ from reconciler.errors import ApiError, ConfigError, PlanFileError, ReconcilerEr
 from reconciler.escape import plural, redact_values
 from reconciler.files import PROJECT_SUFFIXES, ProjectFile, load_projects
 from reconciler.kinds import BY_NAME, ROLE, Kind, policy_rules
-from reconciler.objects import object_fingerprint
+from reconciler.objects import desired_objects, managed_kinds, object_fingerprint
 from reconciler.plan import (
     ERROR,
+    ROLE_FIELDS,
     Change,
     LiveObjects,
     ObjectChange,
@@ -61,7 +62,6 @@ from reconciler.plan import (
     fingerprint,
     needs_role_lookup,
     normalise_live,
-    resolves_roles,
 )
 from reconciler.schedule import Pool, Tasks
 
@@ -197,7 +197,7 @@ class _Check:
                 reads.append(((1, index), partial(self._read_object, change)))
         for index, (kind_name, names) in enumerate(listed.items()):
             reads.append(((2, index), partial(self._read_list, BY_NAME[kind_name], names)))
-        if ROLE.name not in listed and resolves_roles(self.file.data, self.focus):
+        if ROLE.name not in listed and _resolves_roles(self.file.data, self.focus):
             self.roles_asked = True
             reads.append(((3,), self._read_roles))
         return reads
@@ -412,6 +412,24 @@ def verify_saved_plan(
         for p in plan.projects
     )
     return replace(plan, projects=projects)
+
+
+def _resolves_roles(desired: Mapping[str, Any], focus: Mapping[str, Collection[str]]) -> bool:
+    """Whether planning these objects (`focus`: kind name -> names) and the settings
+    resolves role references through the Project's role list whatever is live: one of
+    the objects names roles, or the file declares roles and a default role (a declared
+    role's id is known only from the list). Otherwise only a default role whose name
+    differs from live needs the list (:func:`needs_role_lookup`, after GET /project)."""
+    kinds = managed_kinds(desired)
+    if ROLE in kinds and any(desired.get(key) is not None for key in ROLE_FIELDS):
+        return True
+    for kind in kinds:
+        declared = desired_objects(desired, kind)
+        for name in focus.get(kind.name, ()):
+            fields = declared.get(name) or {}
+            if any(fields.get(role_field) for role_field in kind.role_fields):
+                return True
+    return False
 
 
 # --- what differs ------------------------------------------------------------------------
