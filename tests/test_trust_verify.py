@@ -461,3 +461,33 @@ def test_a_plan_with_neither_commit_nor_hash_is_refused(checkout, emu):
         "(and only one)\n"
     )
     assert emu.stats() == {}
+
+
+def test_a_saved_rename_and_role_references_verify_and_apply(repo):
+    # The recomputation resolves references as plan did: a role renamed in the same plan,
+    # the default role naming it by its new name, a client given roles by name.
+    from objects_e2e import FRONT_DESK, JOB_CLIENT, STAFF, api, objects_emulator, project
+
+    project(
+        repo,
+        "defaultPatientRole: Front Desk\n"
+        "roles:\n  Front Desk: {renamedFrom: FrontDesk}\n  Staff: {}\n"
+        "m2mClients:\n  old-job: {roles: [Front Desk, Staff]}\n",
+    )
+    with objects_emulator() as emu:
+        planned(repo, emu)
+        emu.reset_stats()
+        result = run(["apply", "--plan", "plan.json", "--yes"], emu)
+        assert result.exit_code == 0, result.output
+        assert "    ~ role Front Desk (renamed from FrontDesk)\n" in result.stdout
+        assert counts(emu) == {
+            "GET /v1/project": 1,
+            "GET /v1/iam/role": 1,
+            "GET /v1/iam/role/{id}": 1,
+            "GET /v1/m2m/{id}": 1,
+            "PATCH /v1/iam/role/{id}": 1,
+            "PATCH /v1/m2m/{id}": 1,
+        }
+        job = api(emu, "GET", f"/m2m/{seed_m2m_id(JOB_CLIENT)}")
+        assert sorted(role["id"] for role in job["roles"]) == sorted([FRONT_DESK, STAFF])
+        assert run(["plan", "--detailed-exitcode"], emu).exit_code == 0
