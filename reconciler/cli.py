@@ -167,6 +167,7 @@ def _plan_command(fn: Callable) -> Callable:
 )
 @click.option(
     "--out",
+    "-o",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
     help="Also save the plan as JSON, for `apply --plan`.",
@@ -401,7 +402,7 @@ def compare(a, b, root, raw, fmt, detailed_exitcode) -> None:
     default=None,
     help="YAML of Projects (with their objects) and Developers to load; 'demo': the demo's.",
 )
-@click.option("--quiet", is_flag=True, help="No request log on stderr.")
+@click.option("--quiet", "-q", is_flag=True, help="No request log on stderr.")
 @click.option(
     "--latency-ms",
     type=click.IntRange(min=0),
@@ -438,6 +439,7 @@ def emulator(**options) -> None:
     """Run a local Oystehr Project Service (the emulator).
 
     The first line on stdout is its base URL, so --port 0 works in scripts.
+    Each request is logged on stderr (-q: none). Ctrl-C (or SIGTERM) stops it.
 
     \b
       reconciler emulator --port 0 --seed seed.yaml --latency-ms 20

@@ -352,11 +352,19 @@ def apply(
 
 
 def export(run: Run, project_id: str, output: str | None, force: bool, include: str | None) -> int:
-    """A project file from the live Project, on stdout or in --output."""
+    """A project file from the live Project, on stdout or in --output. Over a project file
+    for the same Project it keeps that file's leading comments and auth block (and reads
+    with the credentials the block names); any other existing file needs --force."""
     from pathlib import Path
 
     from reconciler.client import resolve_credentials
-    from reconciler.export import export_project, parse_include, schema_ref_for
+    from reconciler.export import (
+        existing_project,
+        export_project,
+        keep_from,
+        parse_include,
+        schema_ref_for,
+    )
     from reconciler.files import has_include
 
     target = Path(output) if output else None
@@ -365,13 +373,29 @@ def export(run: Run, project_id: str, output: str | None, force: bool, include: 
             f"{output} includes fragments: export writes a standalone file and would drop "
             "them; export to another file and copy what you need"
         )
-    if target and target.exists() and not force:
-        raise ConfigError(f"{output} exists; pass --force to overwrite it")
+    existing = None
+    if target and target.exists():
+        existing = existing_project(target) if target.is_file() else None
+        if existing is None or existing.id != project_id:
+            if not force:
+                what = (
+                    f"is the project file of {term(existing.id)}, not {project_id}"
+                    if existing is not None
+                    else f"exists and is not a project file for {project_id}"
+                )
+                raise ConfigError(f"{output} {what}; pass --force to overwrite it")
+            existing = None
+        elif existing.auth_problem:
+            raise ConfigError(existing.auth_problem)
     words = parse_include(include)
-    credentials = resolve_credentials(None, run.env)
+    auth = existing.auth if existing else None
+    run.auths = [auth]  # redacted from all output, like the globals
+    credentials = resolve_credentials(auth, run.env)
     text = export_project(
         run.api(), credentials, project_id, schema_ref=schema_ref_for(target), include=words
     )
+    if existing is not None:
+        text = keep_from(existing, text)
     if target is None:
         click.echo(text, nl=False)
         return EXIT_OK
@@ -381,7 +405,16 @@ def export(run: Run, project_id: str, output: str | None, force: bool, include: 
     except OSError as exc:
         raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
     if not run.quiet:
-        click.echo(f"Wrote {output}.", err=True)
+        kept = [
+            what
+            for what, lines in (
+                ("leading comments", existing and existing.leading),
+                ("auth block", existing and existing.auth_lines),
+            )
+            if lines
+        ]
+        also = f" (kept its {' and '.join(kept)})" if kept else ""
+        click.echo(f"Wrote {output}{also}.", err=True)
     return EXIT_OK
 
 

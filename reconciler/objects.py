@@ -14,6 +14,7 @@ role the plan creates has no id yet and is written ``{"ref": {"kind": "role",
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -175,10 +176,7 @@ class RoleIndex:
                 if r.get("name") == role_name and str(r.get("id")) not in self.renamed
             ]
             if not named:
-                raise ValueError(
-                    f"{what}: no role named {role_name!r} in this Project "
-                    f"(roles: {self.available()})"
-                )
+                raise no_role_named(what, role_name, self.names())
             if len(named) > 1:
                 ids = ", ".join(sorted(str(r.get("id")) for r in named))
                 raise ValueError(
@@ -197,6 +195,14 @@ class RoleIndex:
         if role_name is not None and name != role_name:
             raise ValueError(f"{what}: role {found_id} is named {name!r}, not {role_name!r}")
         return {"id": found_id, "name": name}
+
+
+def no_role_named(what: str, name: Any, names: Sequence[str]) -> ValueError:
+    """The error for a role name that resolves nowhere: the closest name, then them all."""
+    close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    available = ", ".join(names) or "(none)"
+    return ValueError(f"{what}: no role named {name!r} in this Project{hint} (roles: {available})")
 
 
 def role_index(roles: Matching | None, live_roles: Sequence[Mapping] | None) -> RoleIndex:

@@ -326,7 +326,8 @@ def resolve_role(
         if role_name is not None and live["name"] != role_name:
             raise ValueError(f"{key}: role {role_id} is named {live['name']!r}, not {role_name!r}")
         return {"id": live["id"], "name": live["name"]}
-    available = ", ".join(sorted({str(r.get("name")) for r in roles or ()})) or "(none)"
+    names = sorted({str(r.get("name")) for r in roles or ()})
+    available = ", ".join(names) or "(none)"
     if role_id is not None:
         match = [r for r in roles or () if r.get("id") == role_id]
         if not match:
@@ -341,7 +342,7 @@ def resolve_role(
         return {"id": found["id"], "name": found.get("name")}
     named = [r for r in roles or () if r.get("name") == role_name]
     if not named:
-        raise ValueError(f"{key}: no role named {role_name!r} in this Project (roles: {available})")
+        raise objects.no_role_named(key, role_name, names)
     if len(named) > 1:
         ids = ", ".join(sorted(r["id"] for r in named))
         raise ValueError(

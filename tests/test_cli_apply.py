@@ -8,7 +8,6 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import pytest
 import yaml
 from e2e import (
-    A_PATIENT,
     A_STAFF_1,
     ALPHA,
     BETA,
@@ -298,14 +297,3 @@ def test_export_absent_role_as_null_and_literal_dollar_brace(repo, emu):
     (repo / "projects").mkdir()
     (repo / "projects/gamma.yaml").write_text(result.stdout)
     assert run(["plan", "--detailed-exitcode"], emu).exit_code == 0
-
-
-def test_export_refuses_to_overwrite_without_force(repo, emu):
-    write(repo, "projects/alpha.yaml", "keep me\n")
-    args = ["export", "--project-id", ALPHA, "--output", "projects/alpha.yaml"]
-    result = run(args, emu)
-    assert result.exit_code == 1
-    assert result.stderr == "Error: projects/alpha.yaml exists; pass --force to overwrite it\n"
-    assert (repo / "projects/alpha.yaml").read_text() == "keep me\n"
-    assert run([*args, "--force"], emu).exit_code == 0
-    assert A_PATIENT in live(emu, ALPHA)["defaultPatientRole"]["id"]
