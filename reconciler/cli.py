@@ -241,10 +241,13 @@ def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
     renames), then the settings PATCH, then deletes. Asks `Apply? [y/N]` on a
     terminal; --yes skips the question; without a terminal and without --yes
     it refuses and writes nothing. With --plan it applies a reviewed plan,
-    refusing before any write if the file is not a consistent plan, has
-    errors, was made for another API, or anything it changes changed since
-    (stale). Exit 0 all applied (or nothing to do), 1 anything failed,
-    refused or interrupted.
+    run where it was made (the repository root): it refuses before any write
+    if the file is not a consistent plan, has errors, was made for another
+    API or at another commit, is not what the project files and the live
+    Projects give (re-read once, planned again), or anything it changes
+    changed since (stale); what it shows and writes is what it verified.
+    Exit 0 all applied (or nothing to do), 1 anything failed, refused or
+    interrupted.
 
     \b
       reconciler apply --yes

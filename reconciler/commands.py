@@ -39,6 +39,7 @@ class Run:
         self.quiet = options.get("quiet", False)
         self.concurrency = options.get("concurrency", 8)
         self.auths: list = []  # the auth blocks of the Projects in this run
+        self.loaded: list = []  # the files of the Projects in this run's plan
         self._api = None
         self._pool = None
         self.reading = False  # whether a Project's reads have started
@@ -164,7 +165,7 @@ class Run:
             planner.add(project)
 
         try:
-            projects = self.load(paths, fmt, start)
+            projects = self.loaded = self.load(paths, fmt, start)
             if refused:
                 self.credentials_ready(self.auths)  # names every offending variable
                 raise refused[0]
@@ -177,6 +178,19 @@ class Run:
 
             return plan_projects([], self.api(), self.env, pool=self.pool())
         return planner.plan(projects)
+
+    def with_provenance(self, the_plan: Plan, paths: Sequence[str]) -> Plan:
+        """The plan with the files it was made from: the git commit they are committed
+        at, or (uncommitted) their hash, so that `apply --plan` can load them again."""
+        from dataclasses import replace
+
+        from reconciler import provenance
+
+        first = self.loaded[0].path if self.loaded else (paths or ("projects",))[0]
+        root = provenance.plan_root(first, self.options.get("root"))
+        files = provenance.files_read((p.path, p.fragments) for p in self.loaded)
+        commit, files_hash = provenance.record(files, root)
+        return replace(the_plan, commit=commit, files_hash=files_hash)
 
     def progress(self, verb: str):
         """A progress line on stderr, only on a terminal and only for longer runs."""
@@ -256,6 +270,8 @@ def validate(paths: Sequence[str], fmt: str, root: str | None = None) -> int:
 
 def plan(run: Run, paths: Sequence[str], fmt: str, out: str | None, detailed: bool) -> int:
     the_plan = run.read_plan(paths, fmt)
+    if out or fmt == "json":  # the plan file: what apply --plan checks against the files
+        the_plan = run.with_provenance(the_plan, paths)
     if out:
         write_plan_file(the_plan, out)
     run.show_plan(the_plan, fmt)
@@ -280,7 +296,7 @@ def apply(
     max_changes: int | None,
     fmt: str,
 ) -> int:
-    """Plan (or read a saved plan), refuse or ask, write, report."""
+    """Plan (or read and verify a saved plan), refuse or ask, write, report."""
     from reconciler.apply import apply_plan, refusals
     from reconciler.planfile import read_plan_file
     from reconciler.render import (
@@ -294,13 +310,17 @@ def apply(
         render_text,
     )
     from reconciler.schedule import Stopper
+    from reconciler.verify import load_plan_files, verify_saved_plan
 
     options = run.options
     if plan_file:
-        the_plan = read_plan_file(plan_file)
-        run.auths = [p.auth for p in the_plan.projects]
+        saved = read_plan_file(plan_file)
+        run.auths = [p.auth for p in saved.projects]
         run.redact_credentials()  # before the plan is shown
-        refusals(the_plan, api_url=options["api_url"], max_changes=max_changes, saved=True)
+        refusals(saved, api_url=options["api_url"], max_changes=max_changes, saved=True)
+        # What is shown and written is what the files and the live values give.
+        files = load_plan_files(saved, plan_file, run.env, options.get("root"))
+        the_plan = verify_saved_plan(saved, plan_file, files, run.api(), run.env, run.pool())
     else:
         the_plan = run.read_plan(paths)
         refusals(the_plan, max_changes=max_changes)
@@ -319,7 +339,6 @@ def apply(
         run.api(),
         run.env,
         pool=run.pool(),
-        verify_fresh=bool(plan_file),
         stopper=Stopper(),
         progress=run.progress("Applying"),
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,9 +81,16 @@ class Matching:
 
 
 def match(
-    kind: Kind, declared: Mapping[str, Mapping[str, Any]], live: Sequence[Mapping]
+    kind: Kind,
+    declared: Mapping[str, Mapping[str, Any]],
+    live: Sequence[Mapping],
+    only: Collection[str] | None = None,
 ) -> Matching:
-    """Pair each declared object with its live one; names are identity, `renamedFrom` moves."""
+    """Pair each declared object with its live one; names are identity, `renamedFrom` moves.
+
+    `only` matches just the declared objects it names (a saved plan's entries, verified
+    at apply); the others still claim their names, so no live object they hold is taken
+    for one to delete."""
     by_name: dict[str, list[Mapping[str, Any]]] = {}
     for item in live:
         by_name.setdefault(item.get("name"), []).append(item)
@@ -95,6 +102,8 @@ def match(
         claimed.add(name)
         if old:
             claimed.add(old)
+        if only is not None and name not in only:
+            continue
         now, before = by_name.get(name, []), by_name.get(old, []) if old else []
         error = None
         for label, found in ((name, now), (old, before)):
