@@ -1,7 +1,8 @@
 """Apply a Plan through the client: refusals first, then the smallest writes.
 
-`refusals()` and `_refuse_stale()` hold every reason not to write, in one
-place, and run before any write. `apply_plan()` then writes every changed
+`refusals()` holds every reason not to write a plan at all, and runs before any
+write; a saved plan is verified before it is shown (``verify.py``: forged or stale,
+nothing is written). `apply_plan()` then writes every changed
 Project at once, each one level at a time (``levels.py``): creates, updates and
 renames of roles, then applications, then M2M clients, then secrets, then
 buckets; the settings PATCH; deletes in reverse. The writes of a level run
@@ -40,15 +41,13 @@ from reconciler.errors import (
 from reconciler.escape import credential_variables, plural
 from reconciler.kinds import BY_NAME, M2M, ROLE, Kind
 from reconciler.levels import LEVELS, SETTINGS, Level
-from reconciler.objects import is_ref, object_fingerprint
+from reconciler.objects import is_ref
 from reconciler.plan import (
     COMPARE,
     UNCHANGED,
     ObjectChange,
     Plan,
     ProjectPlan,
-    fingerprint,
-    normalise_live,
     unconverged,
 )
 from reconciler.render import (
@@ -113,7 +112,6 @@ def apply_plan(
     env: Mapping[str, str],
     *,
     pool: Pool | None = None,
-    verify_fresh: bool = False,
     stopper: Stopper | None = None,
     progress: Callable[[int, int], None] | None = None,
     values: ValueInputs | None = None,
@@ -122,23 +120,19 @@ def apply_plan(
     """Write every changed Project (and compare the secret values of those that have
     some); one outcome per Project in the plan, in plan order.
 
-    With `verify_fresh` (a saved plan), what each changed Project's plan writes is read
-    once first and the whole apply is refused, before any write, if any of it changed
+    A saved plan is verified first (``verify.py``): what it applies is what the files
+    and the live values give, and it refuses, before any write, if any of it changed
     since the plan. `values` gives the files' literal secret values and the rotations
     asked for; `allow` the options given that allow guarded deletes
     (`--allow-bucket-deletes`).
     """
     pool = pool or Pool(api.budget.concurrency)
-    changed = plan.to_apply
+    to_write = plan.to_apply
     context = WriteContext(
         values or ValueInputs(),
         allow,
         tuple(credential_variables(p.auth for p in plan.projects)),
     )
-    failures: dict[str, str] = {}
-    if verify_fresh:
-        failures = _refuse_stale(changed, api, env, pool)
-    to_write = [p for p in changed if p.project_id not in failures]
 
     done = threading.Event()
     counts = {"started": 0, "finished": 0, "all started": False}
@@ -192,10 +186,7 @@ def apply_plan(
     outcomes = []
     for project in plan.projects:
         if project.has_work:
-            if project.project_id in failures:
-                outcomes.append(_outcome(project, FAILED, failures[project.project_id]))
-            else:
-                outcomes.append(by_id[project.project_id])
+            outcomes.append(by_id[project.project_id])
         elif project.status == UNCHANGED:
             outcomes.append(_outcome(project, UNCHANGED))
         else:
@@ -744,124 +735,6 @@ def _fields_absent(answer: Mapping[str, Any], names: Sequence[str]) -> bool:
     """An answer that leaves a field out says nothing about it (a PATCH may answer with
     the list's shape); only a field it holds with another value did not converge."""
     return all(name not in answer for name in names)
-
-
-def _refuse_stale(
-    changed: Sequence[ProjectPlan], api: ProjectApi, env: Mapping[str, str], pool: Pool
-) -> dict[str, str]:
-    """Re-read what each changed Project's plan writes, once: its settings when they change
-    (GET /project), each object it updates, renames or deletes (one GET each), and the list
-    of each kind it creates in (a name it creates must still be free), all at once within
-    the run's budget. Stale ones refuse the whole apply; ones that cannot be read fail on
-    their own (returned), so the others still apply."""
-    done = threading.Event()
-    remaining = [len(changed)]
-    lock = threading.Lock()
-    checks = []
-
-    def checked(tasks: Tasks) -> None:
-        with lock:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                done.set()
-
-    for order, project in enumerate(changed):
-        tasks = Tasks(pool, order, checked, errors=ReconcilerError)
-        checks.append(tasks)
-        try:
-            credentials = resolve_credentials(project.auth, env)
-        except ReconcilerError as exc:
-            tasks.failures[(0,)] = exc
-            checked(tasks)
-            continue
-        tasks.spawn_all(_freshness_reads(project, api, credentials))
-    if not changed:
-        done.set()
-    pool.wait(done, abandon=api.abort)
-
-    stale, unreadable = [], {}
-    for project, tasks in zip(changed, checks, strict=True):
-        failure = tasks.first_failure
-        if failure is None:
-            continue
-        if isinstance(failure[1], _Stale):
-            stale.append((project, str(failure[1])))
-        else:
-            unreadable[project.project_id] = str(failure[1])
-    if stale:
-        named = ", ".join(f"{p.file} ({p.project_id}): {what}" for p, what in stale)
-        raise RefusedError(
-            f"stale plan: live values changed since the plan was made: {named}; "
-            "nothing was applied. Make a new plan and review it."
-        )
-    return unreadable
-
-
-class _Stale(ReconcilerError):
-    """What changed live since the plan was made."""
-
-
-def _freshness_reads(project: ProjectPlan, api: ProjectApi, credentials: Any) -> list:
-    """The reads that say whether a Project's plan is still fresh, keyed in plan order;
-    each raises _Stale naming what changed."""
-    pid = project.project_id
-    reads = []
-
-    def settings() -> None:
-        live = normalise_live(api.get_project(pid, credentials))
-        if fingerprint(live, project.managed_keys) != project.live_fingerprint:
-            raise _Stale("settings")
-
-    def listed(kind: Kind, changes: Sequence[ObjectChange]) -> None:
-        # A kind with no GET of its own (a secret's answers its value): its list says
-        # whether each still exists (its fingerprint covers existence) or is still free.
-        live = {str(o[kind.key_field]): o for o in api.list_objects(kind, pid, credentials)}
-        for change in changes:
-            found = live.get(change.name)
-            if change.id is None and found is not None:
-                raise _Stale(f"{kind.name} {change.name!r} exists now")
-            if change.id is None:
-                continue
-            if found is None:
-                raise _Stale(f"{kind.name} {change.name!r} is gone")
-            changes_now = [c.to_dict() for c in change.changes]
-            if object_fingerprint(kind, changes_now, found) != change.live_fingerprint:
-                raise _Stale(f"{kind.name} {change.name!r}")
-
-    def one(change: ObjectChange) -> None:
-        kind = BY_NAME[change.kind]
-        try:
-            live_object = api.get_object(kind, pid, credentials, change.id)
-        except ApiError as exc:
-            if exc.status == 404:
-                raise _Stale(f"{kind.name} {change.name!r} is gone") from None
-            raise
-        changes = [c.to_dict() for c in change.changes]
-        if object_fingerprint(kind, changes, live_object) != change.live_fingerprint:
-            raise _Stale(f"{kind.name} {change.name!r}")
-
-    def names_free(kind: Kind, names: set[str]) -> None:
-        # A name the plan creates must still be free, or apply would make a second one.
-        taken = sorted(names & {o["name"] for o in api.list_objects(kind, pid, credentials)})
-        if taken:
-            raise _Stale(f"{kind.name} {', '.join(map(repr, taken))} exists now")
-
-    if project.changes:
-        reads.append(((0,), settings))
-    creates: dict[str, set[str]] = {}
-    by_list: dict[str, list[ObjectChange]] = {}
-    for index, change in enumerate(project.objects):
-        if not BY_NAME[change.kind].item_get:
-            by_list.setdefault(change.kind, []).append(change)
-        elif change.id is None:
-            creates.setdefault(change.kind, set()).add(change.name)
-        else:
-            reads.append(((1, index), partial(one, change)))
-    for index, (kind_name, names) in enumerate(creates.items()):
-        reads.append(((2, index), partial(names_free, BY_NAME[kind_name], names)))
-    for index, (kind_name, changes) in enumerate(by_list.items()):
-        reads.append(((3, index), partial(listed, BY_NAME[kind_name], changes)))
-    return reads
 
 
 def _outcome(
