@@ -468,20 +468,31 @@ def check_rotations(rotate: frozenset[tuple[str, str]], projects: Sequence) -> N
 
 
 def check_planned_rotations(rotate: frozenset[tuple[str, str]], the_plan: Plan) -> None:
-    """With a saved plan, each --rotate names one of its secrets that rotates a client."""
+    """With a saved plan, each --rotate names one of its secrets that rotates a client,
+    and each rotation of a client the plan does not create is asked for with --rotate
+    (the plan was made with it; apply is given it again)."""
     from reconciler.secretvalues import Source
 
-    planned = {
-        (project.project_id, change.name)
-        for project in the_plan.projects
-        for change in project.objects
-        if change.value_source is not None and Source.parse(change.value_source).rotates
-    }
-    for project_id, name in sorted(rotate - planned):
+    planned = {}
+    for project in the_plan.projects:
+        created = {c.name for c in project.objects if c.kind == "m2m" and c.action == "create"}
+        for change in project.objects:
+            source = Source.parse(change.value_source) if change.value_source else None
+            if source is not None and source.rotates:
+                planned[(project.project_id, change.name)] = (source.client, created)
+    for project_id, name in sorted(rotate - set(planned)):
         raise ConfigError(
             f"--rotate {project_id}:{name}: the plan writes no secret {name} of Project "
             f"{project_id} from an M2M client's clientSecret; make the plan with --rotate"
         )
+    asked = {(pid, planned[(pid, name)][0]) for pid, name in rotate}
+    for (project_id, name), (client, created) in sorted(planned.items()):
+        if client not in created and (project_id, client) not in asked:
+            raise RefusedError(
+                f"the plan rotates M2M client {client!r}, which exists (secret {name} of "
+                f"Project {project_id}): apply does it only when given --rotate "
+                f"{project_id}:{name}; nothing was applied"
+            )
 
 
 def file_literals(projects: Sequence) -> dict:

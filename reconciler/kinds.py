@@ -257,6 +257,13 @@ M2M = Kind(
     normalisers={**_POLICY, "roles": _id_set},
 )
 
+
+def _verify_saved_secret(saved: ObjectChange, ours: ObjectChange | None) -> ObjectChange:
+    from reconciler.secretvalues import verify_saved_value
+
+    return verify_saved_value(saved, ours)
+
+
 SECRET = Kind(
     name="secret",
     key="secrets",
@@ -275,6 +282,7 @@ SECRET = Kind(
     conceal=conceal_secret,
     concealed=True,
     phases=(Phase("value"),),  # one POST /secret per secret: create or replace
+    verify_saved=_verify_saved_secret,  # a value compared at apply: compared again then
 )
 
 BUCKET = Kind(

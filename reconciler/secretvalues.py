@@ -218,6 +218,39 @@ def secret_action(
     return COMPARE
 
 
+def verify_saved_value(saved: Any, ours: Any) -> Any:
+    """How `apply --plan` verifies a secret's saved entry (``Kind.verify_saved``) against
+    the one planned again from the files and what apply read (`ours`; None: nothing to
+    do). Apply reads no value to verify, so a value the plan compared (`compare`) or
+    found different (`update`, when its maker's credentials could read it) is planned
+    again as `compare`: apply then reads it and writes it only if it differs. Anything
+    else must be the same: action, id, where the value comes from, where it is declared.
+    Returns the entry to apply; ValueError says what differs."""
+    from dataclasses import replace
+
+    rotates = saved.value_source is not None and Source.parse(saved.value_source).rotates
+    if ours is None:
+        if rotates:
+            raise ValueError(
+                "its value is a new secret of an M2M client that exists: apply rotates it "
+                f"only when given --rotate PROJECT_ID:{saved.name}"
+            )
+        raise ValueError(f"the plan would {saved.action} it; the files and what is live do not")
+    for key, what in (("value_source", "its value comes from"), ("source", "it is declared at")):
+        if getattr(saved, key) != getattr(ours, key):
+            raise ValueError(
+                f"the plan says {what} {getattr(saved, key)}; the files say {getattr(ours, key)}"
+            )
+    deferred = ("update", COMPARE)
+    same = saved.action == ours.action and saved.id == ours.id
+    if not same and not (saved.action in deferred and ours.action in deferred and not rotates):
+        raise ValueError(
+            f"the plan would {saved.action} it; the files and what is live {ours.action} it"
+        )
+    action = ours.action if same else COMPARE
+    return replace(ours, action=action, live_fingerprint=saved.live_fingerprint)
+
+
 @dataclass(frozen=True)
 class ValueInputs:
     """What apply needs beside a plan to write secret values: the files' literal values

@@ -120,10 +120,12 @@ def test_bucket_names_take_substitution_and_are_checked_after_it(repo):
 
 def _plan(objects: list[dict], status: str = "changed") -> dict:
     doc = {
-        "formatVersion": 2,
+        "formatVersion": 3,
         "tool": "reconciler test",
         "createdAt": "2026-01-01T00:00:00Z",
         "apiUrl": "http://127.0.0.1:1/v1",
+        "commit": "0" * 40,
+        "filesHash": None,
         "summary": {
             "changed": int(status == "changed"),
             "unchanged": int(status == "unchanged"),

@@ -25,8 +25,8 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
         "--- projects/production.yaml\n+++ projects/staging.yaml\n",
         "~ applications.Patient Portal.mfaEnabled: true -> false\n",
         "Compare: 7 differences (id, auth and vars aside).\n",
-        "Plan: 3 to change, 0 unchanged, 0 errors. Objects: 11 to add, 2 to change, 1 to destroy.",
-        "    ~ secret STRIPE_SECRET_KEY: value changes (not shown)\n",
+        "Plan: 3 to change, 0 unchanged, 0 errors. Objects: 12 to add, 1 to change, 1 to destroy.",
+        "    + secret STRIPE_SECRET_KEY (env RECONCILER_SECRET_SANDBOX_STRIPE_SECRET_KEY)\n",
         "    + secret ZAMBDAS_CLIENT_ID (m2m zambdas clientId)\n",
         "    + secret ZAMBDAS_CLIENT_SECRET (m2m zambdas clientSecret, rotated at apply)\n",
         "    + bucket fd9b1113-4bd2-4dad-8631-a95ba035dfda-visit-notes\n",
@@ -49,7 +49,7 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
     ):
         assert line in out
     assert "demo-sandbox-secret" not in result.output
-    assert "sk_test_" not in result.output  # the secret values: the one set, the one replaced
+    assert "sk_test_" not in result.output  # the secret value the demo sets
     assert "production-ci" not in result.output  # a client id is a credential too
     assert list(tmp_path.iterdir()) == []  # works from any folder and leaves nothing behind
 

@@ -106,12 +106,18 @@ def test_plan_apply_and_every_output_hold_no_value_and_the_new_secret_gets_a_tok
     applied = run(["apply", "--plan", "plan.json", "--yes", "-v", "--allow-bucket-deletes"], env)
     assert applied.exit_code == 0, applied.output
     stats = emu.stats()
-    # Freshness: each kind's list (a new client's name still free, the secrets and
-    # buckets still as they were); then one write each, the rotation once.
+    # Verification: the Project, each kind's list (a new client's name still free, the
+    # secrets and buckets still as they were), the role list (the new client's role).
+    # A value the plan found different is compared again (one GET each) and written only
+    # if it still differs. Then one write each, the rotation once.
     assert {k: n for k, n in stats.items() if k.startswith("GET")} == {
+        "GET /v1/project": 1,
+        "GET /v1/iam/role": 1,
         "GET /v1/m2m/v2/list": 1,
         "GET /v1/secret": 1,
         "GET /v1/z3": 1,
+        "GET /v1/secret/STRIPE_KEY": 1,
+        "GET /v1/secret/WEBSITE_URL": 1,
     }
     assert writes(stats) == {
         "POST /v1/m2m": 1,
@@ -330,8 +336,12 @@ def test_a_saved_plans_rotation_needs_rotate_at_apply_too(repo, emu):
     emu.reset_stats()
     refused = run(["apply", "--plan", "plan.json", "--yes"], env)
     assert refused.exit_code == 1
-    assert "apply rotates it only when given --rotate" in refused.stdout
-    assert writes(emu.stats()) == {}
+    assert refused.output == (
+        "Error: the plan rotates M2M client 'Existing Admin', which exists (secret "
+        f"ADMIN_SECRET of Project {PID}): apply does it only when given --rotate "
+        f"{PID}:ADMIN_SECRET; nothing was applied\n"
+    )
+    assert emu.stats() == {}
     applied = run(["apply", "--plan", "plan.json", "--yes", *rotate], env)
     assert applied.exit_code == 0, applied.output
     assert token_status(emu, EXISTING_ID, secret_value(emu, "ADMIN_SECRET")) == 200
@@ -393,11 +403,15 @@ def test_a_value_equal_to_a_credential_is_refused_naming_both_never_the_value(re
     applied = run(["apply", "--plan", "plan.json", "--yes"], env)
     assert applied.exit_code == 1
     assert (
-        f"secret 'STRIPE_KEY': its value (env {STRIPE_VARIABLE}) is the value of "
-        "OYSTEHR_CLIENT_SECRET, a credential; it is never copied into Oystehr."
-    ) in applied.stdout
-    assert writes(emu.stats()) == {}
-    assert "secrets-ci-secret-7f3a9b" not in planned.output + applied.output
+        f"secrets.STRIPE_KEY.valueFrom.env: {STRIPE_VARIABLE} holds the value of "
+        "OYSTEHR_CLIENT_SECRET, a credential: it would be copied into Oystehr"
+    ) in applied.output
+    assert emu.stats() == {}  # the files are checked before any request
+    # A fresh apply is refused the same way; the Project's own refusal at apply (for a
+    # value only the apply job holds) names the secret and the credential.
+    fresh = run(["apply", "--yes"], env)
+    assert fresh.exit_code == 1 and writes(emu.stats()) == {}
+    assert "secrets-ci-secret-7f3a9b" not in planned.output + applied.output + fresh.output
 
 
 def test_validate_locates_every_bad_secret_and_never_quotes_a_value(repo):
