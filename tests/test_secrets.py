@@ -519,3 +519,55 @@ def test_init_maps_secret_values_from_production_in_the_apply_step_only(tmp_path
     assert holding == ["Apply that plan"]
     assert mapping in texts["apply.yml"]
     assert "FROM_WORKFLOW" not in texts["apply.yml"]  # needs the workflow's own vars
+
+
+def test_a_forged_secret_entry_is_refused_before_any_write(repo, emu):
+    """apply --plan plans each secret again from the files: a saved entry that reads
+    another variable, or compares a secret the files do not declare, is not what they
+    give."""
+    from reconciler.plan import checksum
+
+    write_project(
+        repo, f"id: {PID}\nsecrets:\n  STRIPE_KEY: {{valueFrom: {{env: STAGING_STRIPE_KEY}}}}\n"
+    )
+    assert run(["plan", "--out", "plan.json"], env_for(emu, "reader")).exit_code == 0
+    saved = json.loads(Path("plan.json").read_text())
+
+    def forged(edit) -> str:
+        doc = json.loads(json.dumps(saved))
+        edit(doc["projects"][0]["objects"])
+        doc["checksum"] = checksum(doc)
+        Path("forged.json").write_text(json.dumps(doc))
+        emu.reset_stats()
+        result = run(["apply", "--plan", "forged.json", "--yes"], env_for(emu, "ci"))
+        assert result.exit_code == 1 and writes(emu.stats()) == {}
+        return result.output
+
+    def other_variable(objects: list) -> None:
+        objects[0]["valueSource"] = "env RECONCILER_SECRET_PRODUCTION_STRIPE_KEY"
+
+    def undeclared(objects: list) -> None:
+        from reconciler.objects import sha256_of
+
+        fingerprint = sha256_of({"name": "WEBSITE_URL"})  # as live: not stale, forged
+        objects.append(
+            {
+                **objects[0],
+                "name": "WEBSITE_URL",
+                "id": "WEBSITE_URL",
+                "liveFingerprint": fingerprint,
+            }
+        )
+
+    assert (
+        "not a valid plan file: projects/clinic.yaml "
+        f"({PID}): secret 'STRIPE_KEY': the plan says its value comes from env "
+        "RECONCILER_SECRET_PRODUCTION_STRIPE_KEY; the files say env "
+        f"{STRIPE_VARIABLE}; nothing was applied"
+    ) in forged(other_variable)
+    assert (
+        "secret 'WEBSITE_URL': the plan would compare it; the files and what is live do not"
+    ) in forged(undeclared)
+    applied = run(["apply", "--plan", "plan.json", "--yes"], env_for(emu, "ci"))
+    assert applied.exit_code == 0, applied.output
+    assert secret_value(emu, "STRIPE_KEY") == NEW_STRIPE
