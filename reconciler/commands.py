@@ -155,7 +155,11 @@ class Run:
                 self.credentials_ready([project.auth])
                 if planner is None:
                     planner = Planner(
-                        self.api(), self.env, self.pool(), progress=self.progress("Reading")
+                        self.api(),
+                        self.env,
+                        self.pool(),
+                        progress=self.progress("Reading"),
+                        root=self.options.get("root"),
                     )
             except ConfigError as exc:
                 refused.append(exc)
@@ -304,6 +308,12 @@ def apply(
     else:
         the_plan = run.read_plan(paths)
         refusals(the_plan, max_changes=max_changes)
+    from reconciler.apply import code_copies
+
+    # Before the question: the zips it would upload, copied and checked against the plan.
+    code = code_copies(the_plan, options.get("root") or _repository_root())
+    if code is not None:
+        click.get_current_context().call_on_close(code.close)
     show = sys.stderr if fmt == "json" else sys.stdout
     render_text(the_plan, show, colour=run.colour and show is sys.stdout)
     if the_plan.changed and not yes:
@@ -322,6 +332,7 @@ def apply(
         verify_fresh=bool(plan_file),
         stopper=Stopper(),
         progress=run.progress("Applying"),
+        code=code,
     )
     if fmt == "json":
         render_apply_json(outcomes, sys.stdout)
@@ -330,6 +341,14 @@ def apply(
     run.step_summary(lambda fh: render_apply_markdown(outcomes, fh, limit=STEP_SUMMARY_LIMIT))
     failed = any(o.status in (FAILED, UNKNOWN, SKIPPED) for o in outcomes)
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def _repository_root() -> str:
+    """Where a saved plan's paths (a function's zip) are relative to: git's top level
+    from the current folder (where `plan` ran)."""
+    from reconciler.includes import find_root
+
+    return find_root(os.getcwd())
 
 
 def export(run: Run, project_id: str, output: str | None, force: bool, include: str | None) -> int:
