@@ -342,7 +342,7 @@ class ProjectApi:
         if not isinstance(url, str):
             raise ShapeError(f"{what}: expected an object with a signedUrl string")  # no value
         hide_signed_url(url)
-        self._check_upload_url(url, what)
+        check_upload_url(url, self.api_url, what)
         return url
 
     def put_upload(self, url: str, data: bytes) -> None:
@@ -362,25 +362,6 @@ class ProjectApi:
             said = doc.get("message") if isinstance(doc, dict) else None
             detail = f": {redact(said)}" if isinstance(said, str) else ""
             raise ApiError(f"{shown} answered {status}{detail}", status=status)
-
-    def _check_upload_url(self, url: str, what: str) -> None:
-        """https only (plain http only while the API itself is on this machine), no
-        user:pass@; the message never holds the URL."""
-        try:
-            parts = urlsplit(url)
-            host = parts.hostname
-        except ValueError:
-            parts, host = None, None
-        if parts is None or not host or "@" in parts.netloc:
-            raise ShapeError(f"{what}: the signed URL is not a URL reconciler sends code to")
-        if parts.scheme == "https":
-            return
-        if parts.scheme == "http" and _loopback(urlsplit(self.api_url).hostname or ""):
-            return
-        raise ShapeError(
-            f"{what}: the signed URL is not https:// (plain http:// only while the API is on "
-            "this machine); nothing was uploaded"
-        )
 
     def m2m_me(self, project_id: str, credentials: Credentials) -> dict:
         """The M2M client these credentials belong to."""
@@ -727,6 +708,29 @@ def _request_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80
     text = raw.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def check_upload_url(url: str, api_url: str, what: str) -> None:
+    """A signed URL code may be sent to: https (plain http only to this machine, while the
+    API itself is on it: the emulator), no user:pass@. The message never holds the URL."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    if parts is not None and host and "@" not in parts.netloc:
+        if parts.scheme == "https":
+            return
+        if (
+            parts.scheme == "http"
+            and _loopback(host)
+            and _loopback(urlsplit(api_url).hostname or "")
+        ):
+            return
+    raise ShapeError(
+        f"{what}: the signed URL is not https:// (plain http:// only while the API is on "
+        "this machine); nothing was uploaded"
+    )
 
 
 def hide_signed_url(url: str) -> None:

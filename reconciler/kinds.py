@@ -143,9 +143,10 @@ class Kind:
     # `source`, the zip its code comes from, and `sourceInputs`, what it is built from).
     local_fields: tuple[str, ...] = ()
     # Fields compared and shown but never in a write's body (a function's `code`): a
-    # later phase writes them. `live_values[field](live object)` is the live value, and
-    # plan takes the desired one from what it read beside the file (see `fleet.py`).
-    pseudo_fields: tuple[str, ...] = ()
+    # later phase writes them. Each maps to the file's field it is read from (`source`:
+    # where a plan says it is written); plan takes the desired value from what it read
+    # beside the file (`read_local`), `live_values[field](live object)` the live one.
+    pseudo_fields: Mapping[str, str] = field(default_factory=dict)
     live_values: Mapping[str, Callable[[Mapping[str, Any]], Any]] = field(default_factory=dict)
     # How a field's value reads in a plan where JSON would not say what it is
     # (`code`: `3f2a9c01…`, or `new`).
@@ -173,7 +174,7 @@ class Kind:
     @property
     def compared_fields(self) -> tuple[str, ...]:
         """Every field a change may hold, in canonical order: written ones, then pseudo."""
-        return (*self.write_fields, *self.pseudo_fields)
+        return (*self.write_fields, *self.pseudo_fields)  # a mapping's keys, in order
 
     def api_name(self, field_name: str) -> str:
         return self.api_names.get(field_name, field_name)
@@ -308,7 +309,7 @@ ZAMBDA = Kind(
     api_names={"executionRole": "executionRoleId"},
     live_defaults=zambdas.DEFAULTS,
     local_fields=("source", "sourceInputs"),
-    pseudo_fields=(zambdas.CODE,),
+    pseudo_fields={zambdas.CODE: "source"},
     live_values={zambdas.CODE: zambdas.live_code},
     shown={zambdas.CODE: zambdas.show_code},
     check=zambdas.check_function,

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from reconciler import __version__, objects
-from reconciler.kinds import BY_NAME
+from reconciler.kinds import BY_KEY, BY_NAME
 from reconciler.objects import sha256_of
 
 FORMAT_VERSION = 2
@@ -105,8 +105,6 @@ class ObjectChange:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ObjectChange:
-        from reconciler.kinds import BY_NAME
-
         kind = BY_NAME.get(doc["kind"])
         return cls(
             kind=doc["kind"],
@@ -490,9 +488,11 @@ def _with_sources(
     if change["action"] == objects.DELETE:
         return {**change, "source": source("prune", prune.index(key)) if key in prune else None}
 
+    written = BY_KEY[key].pseudo_fields if key in BY_KEY else {}
+
     def field_source(field_name: str) -> str | None:
         if field_name != "name":
-            return source(key, name, field_name)
+            return source(key, name, written.get(field_name, field_name))
         renamed = change["action"] == objects.RENAME
         return source(key, name, "renamedFrom") if renamed else source(key, name)
 
