@@ -22,6 +22,7 @@ from typing import Any
 from reconciler.client import ClientCredentials, ProjectApi, resolve_credentials, same_url
 from reconciler.errors import ApiError, ReconcilerError, RefusedError, UncertainWriteError
 from reconciler.escape import plural
+from reconciler.includes import RepositoryRoots
 from reconciler.kinds import BY_NAME, M2M, ROLE, Kind
 from reconciler.levels import LEVELS, SETTINGS, Level
 from reconciler.objects import is_ref, object_fingerprint
@@ -77,7 +78,7 @@ def refusals(
         )
 
 
-def code_copies(plan: Plan, root: str) -> PrivateCopies | None:
+def code_copies(plan: Plan, roots: RepositoryRoots) -> PrivateCopies | None:
     """Private copies of the zips the plan uploads, each checked against the code hash
     the plan holds (None when it uploads none). Any zip that is missing, unsafe or holds
     other code refuses the whole apply, naming each, before any write: apply uploads
@@ -90,11 +91,12 @@ def code_copies(plan: Plan, root: str) -> PrivateCopies | None:
     ]
     if not uploads:
         return None
-    copies = PrivateCopies(root)
+    copies = PrivateCopies()
     problems = []
     for project, change in uploads:
         try:
-            copies.check(change.extras[ZIP], change.change_of(CODE).after)
+            root = roots.of(project.file)
+            copies.check(root, change.extras[ZIP], change.change_of(CODE).after)
         except ZipError as exc:
             problems.append(f"{project.file}: {change.kind} {change.name!r}: {exc}")
     if problems:
@@ -113,13 +115,14 @@ def apply_plan(
     stopper: Stopper | None = None,
     progress: Callable[[int, int], None] | None = None,
     code: PrivateCopies | None = None,
+    roots: RepositoryRoots | None = None,
 ) -> list[Outcome]:
     """Write every changed Project; one outcome per Project in the plan, in plan order.
 
     With `verify_fresh` (a saved plan), what each changed Project's plan writes is read
     once first and the whole apply is refused, before any write, if any of it changed
     since the plan. `code` holds the checked copies of the zips the plan uploads
-    (:func:`code_copies`).
+    (:func:`code_copies`, with the same `roots`).
     """
     pool = pool or Pool(api.budget.concurrency)
     changed = plan.changed
@@ -145,7 +148,9 @@ def apply_plan(
             progress(finished, len(to_write))
 
     writers = [
-        ProjectWriter(p, api, env, pool, order, stopper=stopper, on_done=one_done, code=code)
+        ProjectWriter(
+            p, api, env, pool, order, stopper=stopper, on_done=one_done, code=code, roots=roots
+        )
         for order, p in enumerate(to_write)
     ]
     try:
@@ -206,8 +211,10 @@ class ProjectWriter:
         stopper: Stopper | None = None,
         on_done: Callable[[], None] = lambda: None,
         code: PrivateCopies | None = None,
+        roots: RepositoryRoots | None = None,
     ) -> None:
         self.project = project
+        self.code_roots = roots or RepositoryRoots()
         self.api = api
         self.env = env
         self.stopper = stopper
@@ -453,7 +460,8 @@ class ProjectWriter:
             raise RefusedError(f"{kind.name} {change.name!r} was to be created first, but was not")
         if self.code is None:
             raise RefusedError("its zip was not checked before the apply; nothing was uploaded")
-        with self.code.bytes_of(change.extras[ZIP], code_hash) as data:
+        root = self.code_roots.of(self.project.file)
+        with self.code.bytes_of(root, change.extras[ZIP], code_hash) as data:
             url = self.api.start_upload(kind, pid, credentials, object_id, file_name(code_hash))
             self.api.put_upload(url, data)
         answer = self.api.get_object(kind, pid, credentials, object_id)

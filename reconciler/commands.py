@@ -309,9 +309,12 @@ def apply(
         the_plan = run.read_plan(paths)
         refusals(the_plan, max_changes=max_changes)
     from reconciler.apply import code_copies
+    from reconciler.includes import RepositoryRoots
 
-    # Before the question: the zips it would upload, copied and checked against the plan.
-    code = code_copies(the_plan, options.get("root") or _repository_root())
+    # Before the question: the zips it would upload, copied and checked against the plan
+    # (relative to each Project's repository root, as plan found them).
+    roots = RepositoryRoots(options.get("root"))
+    code = code_copies(the_plan, roots)
     if code is not None:
         click.get_current_context().call_on_close(code.close)
     show = sys.stderr if fmt == "json" else sys.stdout
@@ -333,6 +336,7 @@ def apply(
         stopper=Stopper(),
         progress=run.progress("Applying"),
         code=code,
+        roots=roots,
     )
     if fmt == "json":
         render_apply_json(outcomes, sys.stdout)
@@ -341,14 +345,6 @@ def apply(
     run.step_summary(lambda fh: render_apply_markdown(outcomes, fh, limit=STEP_SUMMARY_LIMIT))
     failed = any(o.status in (FAILED, UNKNOWN, SKIPPED) for o in outcomes)
     return EXIT_ERROR if failed else EXIT_OK
-
-
-def _repository_root() -> str:
-    """Where a saved plan's paths (a function's zip) are relative to: git's top level
-    from the current folder (where `plan` ran)."""
-    from reconciler.includes import find_root
-
-    return find_root(os.getcwd())
 
 
 def export(run: Run, project_id: str, output: str | None, force: bool, include: str | None) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
@@ -101,8 +100,9 @@ class Planner:
         self.env = env
         self.pool = pool
         self.progress = progress
-        self._root = root  # the repository root (--root); else found from each file
-        self._roots: dict[str, str] = {}
+        from reconciler.includes import RepositoryRoots
+
+        self.roots = RepositoryRoots(root)  # where a Project's paths (a function's zip) start
         self.done = threading.Event()
         self._plans: dict[str, ProjectPlan] = {}
         self._lock = threading.Lock()
@@ -123,22 +123,6 @@ class Planner:
             self._closed = True
             if self._finished == self._added:
                 self.done.set()
-
-    def root_of(self, project: ProjectFile) -> str:
-        """The repository root a Project's paths (a function's zip) are relative to:
-        --root, else git's top level from the file's folder (found once per folder)."""
-        if self._root is not None:
-            return self._root
-        folder = os.path.dirname(os.path.abspath(project.path))
-        with self._lock:
-            known = self._roots.get(folder)
-        if known is None:
-            from reconciler.includes import find_root
-
-            known = find_root(folder)
-            with self._lock:
-                self._roots[folder] = known
-        return known
 
     def finished(self, project: ProjectFile, plan: ProjectPlan) -> None:
         with self._lock:
@@ -273,7 +257,7 @@ class ProjectReader:
         )
 
     def _read_local(self, kind: Kind, name: str, fields: Mapping[str, Any]) -> None:
-        read = kind.read_local(self.planner.root_of(self.project), fields)
+        read = kind.read_local(self.planner.roots.of(self.project.path), fields)
         if read is not None:
             with self._lock:
                 self.local[kind.name][name] = read

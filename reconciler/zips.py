@@ -211,10 +211,10 @@ class PrivateCopies:
     Use as a context manager: the folder is removed at the end.
     """
 
-    def __init__(self, root: str) -> None:
-        self.root = root
+    def __init__(self) -> None:
         self._folder = tempfile.mkdtemp(prefix="reconciler-zips-")  # mode 0700
-        self._copies: dict[str, tuple[str, str]] = {}  # zip path -> (copy, code hash)
+        # (repository root, zip path) -> (its private copy, its code hash)
+        self._copies: dict[tuple[str, str], tuple[str, str]] = {}
         self._lock = threading.Lock()
         self._memory = threading.Condition()
         self._held = 0
@@ -228,13 +228,13 @@ class PrivateCopies:
     def close(self) -> None:
         shutil.rmtree(self._folder, ignore_errors=True)
 
-    def check(self, relative: str, expected: str) -> None:
+    def check(self, root: str, relative: str, expected: str) -> None:
         """Copy the zip (once) and refuse unless its code hash is `expected`."""
         with self._lock:
-            known = self._copies.get(relative)
+            known = self._copies.get((root, relative))
         if known is None:
             copy = os.path.join(self._folder, f"{len(self._copies)}.zip")
-            with open_zip(self.root, relative) as source:
+            with open_zip(root, relative) as source:
                 fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
                 with os.fdopen(fd, "wb") as target:
                     copied = _copy_bounded(source, target)
@@ -243,7 +243,7 @@ class PrivateCopies:
             with open(copy, "rb") as handle:
                 known = (copy, code_hash(handle, relative))
             with self._lock:
-                self._copies[relative] = known
+                self._copies[(root, relative)] = known
         if known[1] != expected:
             raise ZipError(
                 f"{relative} holds code {known[1][:8]}…, not the {expected[:8]}… the plan was "
@@ -252,10 +252,10 @@ class PrivateCopies:
             )
 
     @contextmanager
-    def bytes_of(self, relative: str, expected: str) -> Iterator[bytes]:
+    def bytes_of(self, root: str, relative: str, expected: str) -> Iterator[bytes]:
         """The checked copy's bytes, hashed again; held in memory within the upload budget."""
         with self._lock:
-            copy, _ = self._copies[relative]
+            copy, _ = self._copies[(root, relative)]
         size = os.path.getsize(copy)
         with self._memory:
             self._memory.wait_for(
