@@ -78,11 +78,14 @@ def refusals(
         )
 
 
-def code_copies(plan: Plan, roots: RepositoryRoots) -> PrivateCopies | None:
-    """Private copies of the zips the plan uploads, each checked against the code hash
-    the plan holds (None when it uploads none). Any zip that is missing, unsafe or holds
-    other code refuses the whole apply, naming each, before any write: apply uploads
-    exactly the code that was planned, and never builds."""
+def code_copies(
+    plan: Plan, roots: RepositoryRoots, copies: PrivateCopies | None = None
+) -> PrivateCopies | None:
+    """Private copies of the zips the plan uploads (in `copies`, which may hold some
+    already: what this run's plan read), each checked against the code hash the plan
+    holds; None when it uploads none. Any zip that is missing, unsafe or holds other code
+    refuses the whole apply, naming each, before any write: apply uploads exactly the
+    code that was planned, and never builds."""
     uploads = [
         (project, change)
         for project in plan.changed
@@ -91,16 +94,22 @@ def code_copies(plan: Plan, roots: RepositoryRoots) -> PrivateCopies | None:
     ]
     if not uploads:
         return None
-    copies = PrivateCopies()
-    problems = []
-    for project, change in uploads:
+    from concurrent.futures import ThreadPoolExecutor
+
+    copies = copies if copies is not None else PrivateCopies()
+
+    def check(project: ProjectPlan, change: ObjectChange) -> str | None:
         try:
             root = roots.of(project.file)
             copies.check(root, change.extras[ZIP], change.change_of(CODE).after)
         except ZipError as exc:
-            problems.append(f"{project.file}: {change.kind} {change.name!r}: {exc}")
+            return f"{project.file}: {change.kind} {change.name!r}: {exc}"
+        return None
+
+    # Reading and hashing is mostly I/O and C code (zlib, hashlib): a few threads help.
+    with ThreadPoolExecutor(max_workers=min(8, len(uploads))) as pool:
+        problems = [why for why in pool.map(lambda pair: check(*pair), uploads) if why]
     if problems:
-        copies.close()
         raise RefusedError("; ".join(problems) + "; nothing was applied")
     return copies
 

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -140,8 +140,9 @@ class Run:
         check_filters(result.projects, filters)
         return [project for project in result.projects if chosen(project, filters, shard)]
 
-    def read_plan(self, paths: Sequence[str], fmt: str = "text") -> Plan:
-        """Plan while loading: a Project's reads start as soon as its file is valid."""
+    def read_plan(self, paths: Sequence[str], fmt: str = "text", copies: Any = None) -> Plan:
+        """Plan while loading: a Project's reads start as soon as its file is valid.
+        `copies` (an apply's): the zips plan hashes are kept as what apply uploads."""
         from reconciler.fleet import Planner
 
         planner = None
@@ -160,6 +161,7 @@ class Run:
                         self.pool(),
                         progress=self.progress("Reading"),
                         root=self.options.get("root"),
+                        copies=copies,
                     )
             except ConfigError as exc:
                 refused.append(exc)
@@ -285,7 +287,8 @@ def apply(
     fmt: str,
 ) -> int:
     """Plan (or read a saved plan), refuse or ask, write, report."""
-    from reconciler.apply import apply_plan, refusals
+    from reconciler.apply import apply_plan, code_copies, refusals
+    from reconciler.includes import RepositoryRoots
     from reconciler.planfile import read_plan_file
     from reconciler.render import (
         FAILED,
@@ -298,25 +301,24 @@ def apply(
         render_text,
     )
     from reconciler.schedule import Stopper
+    from reconciler.zips import PrivateCopies
 
     options = run.options
+    # The zips apply uploads: private copies, each checked against the plan's code hash.
+    copies = PrivateCopies()
+    click.get_current_context().call_on_close(copies.close)
     if plan_file:
         the_plan = read_plan_file(plan_file)
         run.auths = [p.auth for p in the_plan.projects]
         run.redact_credentials()  # before the plan is shown
         refusals(the_plan, api_url=options["api_url"], max_changes=max_changes, saved=True)
     else:
-        the_plan = run.read_plan(paths)
+        the_plan = run.read_plan(paths, copies=copies)  # keeps the bytes it hashes
         refusals(the_plan, max_changes=max_changes)
-    from reconciler.apply import code_copies
-    from reconciler.includes import RepositoryRoots
-
-    # Before the question: the zips it would upload, copied and checked against the plan
-    # (relative to each Project's repository root, as plan found them).
+    # Before the question: every zip it would upload, checked (relative to each Project's
+    # repository root, as plan found them).
     roots = RepositoryRoots(options.get("root"))
-    code = code_copies(the_plan, roots)
-    if code is not None:
-        click.get_current_context().call_on_close(code.close)
+    code = code_copies(the_plan, roots, copies)
     show = sys.stderr if fmt == "json" else sys.stdout
     render_text(the_plan, show, colour=run.colour and show is sys.stdout)
     if the_plan.changed and not yes:

@@ -95,8 +95,10 @@ class Planner:
         *,
         progress: Callable[[int, int], None] | None = None,
         root: str | None = None,
+        copies: Any = None,
     ) -> None:
         self.api = api
+        self.copies = copies  # an apply's zips.PrivateCopies: what plan reads, it uploads
         self.env = env
         self.pool = pool
         self.progress = progress
@@ -257,7 +259,8 @@ class ProjectReader:
         )
 
     def _read_local(self, kind: Kind, name: str, fields: Mapping[str, Any]) -> None:
-        read = kind.read_local(self.planner.roots.of(self.project.path), fields)
+        root = self.planner.roots.of(self.project.path)
+        read = kind.read_local(root, fields, self.planner.copies)
         if read is not None:
             with self._lock:
                 self.local[kind.name][name] = read

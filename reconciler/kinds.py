@@ -162,10 +162,11 @@ class Kind:
     plan_extras: Callable[[list, Mapping[str, Any]], dict[str, Any]] | None = None
     plan_problem: Callable[[Mapping[str, Any]], str | None] | None = None
     # What plan reads beside the file for each declared object (a function's code hash,
-    # from its zip): read_local(repository root, fields) -> {pseudo-field: value, plan
-    # key: value} | {"error": message, "at": path below the object} | None. Plan's reader
-    # runs it (fleet.py); validate never does.
-    read_local: Callable[[str, Mapping[str, Any]], Mapping[str, Any] | None] | None = None
+    # from its zip): read_local(repository root, fields, copies) -> {pseudo-field: value,
+    # plan key: value} | {"error": message, "at": path below the object} | None. Plan's
+    # reader runs it (fleet.py); validate never does. `copies` is an apply's
+    # `zips.PrivateCopies` (None in a plan): the bytes read become what apply uploads.
+    read_local: Callable[[str, Mapping[str, Any], Any], Mapping[str, Any] | None] | None = None
     # The field of the API's answer that says what state apply left the object in (a
     # function's `status`: reported, not waited for) and the states that are failures.
     status_field: str | None = None

@@ -151,10 +151,11 @@ def zip_path(source: str) -> str:
     return posixpath.normpath(source)
 
 
-def read_code(root: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+def read_code(root: str, fields: Mapping[str, Any], copies: Any = None) -> dict[str, Any] | None:
     """What plan reads beside the file for a function (the only I/O here, run by plan's
     reader, never by validate): its `code` hash and `zip` path, or the `error` that
-    makes the Project's plan fail; None for a function without `source`."""
+    makes the Project's plan fail; None for a function without `source`. In an apply,
+    `copies` keeps the bytes it hashed: they are what is uploaded."""
     source = fields.get("source")
     if not isinstance(source, str):
         return None
@@ -162,10 +163,10 @@ def read_code(root: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
 
     path = zip_path(source)
     try:
-        code = zips.read_code(root, path)
+        code = copies.take(root, path) if copies is not None else zips.read_code(root, path).hash
     except zips.ZipError as exc:
         return {"error": f"source: {exc}", "at": ("source",)}
-    return {CODE: code.hash, ZIP: path}
+    return {CODE: code, ZIP: path}
 
 
 def plan_entry_problem(entry: Mapping[str, Any]) -> str | None:

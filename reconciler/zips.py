@@ -12,10 +12,10 @@ directory, read before anything is decompressed) must be at most 250 MB; reading
 stops at each entry's declared size and its CRC is checked. Anything else — missing,
 a link, a folder, corrupt, encrypted, a zip bomb — is one line (:class:`ZipError`).
 
-Apply uploads a *private copy*: :class:`PrivateCopies` copies each zip once into a
-folder only this process can read, hashes the copy, and later hands out its bytes,
-hashed again, so what is uploaded is what was checked whatever happens to the
-repository's file meanwhile.
+Apply uploads a *private copy*: :class:`PrivateCopies` copies each zip once (into
+memory, or a folder only this process can read), hashes the copy, and later hands out
+its bytes, hashed again, so what is uploaded is what was checked whatever happens to
+the repository's file meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import itertools
 import os
 import shutil
 import stat
@@ -41,8 +42,10 @@ MB = 2**20
 MAX_ZIP_BYTES = 250 * MB
 MAX_UNCOMPRESSED_BYTES = 250 * MB
 MAX_ENTRIES = 100_000
-# Uploads hold a zip's bytes in memory while they are sent: at most this many at once
-# (and always at least one zip, however large).
+# Checked copies are kept in memory up to this much in all; past it, in private files.
+MEMORY_COPY_BYTES = 512 * MB
+# Uploads of copies kept in files read them back while they are sent: at most this
+# much at once (and always at least one zip, however large).
 UPLOAD_MEMORY_BYTES = 512 * MB
 _CHUNK = MB
 
@@ -205,17 +208,22 @@ def _open_problem(relative: str, exc: OSError) -> str:
 
 
 class PrivateCopies:
-    """The zips an apply uploads, each copied once into a private folder and checked
-    against the code hash the plan says; their bytes are handed out hashed again.
+    """The zips an apply uploads, each copied once, checked against the code hash the
+    plan says, and handed out later hashed again.
 
-    Use as a context manager: the folder is removed at the end.
+    A copy is kept in memory while the copies held so far stay under
+    MEMORY_COPY_BYTES (the usual case: a read, a hash, nothing written), else in a file
+    of a folder only this process may read, read back at upload within the upload
+    memory budget. Use as a context manager: the folder is removed at the end.
     """
 
     def __init__(self) -> None:
-        self._folder = tempfile.mkdtemp(prefix="reconciler-zips-")  # mode 0700
-        # (repository root, zip path) -> (its private copy, its code hash)
-        self._copies: dict[tuple[str, str], tuple[str, str]] = {}
+        self._folder: str | None = None
+        # (repository root, zip path) -> (its copy: bytes, or a file's path; its code hash)
+        self._copies: dict[tuple[str, str], tuple[bytes | str, str]] = {}
         self._lock = threading.Lock()
+        self._numbers = itertools.count()
+        self._in_memory = 0
         self._memory = threading.Condition()
         self._held = 0
 
@@ -226,45 +234,73 @@ class PrivateCopies:
         self.close()
 
     def close(self) -> None:
-        shutil.rmtree(self._folder, ignore_errors=True)
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
-    def check(self, root: str, relative: str, expected: str) -> None:
-        """Copy the zip (once) and refuse unless its code hash is `expected`."""
+    def take(self, root: str, relative: str) -> str:
+        """Copy the zip (once); its code hash."""
         with self._lock:
             known = self._copies.get((root, relative))
         if known is None:
-            copy = os.path.join(self._folder, f"{len(self._copies)}.zip")
-            with open_zip(root, relative) as source:
-                fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
-                with os.fdopen(fd, "wb") as target:
-                    copied = _copy_bounded(source, target)
-            if copied > MAX_ZIP_BYTES:
-                raise ZipError(f"{relative} grew past {MAX_ZIP_BYTES // MB} MB while it was read")
-            with open(copy, "rb") as handle:
-                known = (copy, code_hash(handle, relative))
+            known = self._copy(root, relative)
             with self._lock:
-                self._copies[(root, relative)] = known
-        if known[1] != expected:
+                known = self._copies.setdefault((root, relative), known)
+        return known[1]
+
+    def check(self, root: str, relative: str, expected: str) -> None:
+        """Copy the zip (once) and refuse unless its code hash is `expected`."""
+        code = self.take(root, relative)
+        if code != expected:
             raise ZipError(
-                f"{relative} holds code {known[1][:8]}…, not the {expected[:8]}… the plan was "
+                f"{relative} holds code {code[:8]}…, not the {expected[:8]}… the plan was "
                 "made with: apply uploads only the code that was planned (build the same "
                 "code, or plan again)"
             )
 
+    def _copy(self, root: str, relative: str) -> tuple[bytes | str, str]:
+        with open_zip(root, relative) as source:
+            size = os.fstat(source.fileno()).st_size
+            with self._lock:
+                keep = self._in_memory + size <= MEMORY_COPY_BYTES
+                if keep:
+                    self._in_memory += size
+                elif self._folder is None:
+                    self._folder = tempfile.mkdtemp(prefix="reconciler-zips-")  # mode 0700
+                number = next(self._numbers)
+            if keep:
+                data = source.read(MAX_ZIP_BYTES + 1)
+                if len(data) > MAX_ZIP_BYTES:
+                    raise ZipError(f"{relative} grew past {MAX_ZIP_BYTES // MB} MB as it was read")
+                return data, code_hash(io.BytesIO(data), relative)
+            copy = os.path.join(self._folder or "", f"{number}.zip")
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as target:
+                copied = _copy_bounded(source, target)
+        if copied > MAX_ZIP_BYTES:
+            raise ZipError(f"{relative} grew past {MAX_ZIP_BYTES // MB} MB as it was read")
+        with open(copy, "rb") as handle:
+            return copy, code_hash(handle, relative)
+
     @contextmanager
     def bytes_of(self, root: str, relative: str, expected: str) -> Iterator[bytes]:
-        """The checked copy's bytes, hashed again; held in memory within the upload budget."""
+        """The checked copy's bytes, hashed again (a copy on disk: read within the upload
+        memory budget)."""
         with self._lock:
             copy, _ = self._copies[(root, relative)]
-        size = os.path.getsize(copy)
+        size = len(copy) if isinstance(copy, bytes) else os.path.getsize(copy)
+        if isinstance(copy, bytes):
+            size = 0  # held already
         with self._memory:
             self._memory.wait_for(
                 lambda: self._held == 0 or self._held + size <= UPLOAD_MEMORY_BYTES
             )
             self._held += size
         try:
-            with open(copy, "rb") as handle:
-                data = handle.read()
+            if isinstance(copy, bytes):
+                data = copy
+            else:
+                with open(copy, "rb") as handle:
+                    data = handle.read()
             if code_hash(io.BytesIO(data), relative) != expected:
                 raise ZipError(f"the private copy of {relative} changed: nothing was uploaded")
             yield data
