@@ -734,13 +734,16 @@ def check_upload_url(url: str, api_url: str, what: str) -> None:
 
 
 def hide_signed_url(url: str) -> None:
-    """A signed URL joins the redaction set whole, and in the parts a message could quote
-    alone: its path and query, each long query value, a long last path segment."""
+    """A signed URL's credential joins the redaction set: each long query value (an S3
+    signature, credential or session token) and a long last path segment (the
+    emulator's token), so the URL, or any part of it quoted alone, shows them as ***;
+    the whole URL when it has neither. (Its host and path say nothing secret, and a
+    short set keeps every later redaction fast: a plan may upload hundreds.)"""
     parts = urlsplit(url)
-    pieces = [url, parts.path + (f"?{parts.query}" if parts.query else ""), parts.query]
-    pieces += [value for _, _, value in (p.partition("=") for p in parts.query.split("&"))]
+    pieces = [value for _, _, value in (p.partition("=") for p in parts.query.split("&"))]
     pieces.append(parts.path.rsplit("/", 1)[-1])
-    add_secrets(piece for piece in pieces if len(piece) >= 16)
+    secret = [piece for piece in pieces if len(piece) >= 16]
+    add_secrets(secret or [url])
 
 
 def _origin(url: str) -> str:
