@@ -195,7 +195,8 @@ def _open_problem(relative: str, exc: OSError) -> str:
     if exc.errno == errno.ENOENT:
         return (
             f"{relative} does not exist: zips are build outputs, so build them before "
-            "planning (in CI: the action's build input)"
+            "planning (in CI: the action's build input, in the plan job, whose artifact "
+            "carries them to apply)"
         )
     if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR):
         return (

@@ -493,7 +493,8 @@ def test_a_missing_zip_fails_its_project_at_plan_and_validate_never_needs_it(rep
     assert (
         "    error: projects/functions.yaml:6:5: zambda 'check-in': source: "
         ".dist/zips/check-in.zip does not exist: zips are build outputs, so build them "
-        "before planning (in CI: the action's build input)\n"
+        "before planning (in CI: the action's build input, in the plan job, whose artifact "
+        "carries them to apply)\n"
     ) in result.stdout
 
 
