@@ -1201,7 +1201,33 @@ def bench_big_apply(root: Path, args: argparse.Namespace) -> list[Row]:
     check_valid(fleet)
     reads = {key: 1 for key in BIG.per_project_reads() if "{id}" not in key}
     wanted = {**reads, **BIG.creates(), "PATCH /v1/project": 1}
-    options = ["--concurrency", str(args.concurrency)]
+    label = f"apply of that file to a bare Project ({BIG.objects()} creates)"
+    return bare_apply_rows(
+        fleet,
+        root / "big-apply",
+        apply_writes,
+        ["--concurrency", str(args.concurrency)],
+        wanted,
+        f"its plan's 4 reads + exactly {BIG.objects()} creates + 1 PATCH, nothing else; "
+        "second plan exit 0 (every run)",
+        label,
+        args,
+    )
+
+
+def bare_apply_rows(
+    fleet: Fleet,
+    folder: Path,
+    writes: Callable[[Path, str], list[list[Req]]],
+    options: list[str],
+    wanted: dict[str, int],
+    target: str,
+    label: str,
+    args: argparse.Namespace,
+) -> list[Row]:
+    """`apply --yes` of a file to a bare Project, each run its own (and the minimal
+    client another, sending `writes(file, id)`): exactly `wanted`, a second plan clean,
+    and the time beside the minimal client's."""
     times, counts, minimal_times, second = [], [], [], []
     with Emulator(fleet.seed, "--latency-ms", str(args.latency_ms)) as emu:
         for run in range(args.repeat):
@@ -1210,31 +1236,27 @@ def bench_big_apply(root: Path, args: argparse.Namespace) -> list[Row]:
                 fleet.files[2 * run + 1],
                 fleet.ids[2 * run + 1],
             )
-            minimal_times.append(
-                Minimal(emu.url, args.concurrency).run(apply_writes(theirs, their_id))
-            )
+            minimal_times.append(Minimal(emu.url, args.concurrency).run(writes(theirs, their_id)))
             # That file alone in its folder: the run reads (and validates) one file.
-            alone = root / "big-apply" / f"run-{run}" / "projects"
+            alone = folder / f"run-{run}" / "projects"
             alone.mkdir(parents=True)
             (alone / path.name).write_bytes(path.read_bytes())
             only = [str(alone)]
             emu.reset_stats()
             result = measure([*tool("reconciler"), "apply", "--yes", *options, *only], emu.env())
-            expect(result, 0, "apply of the big Project")
+            expect(result, 0, label)
             times.append(result.seconds)
             counts.append(by_template(emu.stats()))
             replan = measure(
                 [*tool("reconciler"), "plan", "--detailed-exitcode", *options, *only], emu.env()
             )
             second.append(replan.returncode)
-    label = f"apply of that file to a bare Project ({BIG.objects()} creates)"
     timing, minimal = spread(times), spread(minimal_times)
     return [
         Row(
             f"{label}: requests",
             show_counts(counts[-1]),
-            f"its plan's 4 reads + exactly {BIG.objects()} creates + 1 PATCH, nothing else; "
-            "second plan exit 0 (every run)",
+            target,
             all(c == wanted for c in counts) and set(second) == {0},
             {"wanted": wanted, "runs": counts, "second_plan_exit": second},
         ),
@@ -1539,55 +1561,17 @@ def bench_zambda_apply(root: Path, args: argparse.Namespace) -> list[Row]:
         "PUT /_emulator/upload": ZAMBDAS,
         "GET /v1/zambda/{id}": ZAMBDAS,
     }
-    options = ["--concurrency", str(args.concurrency), "--root", str(functions.root)]
-    times, counts, minimal_times, second = [], [], [], []
-    fleet = functions.fleet
-    with Emulator(fleet.seed, "--latency-ms", str(args.latency_ms)) as emu:
-        for run in range(args.repeat):
-            path, theirs, their_id = (
-                fleet.files[2 * run],
-                fleet.files[2 * run + 1],
-                fleet.ids[2 * run + 1],
-            )
-            minimal_times.append(
-                Minimal(emu.url, args.concurrency).run(
-                    function_writes(theirs, their_id, functions.zips)
-                )
-            )
-            alone = functions.root / f"run-{run}" / "projects"
-            alone.mkdir(parents=True)
-            (alone / path.name).write_bytes(path.read_bytes())
-            only = [str(alone)]
-            emu.reset_stats()
-            result = measure([*tool("reconciler"), "apply", "--yes", *options, *only], emu.env())
-            expect(result, 0, "apply of 300 new functions")
-            times.append(result.seconds)
-            counts.append(by_template(emu.stats()))
-            replan = measure(
-                [*tool("reconciler"), "plan", "--detailed-exitcode", *options, *only], emu.env()
-            )
-            second.append(replan.returncode)
-    label = f"apply of {ZAMBDAS} new functions with code (64 KiB zips)"
-    timing, minimal = spread(times), spread(minimal_times)
-    return [
-        Row(
-            f"{label}: requests",
-            show_counts(counts[-1]),
-            f"its plan's 2 reads + exactly {ZAMBDAS} creates + {ZAMBDAS} s3-upload + "
-            f"{ZAMBDAS} PUTs + {ZAMBDAS} verifying reads; second plan exit 0 (every run)",
-            all(c == wanted for c in counts) and set(second) == {0},
-            {"wanted": wanted, "runs": counts, "second_plan_exit": second},
-        ),
-        Row(
-            f"{label}: time",
-            f"{timing['best']:.2f} s best, {timing['median']:.2f} s median; "
-            f"minimal client {minimal['best']:.2f} s",
-            "(see next row)",
-            None,
-            {**timing, "minimal": minimal},
-        ),
-        versus_minimal(label, timing, minimal, args),
-    ]
+    return bare_apply_rows(
+        functions.fleet,
+        functions.root,
+        lambda path, pid: function_writes(path, pid, functions.zips),
+        ["--concurrency", str(args.concurrency), "--root", str(functions.root)],
+        wanted,
+        f"its plan's 2 reads + exactly {ZAMBDAS} creates + {ZAMBDAS} s3-upload + "
+        f"{ZAMBDAS} PUTs + {ZAMBDAS} verifying reads; second plan exit 0 (every run)",
+        f"apply of {ZAMBDAS} new functions with code (64 KiB zips)",
+        args,
+    )
 
 
 # -- output --------------------------------------------------------------------------
