@@ -220,8 +220,9 @@ class PrivateCopies:
 
     def __init__(self) -> None:
         self._folder: str | None = None
-        # (repository root, zip path) -> (its copy: bytes, or a file's path; its code hash)
-        self._copies: dict[tuple[str, str], tuple[bytes | str, str]] = {}
+        # (repository root, zip path) -> (its copy: bytes, or a file's path; its code hash;
+        # the SHA-256 of its bytes, which an upload checks again)
+        self._copies: dict[tuple[str, str], tuple[bytes | str, str, str]] = {}
         self._lock = threading.Lock()
         self._numbers = itertools.count()
         self._in_memory = 0
@@ -258,7 +259,7 @@ class PrivateCopies:
                 "code, or plan again)"
             )
 
-    def _copy(self, root: str, relative: str) -> tuple[bytes | str, str]:
+    def _copy(self, root: str, relative: str) -> tuple[bytes | str, str, str]:
         with open_zip(root, relative) as source:
             size = os.fstat(source.fileno()).st_size
             with self._lock:
@@ -272,22 +273,24 @@ class PrivateCopies:
                 data = source.read(MAX_ZIP_BYTES + 1)
                 if len(data) > MAX_ZIP_BYTES:
                     raise ZipError(f"{relative} grew past {MAX_ZIP_BYTES // MB} MB as it was read")
-                return data, code_hash(io.BytesIO(data), relative)
+                code = code_hash(io.BytesIO(data), relative)
+                return data, code, hashlib.sha256(data).hexdigest()
             copy = os.path.join(self._folder or "", f"{number}.zip")
             fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as target:
-                copied = _copy_bounded(source, target)
+                copied, digest = _copy_bounded(source, target)
         if copied > MAX_ZIP_BYTES:
             raise ZipError(f"{relative} grew past {MAX_ZIP_BYTES // MB} MB as it was read")
         with open(copy, "rb") as handle:
-            return copy, code_hash(handle, relative)
+            return copy, code_hash(handle, relative), digest
 
     @contextmanager
     def bytes_of(self, root: str, relative: str, expected: str) -> Iterator[bytes]:
-        """The checked copy's bytes, hashed again (a copy on disk: read within the upload
-        memory budget)."""
+        """The checked copy's bytes, hashed again: the SHA-256 of the very bytes that are
+        sent must be that of the bytes whose code hash was `expected` (a copy on disk is
+        read back within the upload memory budget)."""
         with self._lock:
-            copy, _ = self._copies[(root, relative)]
+            copy, code, digest = self._copies[(root, relative)]
         size = len(copy) if isinstance(copy, bytes) else os.path.getsize(copy)
         if isinstance(copy, bytes):
             size = 0  # held already
@@ -302,7 +305,7 @@ class PrivateCopies:
             else:
                 with open(copy, "rb") as handle:
                     data = handle.read()
-            if code_hash(io.BytesIO(data), relative) != expected:
+            if code != expected or hashlib.sha256(data).hexdigest() != digest:
                 raise ZipError(f"the private copy of {relative} changed: nothing was uploaded")
             yield data
         finally:
@@ -311,9 +314,11 @@ class PrivateCopies:
                 self._memory.notify_all()
 
 
-def _copy_bounded(source: BinaryIO, target: BinaryIO) -> int:
-    copied = 0
+def _copy_bounded(source: BinaryIO, target: BinaryIO) -> tuple[int, str]:
+    """(bytes copied, their SHA-256), stopping just past MAX_ZIP_BYTES."""
+    copied, digest = 0, hashlib.sha256()
     while copied <= MAX_ZIP_BYTES and (chunk := source.read(_CHUNK)):
         target.write(chunk)
+        digest.update(chunk)
         copied += len(chunk)
-    return copied
+    return copied, digest.hexdigest()

@@ -677,3 +677,38 @@ def test_export_writes_functions_without_source_and_plans_clean(repo):
         assert counts(emu) == {"GET /v1/project": 1, "GET /v1/zambda": 1, "GET /v1/iam/role": 1}
         write(repo, "projects/functions.yaml", result.stdout)
         assert run(["plan", "--detailed-exitcode"], emu).exit_code == 0
+
+
+# -- apply's private copies ---------------------------------------------------------------
+
+
+def test_what_is_uploaded_is_the_copy_that_was_checked_never_the_path_again(repo):
+    from reconciler.zips import PrivateCopies
+
+    path = build(repo, "check-in", CODE_V1)
+    planned = read_code(str(repo), ".dist/zips/check-in.zip").hash
+    checked = path.read_bytes()
+    with PrivateCopies() as copies:
+        copies.check(str(repo), ".dist/zips/check-in.zip", planned)
+        build(repo, "check-in", CODE_V2)  # the repository's file changes after the check
+        with copies.bytes_of(str(repo), ".dist/zips/check-in.zip", planned) as data:
+            assert data == checked
+
+
+def test_copies_past_the_memory_budget_are_private_files_checked_again(repo, monkeypatch):
+    from reconciler import zips
+
+    monkeypatch.setattr(zips, "MEMORY_COPY_BYTES", 0)  # every copy goes to a file
+    build(repo, "check-in", CODE_V1)
+    planned = read_code(str(repo), ".dist/zips/check-in.zip").hash
+    with zips.PrivateCopies() as copies:
+        copies.check(str(repo), ".dist/zips/check-in.zip", planned)
+        (copy,) = Path(copies._folder).iterdir()
+        assert (copy.parent.stat().st_mode & 0o777, copy.stat().st_mode & 0o777) == (0o700, 0o600)
+        with copies.bytes_of(str(repo), ".dist/zips/check-in.zip", planned) as data:
+            assert data == (repo / ".dist/zips/check-in.zip").read_bytes()
+        copy.write_bytes(copy.read_bytes()[:-1] + b"!")  # someone edits the private copy
+        changed = pytest.raises(ZipError, match="changed: nothing was uploaded")
+        with changed, copies.bytes_of(str(repo), ".dist/zips/check-in.zip", planned):
+            pass
+    assert not copy.parent.exists()
