@@ -1,7 +1,8 @@
 """Apply a Plan through the client: refusals first, then the smallest writes.
 
-`refusals()` and `_refuse_stale()` hold every reason not to write, in one
-place, and run before any write. `apply_plan()` then writes every changed
+`refusals()` holds every reason not to write a plan at all, and runs before any
+write; a saved plan is verified before it is shown (``verify.py``: forged or stale,
+nothing is written). `apply_plan()` then writes every changed
 Project at once, each one level at a time (``levels.py``): creates, updates and
 renames of roles, then applications, then M2M clients; the settings PATCH;
 deletes, M2M clients first. The writes of a level run concurrently, within the
@@ -20,20 +21,18 @@ from functools import partial
 from typing import Any
 
 from reconciler.client import ClientCredentials, ProjectApi, resolve_credentials, same_url
-from reconciler.errors import ApiError, ReconcilerError, RefusedError, UncertainWriteError
+from reconciler.errors import ReconcilerError, RefusedError, UncertainWriteError
 from reconciler.escape import plural
 from reconciler.includes import RepositoryRoots
 from reconciler.kinds import BY_NAME, M2M, ROLE, Kind
 from reconciler.levels import LEVELS, SETTINGS, Level
-from reconciler.objects import is_ref, object_fingerprint
+from reconciler.objects import is_ref
 from reconciler.plan import (
     CHANGED,
     UNCHANGED,
     ObjectChange,
     Plan,
     ProjectPlan,
-    fingerprint,
-    normalise_live,
     unconverged,
 )
 from reconciler.render import APPLIED, FAILED, SKIPPED, UNKNOWN, ObjectOutcome, Outcome
@@ -120,7 +119,6 @@ def apply_plan(
     env: Mapping[str, str],
     *,
     pool: Pool | None = None,
-    verify_fresh: bool = False,
     stopper: Stopper | None = None,
     progress: Callable[[int, int], None] | None = None,
     code: PrivateCopies | None = None,
@@ -128,17 +126,13 @@ def apply_plan(
 ) -> list[Outcome]:
     """Write every changed Project; one outcome per Project in the plan, in plan order.
 
-    With `verify_fresh` (a saved plan), what each changed Project's plan writes is read
-    once first and the whole apply is refused, before any write, if any of it changed
+    A saved plan is verified first (``verify.py``): what it applies is what the files
+    and the live values give, and it refuses, before any write, if any of it changed
     since the plan. `code` holds the checked copies of the zips the plan uploads
     (:func:`code_copies`, with the same `roots`).
     """
     pool = pool or Pool(api.budget.concurrency)
-    changed = plan.changed
-    failures: dict[str, str] = {}
-    if verify_fresh:
-        failures = _refuse_stale(changed, api, env, pool)
-    to_write = [p for p in changed if p.project_id not in failures]
+    to_write = plan.changed
 
     done = threading.Event()
     counts = {"started": 0, "finished": 0, "all started": False}
@@ -190,10 +184,7 @@ def apply_plan(
     outcomes = []
     for project in plan.projects:
         if project.status == CHANGED:
-            if project.project_id in failures:
-                outcomes.append(_outcome(project, FAILED, failures[project.project_id]))
-            else:
-                outcomes.append(by_id[project.project_id])
+            outcomes.append(by_id[project.project_id])
         elif project.status == UNCHANGED:
             outcomes.append(_outcome(project, UNCHANGED))
         else:
@@ -531,103 +522,6 @@ def _fields_absent(answer: Mapping[str, Any], names: Sequence[str]) -> bool:
     """An answer that leaves a field out says nothing about it (a PATCH may answer with
     the list's shape); only a field it holds with another value did not converge."""
     return all(name not in answer for name in names)
-
-
-def _refuse_stale(
-    changed: Sequence[ProjectPlan], api: ProjectApi, env: Mapping[str, str], pool: Pool
-) -> dict[str, str]:
-    """Re-read what each changed Project's plan writes, once: its settings when they change
-    (GET /project), each object it updates, renames or deletes (one GET each), and the list
-    of each kind it creates in (a name it creates must still be free), all at once within
-    the run's budget. Stale ones refuse the whole apply; ones that cannot be read fail on
-    their own (returned), so the others still apply."""
-    done = threading.Event()
-    remaining = [len(changed)]
-    lock = threading.Lock()
-    checks = []
-
-    def checked(tasks: Tasks) -> None:
-        with lock:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                done.set()
-
-    for order, project in enumerate(changed):
-        tasks = Tasks(pool, order, checked, errors=ReconcilerError)
-        checks.append(tasks)
-        try:
-            credentials = resolve_credentials(project.auth, env)
-        except ReconcilerError as exc:
-            tasks.failures[(0,)] = exc
-            checked(tasks)
-            continue
-        tasks.spawn_all(_freshness_reads(project, api, credentials))
-    if not changed:
-        done.set()
-    pool.wait(done, abandon=api.abort)
-
-    stale, unreadable = [], {}
-    for project, tasks in zip(changed, checks, strict=True):
-        failure = tasks.first_failure
-        if failure is None:
-            continue
-        if isinstance(failure[1], _Stale):
-            stale.append((project, str(failure[1])))
-        else:
-            unreadable[project.project_id] = str(failure[1])
-    if stale:
-        named = ", ".join(f"{p.file} ({p.project_id}): {what}" for p, what in stale)
-        raise RefusedError(
-            f"stale plan: live values changed since the plan was made: {named}; "
-            "nothing was applied. Make a new plan and review it."
-        )
-    return unreadable
-
-
-class _Stale(ReconcilerError):
-    """What changed live since the plan was made."""
-
-
-def _freshness_reads(project: ProjectPlan, api: ProjectApi, credentials: Any) -> list:
-    """The reads that say whether a Project's plan is still fresh, keyed in plan order;
-    each raises _Stale naming what changed."""
-    pid = project.project_id
-    reads = []
-
-    def settings() -> None:
-        live = normalise_live(api.get_project(pid, credentials))
-        if fingerprint(live, project.managed_keys) != project.live_fingerprint:
-            raise _Stale("settings")
-
-    def one(change: ObjectChange) -> None:
-        kind = BY_NAME[change.kind]
-        try:
-            live_object = api.get_object(kind, pid, credentials, change.id)
-        except ApiError as exc:
-            if exc.status == 404:
-                raise _Stale(f"{kind.name} {change.name!r} is gone") from None
-            raise
-        changes = [c.to_dict() for c in change.changes]
-        if object_fingerprint(kind, changes, live_object) != change.live_fingerprint:
-            raise _Stale(f"{kind.name} {change.name!r}")
-
-    def names_free(kind: Kind, names: set[str]) -> None:
-        # A name the plan creates must still be free, or apply would make a second one.
-        taken = sorted(names & {o["name"] for o in api.list_objects(kind, pid, credentials)})
-        if taken:
-            raise _Stale(f"{kind.name} {', '.join(map(repr, taken))} exists now")
-
-    if project.changes:
-        reads.append(((0,), settings))
-    creates: dict[str, set[str]] = {}
-    for index, change in enumerate(project.objects):
-        if change.id is None:
-            creates.setdefault(change.kind, set()).add(change.name)
-        else:
-            reads.append(((1, index), partial(one, change)))
-    for index, (kind_name, names) in enumerate(creates.items()):
-        reads.append(((2, index), partial(names_free, BY_NAME[kind_name], names)))
-    return reads
 
 
 def _outcome(

@@ -167,6 +167,7 @@ def _plan_command(fn: Callable) -> Callable:
 )
 @click.option(
     "--out",
+    "-o",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
     help="Also save the plan as JSON, for `apply --plan`.",
@@ -241,10 +242,13 @@ def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
     PATCH, then deletes. Asks `Apply? [y/N]` on a
     terminal; --yes skips the question; without a terminal and without --yes
     it refuses and writes nothing. With --plan it applies a reviewed plan,
-    refusing before any write if the file is not a consistent plan, has
-    errors, was made for another API, or anything it changes changed since
-    (stale). Exit 0 all applied (or nothing to do), 1 anything failed,
-    refused or interrupted.
+    run where it was made (the repository root): it refuses before any write
+    if the file is not a consistent plan, has errors, was made for another
+    API or at another commit, is not what the project files and the live
+    Projects give (re-read once, planned again), or anything it changes
+    changed since (stale); what it shows and writes is what it verified.
+    Exit 0 all applied (or nothing to do), 1 anything failed, refused or
+    interrupted.
 
     \b
       reconciler apply --yes
@@ -399,7 +403,7 @@ def compare(a, b, root, raw, fmt, detailed_exitcode) -> None:
     default=None,
     help="YAML of Projects (with their objects) and Developers to load; 'demo': the demo's.",
 )
-@click.option("--quiet", is_flag=True, help="No request log on stderr.")
+@click.option("--quiet", "-q", is_flag=True, help="No request log on stderr.")
 @click.option(
     "--latency-ms",
     type=click.IntRange(min=0),
@@ -436,6 +440,7 @@ def emulator(**options) -> None:
     """Run a local Oystehr Project Service (the emulator).
 
     The first line on stdout is its base URL, so --port 0 works in scripts.
+    Each request is logged on stderr (-q: none). Ctrl-C (or SIGTERM) stops it.
 
     \b
       reconciler emulator --port 0 --seed seed.yaml --latency-ms 20

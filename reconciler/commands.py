@@ -39,6 +39,7 @@ class Run:
         self.quiet = options.get("quiet", False)
         self.concurrency = options.get("concurrency", 8)
         self.auths: list = []  # the auth blocks of the Projects in this run
+        self.loaded: list = []  # the files of the Projects in this run's plan
         self._api = None
         self._pool = None
         self.reading = False  # whether a Project's reads have started
@@ -170,7 +171,7 @@ class Run:
             planner.add(project)
 
         try:
-            projects = self.load(paths, fmt, start)
+            projects = self.loaded = self.load(paths, fmt, start)
             if refused:
                 self.credentials_ready(self.auths)  # names every offending variable
                 raise refused[0]
@@ -183,6 +184,19 @@ class Run:
 
             return plan_projects([], self.api(), self.env, pool=self.pool())
         return planner.plan(projects)
+
+    def with_provenance(self, the_plan: Plan, paths: Sequence[str]) -> Plan:
+        """The plan with the files it was made from: the git commit they are committed
+        at, or (uncommitted) their hash, so that `apply --plan` can load them again."""
+        from dataclasses import replace
+
+        from reconciler import provenance
+
+        first = self.loaded[0].path if self.loaded else (paths or ("projects",))[0]
+        root = provenance.plan_root(first, self.options.get("root"))
+        files = provenance.files_read((p.path, p.fragments) for p in self.loaded)
+        commit, files_hash = provenance.record(files, root)
+        return replace(the_plan, commit=commit, files_hash=files_hash)
 
     def progress(self, verb: str):
         """A progress line on stderr, only on a terminal and only for longer runs."""
@@ -262,6 +276,8 @@ def validate(paths: Sequence[str], fmt: str, root: str | None = None) -> int:
 
 def plan(run: Run, paths: Sequence[str], fmt: str, out: str | None, detailed: bool) -> int:
     the_plan = run.read_plan(paths, fmt)
+    if out or fmt == "json":  # the plan file: what apply --plan checks against the files
+        the_plan = run.with_provenance(the_plan, paths)
     if out:
         write_plan_file(the_plan, out)
     run.show_plan(the_plan, fmt)
@@ -286,7 +302,7 @@ def apply(
     max_changes: int | None,
     fmt: str,
 ) -> int:
-    """Plan (or read a saved plan), refuse or ask, write, report."""
+    """Plan (or read and verify a saved plan), refuse or ask, write, report."""
     from reconciler.apply import apply_plan, code_copies, refusals
     from reconciler.includes import RepositoryRoots
     from reconciler.planfile import read_plan_file
@@ -301,23 +317,29 @@ def apply(
         render_text,
     )
     from reconciler.schedule import Stopper
+    from reconciler.verify import load_plan_files, verify_saved_plan
     from reconciler.zips import PrivateCopies
 
     options = run.options
-    # The zips apply uploads: private copies, each checked against the plan's code hash.
+    # The zips apply uploads: private copies (relative to each Project's repository root,
+    # as plan found them), each checked against the plan's code hash before any write.
     copies = PrivateCopies()
     click.get_current_context().call_on_close(copies.close)
+    roots = RepositoryRoots(options.get("root"))
     if plan_file:
-        the_plan = read_plan_file(plan_file)
-        run.auths = [p.auth for p in the_plan.projects]
+        saved = read_plan_file(plan_file)
+        run.auths = [p.auth for p in saved.projects]
         run.redact_credentials()  # before the plan is shown
-        refusals(the_plan, api_url=options["api_url"], max_changes=max_changes, saved=True)
+        refusals(saved, api_url=options["api_url"], max_changes=max_changes, saved=True)
+        files = load_plan_files(saved, plan_file, run.env, options.get("root"))
+        code_copies(saved, roots, copies)  # the plan job built them; apply never builds
+        # What is shown and written is what the files, those zips and the live values give.
+        the_plan = verify_saved_plan(
+            saved, plan_file, files, run.api(), run.env, run.pool(), copies=copies, roots=roots
+        )
     else:
         the_plan = run.read_plan(paths, copies=copies)  # keeps the bytes it hashes
         refusals(the_plan, max_changes=max_changes)
-    # Before the question: every zip it would upload, checked (relative to each Project's
-    # repository root, as plan found them).
-    roots = RepositoryRoots(options.get("root"))
     code = code_copies(the_plan, roots, copies)
     show = sys.stderr if fmt == "json" else sys.stdout
     render_text(the_plan, show, colour=run.colour and show is sys.stdout)
@@ -334,7 +356,6 @@ def apply(
         run.api(),
         run.env,
         pool=run.pool(),
-        verify_fresh=bool(plan_file),
         stopper=Stopper(),
         progress=run.progress("Applying"),
         code=code,
@@ -350,11 +371,19 @@ def apply(
 
 
 def export(run: Run, project_id: str, output: str | None, force: bool, include: str | None) -> int:
-    """A project file from the live Project, on stdout or in --output."""
+    """A project file from the live Project, on stdout or in --output. Over a project file
+    for the same Project it keeps that file's leading comments and auth block (and reads
+    with the credentials the block names); any other existing file needs --force."""
     from pathlib import Path
 
     from reconciler.client import resolve_credentials
-    from reconciler.export import export_project, parse_include, schema_ref_for
+    from reconciler.export import (
+        existing_project,
+        export_project,
+        keep_from,
+        parse_include,
+        schema_ref_for,
+    )
     from reconciler.files import has_include
 
     target = Path(output) if output else None
@@ -363,13 +392,29 @@ def export(run: Run, project_id: str, output: str | None, force: bool, include: 
             f"{output} includes fragments: export writes a standalone file and would drop "
             "them; export to another file and copy what you need"
         )
-    if target and target.exists() and not force:
-        raise ConfigError(f"{output} exists; pass --force to overwrite it")
+    existing = None
+    if target and target.exists():
+        existing = existing_project(target) if target.is_file() else None
+        if existing is None or existing.id != project_id:
+            if not force:
+                what = (
+                    f"is the project file of {term(existing.id)}, not {project_id}"
+                    if existing is not None
+                    else f"exists and is not a project file for {project_id}"
+                )
+                raise ConfigError(f"{output} {what}; pass --force to overwrite it")
+            existing = None
+        elif existing.auth_problem:
+            raise ConfigError(existing.auth_problem)
     words = parse_include(include)
-    credentials = resolve_credentials(None, run.env)
+    auth = existing.auth if existing else None
+    run.auths = [auth]  # redacted from all output, like the globals
+    credentials = resolve_credentials(auth, run.env)
     text = export_project(
         run.api(), credentials, project_id, schema_ref=schema_ref_for(target), include=words
     )
+    if existing is not None:
+        text = keep_from(existing, text)
     if target is None:
         click.echo(text, nl=False)
         return EXIT_OK
@@ -379,7 +424,16 @@ def export(run: Run, project_id: str, output: str | None, force: bool, include: 
     except OSError as exc:
         raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
     if not run.quiet:
-        click.echo(f"Wrote {output}.", err=True)
+        kept = [
+            what
+            for what, lines in (
+                ("leading comments", existing and existing.leading),
+                ("auth block", existing and existing.auth_lines),
+            )
+            if lines
+        ]
+        also = f" (kept its {' and '.join(kept)})" if kept else ""
+        click.echo(f"Wrote {output}{also}.", err=True)
     return EXIT_OK
 
 

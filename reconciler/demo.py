@@ -84,7 +84,8 @@ STEPS = [
         0,
     ),
     (
-        "Apply the reviewed plan (re-reads only the changed Projects, refuses a stale plan)",
+        "Apply the reviewed plan (checked against its files and what is live, re-reading "
+        "only what it changes; refuses a forged or stale plan)",
         ["apply", "--plan", "plan.json", "--yes"],
         0,
     ),

@@ -2,12 +2,17 @@
 file that plans with no change.
 
 `export_project` reads what it needs through the client; `project_file_text` is pure.
+Over an existing project file for the same Project, `existing_project` reads what
+the rewrite keeps (its leading comments and its `auth` block, whose credentials
+also read the Project) and `keep_from` puts them into the new text.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,12 @@ from reconciler.plan import MANAGED_KEYS, ROLE_FIELDS, normalise_live
 from reconciler.substitution import as_written as _escape
 
 SCHEMA_PATH = Path("schemas") / "project.schema.json"
+MODELINE = "# yaml-language-server:"
+# The hint an export ends with when it has no auth block to keep.
+AUTH_HINT = (
+    "# Credentials: name the environment variables that hold them (never the values), e.g.",
+    "# auth: {clientIdEnv: MY_PROJECT_CLIENT_ID, clientSecretEnv: MY_PROJECT_CLIENT_SECRET}",
+)
 
 
 INCLUDE_WORDS = ("settings", *(kind.key for kind in KINDS))
@@ -115,8 +126,13 @@ def project_file_text(
             for item in listed
             if not _unique(item, listed)
         ]
-    body = yaml.safe_dump(
-        doc, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None
+    body = yaml.dump(
+        doc,
+        Dumper=_FileDumper,
+        sort_keys=False,
+        allow_unicode=True,
+        width=100,
+        default_flow_style=None,
     )
     lines = []
     if schema_ref:
@@ -129,11 +145,22 @@ def project_file_text(
             "# built in this repository, relative to its root) and sourceInputs to manage",
             "# its code too: without source, plan never compares or uploads code.",
         ]
-    lines += [
-        "# Credentials: name the environment variables that hold them (never the values), e.g.",
-        "# auth: {clientIdEnv: MY_PROJECT_CLIENT_ID, clientSecretEnv: MY_PROJECT_CLIENT_SECRET}",
-    ]
+    lines += AUTH_HINT
     return "\n".join(lines) + "\n"
+
+
+class _FileDumper(yaml.SafeDumper):
+    """Block style at the top level, always: with only scalar settings (`--include
+    settings`) PyYAML would write the whole file as one `{...}` line. Below it, lists
+    of scalars and leaf mappings stay on one line (`roles: [Staff]`)."""
+
+    def represent(self, data: Any) -> None:
+        node = self.represent_data(data)
+        node.flow_style = False
+        self.serialize(node)
+        self.represented_objects = {}
+        self.object_keeper = []
+        self.alias_key = None
 
 
 def _unique(item: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool:
@@ -183,3 +210,91 @@ def schema_ref_for(output: Path | None, start: Path | None = None) -> str | None
         if (candidate / SCHEMA_PATH).is_file():
             return Path(os.path.relpath(candidate / SCHEMA_PATH, folder)).as_posix()
     return None
+
+
+@dataclass(frozen=True)
+class Existing:
+    """A project file already at the output: its id, and what a rewrite keeps, its first
+    comment lines and its auth block (the lines as written, with the comment lines just
+    above it)."""
+
+    path: Path
+    id: Any
+    leading: tuple[str, ...]
+    auth_lines: tuple[str, ...]
+    auth: Mapping[str, str] | None
+    auth_problem: str | None  # the auth block names the credentials to read with
+
+
+def existing_project(path: Path) -> Existing | None:
+    """What a rewrite of `path` keeps; None when it is not a project file at all."""
+    from reconciler import schema
+    from reconciler.files import parse_project
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    project, _ = parse_project(text, str(path), {})
+    if project is None or "id" not in project.data:
+        return None
+    lines = text.splitlines()
+    leading = tuple(_leading_comments(lines))
+    auth, auth_lines, problem = project.data.get("auth"), (), None
+    if auth is not None:
+        line = project.key_location("auth")[0]
+        auth_lines = tuple(_block(lines, line - 1, floor=len(leading)))
+        findings = schema.check({"id": project.data["id"], "auth": auth})
+        if findings:
+            problem = (
+                f"{path}:{line}: its auth block is not valid ({findings[0].message}); fix it "
+                "(reconciler validate) or pass --force to overwrite the file"
+            )
+    return Existing(path, project.data["id"], leading, auth_lines, auth, problem)
+
+
+def keep_from(existing: Existing, exported: str) -> str:
+    """The export with the existing file's leading comments first (its own modeline
+    replaced by theirs when they hold one) and its auth block last."""
+    lines = exported.splitlines()
+    if any(line.startswith(MODELINE) for line in existing.leading) and lines:
+        lines = [line for line in lines if not line.startswith(MODELINE)]
+    return with_auth_lines("\n".join([*existing.leading, *lines]) + "\n", existing.auth_lines)
+
+
+def with_auth_lines(exported: str, auth_lines: Sequence[str]) -> str:
+    """An exported file ending with these auth lines instead of the hint about auth."""
+    lines = exported.splitlines()
+    if auth_lines:
+        lines = [line for line in lines if line not in AUTH_HINT]
+    return "\n".join([*lines, *auth_lines]) + "\n"
+
+
+_COMMENT_OR_BLANK = re.compile(r"\s*(#.*)?")
+
+
+def _leading_comments(lines: Sequence[str]) -> list[str]:
+    """The comment lines a file starts with (blank lines among them kept, not after)."""
+    leading: list[str] = []
+    for line in lines:
+        if not _COMMENT_OR_BLANK.fullmatch(line):
+            break
+        leading.append(line)
+    while leading and not leading[-1].strip():
+        leading.pop()
+    return leading
+
+
+def _block(lines: Sequence[str], start: int, floor: int = 0) -> list[str]:
+    """A top-level key's lines: the comment lines right above it (below `floor`), the key,
+    and every line up to the next top-level key (trailing comments and blanks left out)."""
+    first = start
+    while first > floor and lines[first - 1].startswith("#"):
+        first -= 1
+    end = start + 1
+    while end < len(lines) and (lines[end][:1] in (" ", "\t") or not lines[end].strip()):
+        end += 1
+    block = list(lines[first:end])
+    while block and _COMMENT_OR_BLANK.fullmatch(block[-1]):
+        block.pop()
+    return block

@@ -274,7 +274,7 @@ def _find(paths: Sequence[str], cwd: str) -> tuple[list[tuple[str, str]], list[P
 
     for raw in paths:
         if not os.path.lexists(raw):
-            raise ConfigError(f"no such file or directory: {raw}")
+            raise ConfigError(f"no such file or directory: {raw}{_start_here(paths)}")
         if not os.path.isdir(raw):
             add(raw, os.path.dirname(os.path.abspath(raw)), "its folder")
             continue
@@ -285,8 +285,18 @@ def _find(paths: Sequence[str], cwd: str) -> tuple[list[tuple[str, str]], list[P
                     add(os.path.join(folder, name), raw, display_path(raw, cwd))
 
     if not found and not problems:
-        raise ConfigError(f"no project files found in: {', '.join(paths)}")
+        raise ConfigError(f"no project files found in: {', '.join(paths)}{_start_here(paths)}")
     return sorted(found.values()), problems
+
+
+def _start_here(paths: Sequence[str]) -> str:
+    """For the default folder: how to get one (a fresh repository has none)."""
+    if [os.path.normpath(path) for path in paths] != ["projects"]:
+        return ""
+    return (
+        " (run `reconciler init` to start a settings repository here, or give the "
+        "project files' paths)"
+    )
 
 
 def display_path(path: str, cwd: str | None = None) -> str:

@@ -8,7 +8,11 @@ Writes `projects/`, `schemas/project.schema.json`, the three workflows
 (`plan`, `apply`, `drift`) using the composite action remotely, and
 `.pre-commit-config.yaml`, both pinned to a commit (`@<sha> # vX.Y.Z`,
 `rev: <sha>  # frozen: vX.Y.Z`). An existing file is skipped and named, never
-overwritten. The workflows come from the same templates as this repository's own
+overwritten. The workflows get the production API and auth URLs unless
+`--api-url`/`--auth-url` are given as flags: URLs in the environment
+(`OYSTEHR_PROJECT_API_URL`, say, left over from trying the emulator) only read
+the Projects of `--project-id` and are never written into CI. The workflows
+come from the same templates as this repository's own
 (`reconciler/data/init/workflows/`), so the security posture is one source: the
 read credential set as repository secrets `READ_<NAME>` for plan and drift, the
 write set as secrets `<NAME>` of the `production` environment for apply only.
@@ -29,9 +33,10 @@ import click
 import yaml
 
 from reconciler import __version__, release
-from reconciler.client import DEFAULT_API_URL, DEFAULT_AUTH_URL
+from reconciler.client import DEFAULT_API_URL, DEFAULT_AUTH_URL, check_url
 from reconciler.errors import ConfigError, ReconcilerError
-from reconciler.options import connection_options
+from reconciler.escape import term, without_userinfo
+from reconciler.options import api_options
 from reconciler.release import RELEASE_REPOSITORY
 
 # The repository that publishes reconciler and its action (tags v<version>).
@@ -166,6 +171,55 @@ class ActionRef:
 
 LOCAL = ActionRef(None, "")
 
+# A URL that goes into a workflow's YAML and GitHub's expressions stays plain.
+_WORKFLOW_URL = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&'()*+,;=%-]+")
+
+
+@dataclass(frozen=True)
+class Url:
+    """One of the two URLs: what the workflows get, and what this run reads with."""
+
+    option: str  # --api-url
+    variable: str  # OYSTEHR_PROJECT_API_URL
+    default: str
+    value: str  # what this run reads with (flag, environment or default)
+    from_flag: bool
+
+    @property
+    def written(self) -> str:
+        """What the workflows get: the flag's value, else the production default."""
+        if not self.from_flag:
+            return self.default
+        url = check_url(self.value, self.option)
+        if not _WORKFLOW_URL.fullmatch(url):
+            raise ConfigError(f"{self.option} {url!r}: only a plain URL can go into a workflow")
+        return url
+
+    def note(self, read_projects: bool) -> str | None:
+        """Said when the environment held another URL than the one the workflows get."""
+        if self.from_flag or self.value.rstrip("/") == self.default.rstrip("/"):
+            return None
+        shown = term(without_userinfo(self.value))
+        used = "was used to read the Projects, not" if read_projects else "is not"
+        return (
+            f"Note: {self.variable}={shown} (from the environment) {used} written into CI: "
+            f"the workflows use {self.default} (pass {self.option} to write another URL)."
+        )
+
+
+def urls(options: dict[str, Any], context: click.Context) -> tuple[Url, Url]:
+    """The API and auth URLs of this run, knowing which came as flags."""
+
+    def one(name: str, option: str, variable: str, default: str) -> Url:
+        source = context.get_parameter_source(name)
+        flag = source == click.core.ParameterSource.COMMANDLINE
+        return Url(option, variable, default, options[name], flag)
+
+    return (
+        one("api_url", "--api-url", "OYSTEHR_PROJECT_API_URL", DEFAULT_API_URL),
+        one("auth_url", "--auth-url", "OYSTEHR_AUTH_URL", DEFAULT_AUTH_URL),
+    )
+
 
 def _template(name: str) -> str:
     return resources.files("reconciler").joinpath(f"data/init/{name}").read_text(encoding="utf-8")
@@ -280,21 +334,18 @@ def slug_for(name: str | None, project_id: str, taken: set[str]) -> str:
 
 def with_auth(text: str, slug: str) -> str:
     """An exported file with an `auth` block naming <SLUG>_CLIENT_ID / _SECRET."""
+    from reconciler.export import with_auth_lines
+
     env = re.sub(r"[^A-Z0-9]+", "_", slug.upper()).strip("_")
     if env.startswith(RESERVED_ENV_PREFIXES) or f"{env}_".startswith(RESERVED_ENV_PREFIXES):
         env = f"PROJECT_{env}"  # GitHub and reconciler keep these prefixes for themselves
-    lines = [
-        line
-        for line in text.splitlines()
-        if not line.startswith(("# Credentials: name the", "# auth: {clientIdEnv"))
-    ]
-    lines += [
+    auth = [
         "# The environment variables that hold this Project's credentials (names, never values).",
         "auth:",
         f"  clientIdEnv: {env}_CLIENT_ID",
         f"  clientSecretEnv: {env}_CLIENT_SECRET",
     ]
-    return "\n".join(lines) + "\n"
+    return with_auth_lines(text, auth)
 
 
 class Scaffold:
@@ -305,21 +356,23 @@ class Scaffold:
         self.written: list[str] = []
         self.skipped: list[str] = []
 
-    def write(self, relative: str, text: str) -> None:
+    def write(self, relative: str, text: str) -> bool:
+        """Write a new file; False (and named as skipped) when it exists."""
         path = self.root / relative
         if path.exists() or path.is_symlink():
             self.skipped.append(relative)
-            return
+            return False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "x", encoding="utf-8") as fh:
                 fh.write(text)
         except FileExistsError:
             self.skipped.append(relative)
-            return
+            return False
         except OSError as exc:
             raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
         self.written.append(relative)
+        return True
 
 
 def policy_text() -> str:
@@ -388,41 +441,48 @@ Next (in your repository's Settings on GitHub, or with the gh CLI as shown):
         "the workflows run it in the plan job, never in the apply job."
     ),
 )
-@connection_options
+@api_options
 def init(
-    directory: Path,
-    project_ids: tuple[str, ...],
-    action_ref: str | None,
-    build: str,
-    api_url: str,
-    auth_url: str,
-    timeout: float,
-    retries: int,
+    directory: Path, project_ids: tuple[str, ...], action_ref: str | None, build: str, **options
 ) -> None:
     """Set up a settings repository: project files, schema, workflows, pre-commit.
 
     Existing files are skipped and named, never overwritten. With --project-id
     (needs OYSTEHR_ACCESS_TOKEN, or OYSTEHR_CLIENT_ID + OYSTEHR_CLIENT_SECRET)
     each Project is exported as it is now, so the first plan shows no change.
-    Ends by printing the secrets and the environment to create.
+    The workflows get the production API and auth URLs unless --api-url and
+    --auth-url are given as flags (the environment's URLs only read the
+    Projects). Ends by printing the secrets and the environment to create;
+    -q prints only the files written and skipped.
 
     \b
       reconciler init
       reconciler init my-settings --project-id fd9b1113-4bd2-4dad-8631-a95ba035dfda
     """
+    api_url, auth_url = urls(options, click.get_current_context())
     try:
         action = ActionRef.parse(action_ref) if action_ref else ActionRef.default()
         if warning := action.mutable_warning():
             click.echo(warning, err=True)
+        written = (api_url.written, auth_url.written)  # refused before anything is read
         scaffold = Scaffold(directory)
-        write_projects(scaffold, project_ids, api_url, auth_url, timeout, retries)
-        zambdas = _write_rest(scaffold, action, api_url, auth_url, build)
+        exported = write_projects(scaffold, project_ids, options)
+        zambdas = _write_rest(scaffold, action, *written, build)
     except ReconcilerError as exc:
         raise click.ClickException(str(exc)) from exc
     for relative in scaffold.written:
         click.echo(f"wrote   {relative}")
     for relative in scaffold.skipped:
         click.echo(f"skipped {relative} (exists; not overwritten)")
+    if options["quiet"]:
+        return
+    for url in (api_url, auth_url):
+        note = url.note(read_projects=bool(project_ids))
+        if note:
+            click.echo(note)
+    if exported:
+        flags = [f"{u.option} {u.value}" for u in (api_url, auth_url) if u.from_flag]
+        click.echo(plan_here(exported, directory, flags))
     names = credential_names(project_files(directory / "projects"))
     click.echo(next_steps(names), nl=False)
     if zambdas.zips and not build:
@@ -430,6 +490,35 @@ def init(
             "\nThe project files name Zambda zips: give the workflows the command that builds "
             "them\n(the build input of the steps that say so, or init --build COMMAND).",
         )
+
+
+def plan_here(exported: Sequence[Path], directory: Path, flags: Sequence[str]) -> str:
+    """How to see the exports' first plan (no change) from this machine: the credentials
+    their auth blocks name, which the environment may not hold yet."""
+    import os
+    import shlex
+
+    names = credential_names(exported)
+    missing = [name for name in names if not os.environ.get(name)]
+    command = " ".join(["reconciler plan", *flags])
+    if str(directory) not in ("", "."):
+        command = f"cd {term(shlex.quote(str(directory)))} && {command}"
+    if not missing:
+        verb = "is" if len(names) == 1 else "are"
+        return f"{_and(names)} {verb} set here: `{command}` shows no change."
+    whose, where = (
+        ("that Project", "the file's auth block names")
+        if len(exported) == 1
+        else ("each Project", "the files' auth blocks name")
+    )
+    return (
+        f"To plan from here, export {_and(missing)} (an M2M client of {whose}: {where} "
+        f"them); then `{command}` shows no change."
+    )
+
+
+def _and(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _write_rest(
@@ -452,30 +541,30 @@ def _write_rest(
 
 
 def write_projects(
-    scaffold: Scaffold,
-    project_ids: Sequence[str],
-    api_url: str,
-    auth_url: str,
-    timeout: float,
-    retries: int,
-) -> None:
-    """The example, or each Project's export with its `auth` block."""
+    scaffold: Scaffold, project_ids: Sequence[str], options: dict[str, Any]
+) -> list[Path]:
+    """The example, or each Project's export with its `auth` block; the exports written."""
     if not project_ids:
         scaffold.write("projects/example.yaml", _template("example.yaml"))
-        return
+        return []
     import os
 
-    from reconciler.client import ProjectApi, resolve_credentials
+    from reconciler.client import resolve_credentials
+    from reconciler.commands import Run
     from reconciler.export import export_project
 
+    run = Run(options)  # -v logs the requests; tokens and secrets stay out of the output
+    api = run.api()
     credentials = resolve_credentials(None, os.environ)
     # Within this run only: a file left from an earlier run is skipped, not renamed.
     taken: set[str] = set()
-    with ProjectApi(api_url, auth_url=auth_url, timeout=timeout, retries=retries) as api:
-        for project_id in dict.fromkeys(project_ids):
-            text = export_project(
-                api, credentials, project_id, schema_ref="../schemas/project.schema.json"
-            )
-            name = yaml.safe_load(text).get("name")
-            slug = slug_for(name, project_id, taken)
-            scaffold.write(f"projects/{slug}.yaml", with_auth(text, slug))
+    exported = []
+    for project_id in dict.fromkeys(project_ids):
+        text = export_project(
+            api, credentials, project_id, schema_ref="../schemas/project.schema.json"
+        )
+        name = yaml.safe_load(text).get("name")
+        relative = f"projects/{slug_for(name, project_id, taken)}.yaml"
+        if scaffold.write(relative, with_auth(text, Path(relative).stem)):
+            exported.append(scaffold.root / relative)
+    return exported

@@ -16,10 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from reconciler import zambdas
+
+if TYPE_CHECKING:
+    from reconciler.plan import ObjectChange
 
 Normaliser = Callable[[Any], Any]
 
@@ -179,6 +182,17 @@ class Kind:
 
     def api_name(self, field_name: str) -> str:
         return self.api_names.get(field_name, field_name)
+
+    # How `apply --plan` verifies a saved entry of this kind (``verify.py``):
+    # verify_saved(saved, recomputed) gets the plan file's ObjectChange and the one the
+    # planning code computes again from the files and what apply read live (None when
+    # it plans nothing for that object), and returns the ObjectChange to show and apply,
+    # or raises ValueError(REASON) when the saved one is not what they give. None (the
+    # default): the two must be equal, redacted as the plan file was and timing aside
+    # (liveFingerprint), and the recomputed one is applied. A kind whose plan defers a
+    # decision to apply (a secret's `compare`: its value is compared only then) accepts
+    # here what that decision may turn out to be, and nothing else.
+    verify_saved: Callable[[ObjectChange, ObjectChange | None], ObjectChange] | None = None
 
     def path_of(self, object_id: str) -> str:
         # An id comes from the API or a plan file: never let it change the path.

@@ -14,9 +14,10 @@ role the plan creates has no id yet and is written ``{"ref": {"kind": "role",
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,9 +88,16 @@ class Matching:
 
 
 def match(
-    kind: Kind, declared: Mapping[str, Mapping[str, Any]], live: Sequence[Mapping]
+    kind: Kind,
+    declared: Mapping[str, Mapping[str, Any]],
+    live: Sequence[Mapping],
+    only: Collection[str] | None = None,
 ) -> Matching:
-    """Pair each declared object with its live one; names are identity, `renamedFrom` moves."""
+    """Pair each declared object with its live one; names are identity, `renamedFrom` moves.
+
+    `only` matches just the declared objects it names (a saved plan's entries, verified
+    at apply); the others still claim their names, so no live object they hold is taken
+    for one to delete."""
     by_name: dict[str, list[Mapping[str, Any]]] = {}
     for item in live:
         by_name.setdefault(item.get("name"), []).append(item)
@@ -101,6 +109,8 @@ def match(
         claimed.add(name)
         if old:
             claimed.add(old)
+        if only is not None and name not in only:
+            continue
         now, before = by_name.get(name, []), by_name.get(old, []) if old else []
         error = None
         for label, found in ((name, now), (old, before)):
@@ -173,10 +183,7 @@ class RoleIndex:
                 if r.get("name") == role_name and str(r.get("id")) not in self.renamed
             ]
             if not named:
-                raise ValueError(
-                    f"{what}: no role named {role_name!r} in this Project "
-                    f"(roles: {self.available()})"
-                )
+                raise no_role_named(what, role_name, self.names())
             if len(named) > 1:
                 ids = ", ".join(sorted(str(r.get("id")) for r in named))
                 raise ValueError(
@@ -195,6 +202,14 @@ class RoleIndex:
         if role_name is not None and name != role_name:
             raise ValueError(f"{what}: role {found_id} is named {name!r}, not {role_name!r}")
         return {"id": found_id, "name": name}
+
+
+def no_role_named(what: str, name: Any, names: Sequence[str]) -> ValueError:
+    """The error for a role name that resolves nowhere: the closest name, then them all."""
+    close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    available = ", ".join(names) or "(none)"
+    return ValueError(f"{what}: no role named {name!r} in this Project{hint} (roles: {available})")
 
 
 def role_index(roles: Matching | None, live_roles: Sequence[Mapping] | None) -> RoleIndex:

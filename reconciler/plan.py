@@ -13,7 +13,7 @@ never enters the diff, the patch or the fingerprint.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -22,7 +22,7 @@ from reconciler import __version__, objects
 from reconciler.kinds import BY_KEY, BY_NAME
 from reconciler.objects import sha256_of
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # The keys a project file can manage, in canonical order (the order of export and of changes).
 MANAGED_KEYS = (
@@ -193,12 +193,19 @@ class ProjectPlan:
 
 @dataclass(frozen=True)
 class Plan:
-    """Every Project's plan, in file order, for one API."""
+    """Every Project's plan, in file order, for one API.
+
+    `commit` is the git HEAD the plan was made at, when every file it read is committed
+    there; otherwise `files_hash` is the hash of those files (``provenance.py``).
+    `apply --plan` loads the same files and checks the plan against them.
+    """
 
     api_url: str
     projects: tuple[ProjectPlan, ...]
     created_at: str = ""
     tool: str = f"reconciler {__version__}"
+    commit: str | None = None
+    files_hash: str | None = None
 
     @property
     def summary(self) -> dict[str, int]:
@@ -236,6 +243,8 @@ class Plan:
             "tool": self.tool,
             "createdAt": self.created_at,
             "apiUrl": self.api_url,
+            "commit": self.commit,
+            "filesHash": self.files_hash,
             "summary": self.summary,
             "objectSummary": self.object_summary,
             "projects": [project.to_dict() for project in self.projects],
@@ -250,6 +259,8 @@ class Plan:
             projects=tuple(ProjectPlan.from_dict(p) for p in doc["projects"]),
             created_at=doc.get("createdAt", ""),
             tool=doc.get("tool", ""),
+            commit=doc.get("commit"),
+            files_hash=doc.get("filesHash"),
         )
 
 
@@ -324,7 +335,8 @@ def resolve_role(
         if role_name is not None and live["name"] != role_name:
             raise ValueError(f"{key}: role {role_id} is named {live['name']!r}, not {role_name!r}")
         return {"id": live["id"], "name": live["name"]}
-    available = ", ".join(sorted({str(r.get("name")) for r in roles or ()})) or "(none)"
+    names = sorted({str(r.get("name")) for r in roles or ()})
+    available = ", ".join(names) or "(none)"
     if role_id is not None:
         match = [r for r in roles or () if r.get("id") == role_id]
         if not match:
@@ -339,7 +351,7 @@ def resolve_role(
         return {"id": found["id"], "name": found.get("name")}
     named = [r for r in roles or () if r.get("name") == role_name]
     if not named:
-        raise ValueError(f"{key}: no role named {role_name!r} in this Project (roles: {available})")
+        raise objects.no_role_named(key, role_name, names)
     if len(named) > 1:
         ids = ", ".join(sorted(r["id"] for r in named))
         raise ValueError(
@@ -373,6 +385,7 @@ def diff(
     locate: Any = None,
     live_objects: LiveObjects | None = None,
     source: Callable[..., str | None] | None = None,
+    focus: Mapping[str, Collection[str]] | None = None,
 ) -> ProjectPlan:
     """Compare a file's settings and objects with the live Project and say what to write.
 
@@ -381,6 +394,13 @@ def diff(
     `live_objects` what was read of the kinds the file manages;
     `locate(*keys)` may return "FILE:LINE:COL" to prefix error messages;
     `source(*keys)` may return "FILE:LINE", where a desired value is written.
+
+    `focus` (kind name -> object names) plans only those objects: what `apply --plan`
+    recomputes to verify a saved plan's entries (``verify.py``) from the objects it
+    re-read. Only the kinds it names are planned, only the declared objects it names
+    are matched (every declared object still claims its names), and a delete comes only
+    from the live objects `live_objects` holds; role references resolve as in a whole
+    plan when `roles` (the role list) is given.
     """
     source = source or _no_source
     project_id = str(desired.get("id"))
@@ -396,13 +416,23 @@ def diff(
         problems.append(f"{where}: {message}" if where else message)
 
     kinds = objects.managed_kinds(desired)
+    if focus is not None:
+        kinds = tuple(kind for kind in kinds if kind.name in focus)
     matchings = {
         kind.name: objects.match(
-            kind, objects.desired_objects(desired, kind), live_objects.lists.get(kind.name, ())
+            kind,
+            objects.desired_objects(desired, kind),
+            live_objects.lists.get(kind.name, ()),
+            only=None if focus is None else focus[kind.name],
         )
         for kind in kinds
     }
-    index = objects.role_index(matchings.get("role"), roles)
+    role_matching = matchings.get(objects.ROLE.name)
+    if focus is not None and roles is not None and objects.ROLE in objects.managed_kinds(desired):
+        # Every declared role, as a whole plan resolves references through them.
+        declared_roles = objects.desired_objects(desired, objects.ROLE)
+        role_matching = objects.match(objects.ROLE, declared_roles, roles)
+    index = objects.role_index(role_matching, roles)
     prune = tuple(word for word in desired.get("prune") or () if isinstance(word, str))
 
     wanted: dict[str, Any] = {}

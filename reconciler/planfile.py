@@ -5,8 +5,10 @@ who wrote it, since anyone can recompute it. So before any request the document
 must also be one that `plan` could have written: known keys and types at every
 level, known statuses, a `patch` that is exactly what its `changes` derive, each
 changed field a writable key the file manages, and `projectId` and `auth` that
-obey the project-file rules. Anything else is
-``PlanFileError("…: not a valid plan file: REASON")``.
+obey the project-file rules, and a `commit` or a `filesHash` saying which files it
+was made from. Anything else is ``PlanFileError("…: not a valid plan file: REASON")``.
+Whether the plan is what those files and the live values give is checked next, by
+``verify.py``.
 
 One function per level (`_check_document`, `_check_project`, `_check_change`),
 each given `where` (a path like ``projects[2].changes[0]``) for its REASON, over
@@ -46,6 +48,8 @@ TOP_LEVEL_KEYS = (
     "tool",
     "createdAt",
     "apiUrl",
+    "commit",
+    "filesHash",
     "summary",
     "objectSummary",
     "projects",
@@ -78,6 +82,7 @@ ANY_ID = "00000000-0000-4000-8000-000000000000"  # stands for the id where a che
 WRITABLE_KEYS = tuple(key for key in MANAGED_KEYS if key not in IMMUTABLE_KEYS)
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git commit (SHA-1 or SHA-256)
 # A plan file larger or deeper than this is refused before it is parsed.
 MAX_PLAN_BYTES = 64 * 2**20
 MAX_PLAN_DEPTH = 64
@@ -194,6 +199,16 @@ def _check_document(doc: Mapping[str, Any]) -> None:
     _expect_sha256(doc["checksum"], "checksum")
     for key in ("tool", "createdAt", "apiUrl"):
         expect(doc[key], str, key)
+    # Where the plan comes from: the commit of the files it read, or (uncommitted) their hash.
+    commit, files_hash = doc["commit"], doc["filesHash"]
+    if commit is not None and (not isinstance(commit, str) or not _COMMIT.fullmatch(commit)):
+        raise ShapeError(
+            f"commit: expected a git commit (40 hex digits), got {describe_json(commit)}"
+        )
+    if files_hash is not None:
+        _expect_sha256(files_hash, "filesHash")
+    if (commit is None) == (files_hash is None):
+        raise ShapeError("a plan records either commit or filesHash (and only one)")
     projects = expect_list_of_objects(doc["projects"], "projects")
     ids: set[str] = set()
     for index, project in enumerate(projects):

@@ -357,7 +357,39 @@ def _yaml_problem(error: yaml.MarkedYAMLError, text: str, path: str, what: str) 
     if error.problem and error.context and error.context_mark:
         started = f"line {error.context_mark.line + 1}, column {error.context_mark.column + 1}"
         message += f" ({error.context} that started at {started})"
-    return Problem(path, line, column, message)
+    return Problem(path, line, column, message + _yaml_hint(error, lines))
+
+
+# A key glued to its value ("name:SANDBOX"): YAML reads it as one string.
+_NO_SPACE_AFTER_COLON = re.compile(r"^\s*[\w-]+:(?![\s/])\S")
+
+
+def _missing_space(index: int) -> str:
+    return f" (a space missing after the colon on line {index + 1}? YAML needs key: value)"
+
+
+def _yaml_hint(error: yaml.MarkedYAMLError, lines: list[str]) -> str:
+    """What usually causes PyYAML's two most common complaints, as a hint to append."""
+    problem, mark = error.problem or "", error.problem_mark
+    if mark is None or mark.line >= len(lines):
+        return ""
+    if problem.startswith("could not find expected ':'") and error.context_mark:
+        started = error.context_mark.line
+        if started < len(lines) and _NO_SPACE_AFTER_COLON.match(lines[started]):
+            return _missing_space(started)
+        return " (every key needs a colon and a space after it: key: value)"
+    if not problem.startswith("mapping values are not allowed"):
+        return ""
+    above = next((n for n in range(mark.line - 1, -1, -1) if lines[n].strip()), None)
+    if above is not None and _NO_SPACE_AFTER_COLON.match(lines[above]):
+        return _missing_space(above)
+    if ": " in lines[mark.line][: mark.column]:  # this colon is inside a value
+        key, _, value = lines[mark.line].partition(": ")
+        value = value.partition(" #")[0].strip()
+        if '"' in value or "\\" in value:
+            return " (quote a value that holds ': ')"
+        return f' (quote a value that holds ": ", like {key.strip()}: "{value}")'
+    return " (check this line's indentation: it must line up with the keys it belongs with)"
 
 
 # Characters YAML does not allow in a stream (YAML 1.1 section 5.1, as PyYAML enforces).

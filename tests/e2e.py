@@ -7,6 +7,8 @@ No mocks: every request goes over a real socket to the emulator.
 from __future__ import annotations
 
 import textwrap
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -105,3 +107,19 @@ def hand_edit(emu, project_id: str, body: dict) -> dict:
     response = httpx.patch(emu.api_url + "/project", headers=headers, json=body)
     response.raise_for_status()
     return response.json()
+
+
+def when_first(emu, request: str, action) -> threading.Thread:
+    """Run `action` as soon as the emulator receives its first `request` ("POST /v1/m2m":
+    its counts go up on arrival, before its latency): something changes live mid-apply,
+    after `apply --plan` verified the plan."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and request not in emu.stats():
+            time.sleep(0.002)
+        action()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread

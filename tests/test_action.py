@@ -5,9 +5,14 @@ The layout is a runner's: the action's repository checked out under
 `GITHUB_ENV`, `GITHUB_OUTPUT` and `GITHUB_STEP_SUMMARY` files. Each `run:` step
 of action.yml is executed with bash as the runner would (its `${{ }}` inputs in
 the step's environment, GITHUB_ENV carried to the next step), with `python` a
-venv made here (`--system-site-packages`, so the dependencies need no index and
-the machine's own install is not touched). pip runs with `--no-index`: the
-reconciler comes from the action's checkout, or a wheel built here.
+venv made here. pip runs with `--no-index`: the reconciler comes from the
+action's checkout, or a wheel built here with the test environment's own tools.
+
+That venv starts as a runner's Python with the dependencies already installed:
+it sees the packages of the environment running the tests (what `pip install -e
+'.[test]'` put there: the dependencies, pip, setuptools, wheel), never the base
+interpreter's and never this checkout's own reconciler. So the tests pass on any
+clean Python, whatever the machine happens to have installed.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import venv
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +39,51 @@ from reconciler import __version__
 ROOT = Path(__file__).resolve().parent.parent
 ACTION = ROOT / ".github" / "actions" / "reconciler" / "action.yml"
 # What the runner checks out of the action's repository that the install needs.
-SHIPPED = ("pyproject.toml", "README.md", "constraints.txt", "reconciler", ".github")
+SHIPPED = ("pyproject.toml", "README.md", "LICENSE", "constraints.txt", "reconciler", ".github")
 
 
 @pytest.fixture(scope="module")
 def python_env(tmp_path_factory) -> Path:
-    """A venv that sees the outer environment's packages; `bin` goes first on PATH."""
+    """A venv that sees the test environment's packages except reconciler; `bin` goes
+    first on PATH."""
     where = tmp_path_factory.mktemp("venv")
-    venv.create(where, system_site_packages=True, with_pip=False, symlinks=True)
+    venv.create(where, with_pip=False, symlinks=True)
+    found = subprocess.run(
+        [where / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    shared = _packages_without_reconciler(tmp_path_factory.mktemp("packages"))
+    Path(found.stdout.strip(), "test-environment.pth").write_text(f"{shared}\n", encoding="utf-8")
     return where / "bin"
 
 
+# What an install of reconciler puts in site-packages (plain, or editable by setuptools).
+_OURS = re.compile(r"(reconciler|oystehr_reconciler[-.].*|__editable___*oystehr_reconciler.*)")
+
+
+def _packages_without_reconciler(folder: Path) -> Path:
+    """A folder of links to every package of the environment running the tests, except
+    reconciler itself: the action must install that one."""
+    sources = [*site.getsitepackages(), sysconfig.get_path("purelib")]
+    if site.ENABLE_USER_SITE:
+        sources.append(site.getusersitepackages())
+    for source in dict.fromkeys(Path(s) for s in sources if os.path.isdir(s)):  # in sys.path order
+        for entry in sorted(source.iterdir()):
+            if _OURS.fullmatch(entry.name) or entry.suffix == ".pth":
+                continue
+            if not (folder / entry.name).exists():
+                (folder / entry.name).symlink_to(entry)
+    return folder
+
+
 def _ship(target: Path) -> Path:
-    """A copy of this repository as the runner checks it out for `uses:`."""
+    """A copy of this repository as the runner checks it out for `uses:`.
+
+    Its constraints.txt pins what this test environment holds: the action installs
+    with the versions it was tested with, and here those are the ones installed (pip
+    runs without an index)."""
     for name in SHIPPED:
         source = ROOT / name
         if source.is_dir():
@@ -51,7 +91,22 @@ def _ship(target: Path) -> Path:
         else:
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
+    (target / "constraints.txt").write_text(_tested_versions(), encoding="utf-8")
     return target
+
+
+def _tested_versions() -> str:
+    """constraints.txt with each pin set to the version installed here."""
+    pins = []
+    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        name = line.partition("==")[0].strip()
+        if not name or name.startswith("#"):
+            continue
+        try:
+            pins.append(f"{name}=={metadata.version(name)}\n")
+        except metadata.PackageNotFoundError:
+            continue  # not needed on this Python (or by this install)
+    return "".join(pins)
 
 
 @dataclass
@@ -198,7 +253,7 @@ def test_the_action_installs_from_its_own_checkout_and_runs(tmp_path, python_env
     assert runner.output() == "exit-code=0\nexit-code=0\n"
     comment = (runner.workspace / "plan.md").read_text(encoding="utf-8")
     assert comment.startswith("<!-- reconciler-plan -->\n### reconciler plan: ")
-    assert "| signupEnabled | false | true |" in comment
+    assert "| `signupEnabled` | `false` | `true` |" in comment
     assert runner.file("summary").read_text(encoding="utf-8").startswith("<!-- reconciler-plan")
     assert (runner.workspace / "plan.json").is_file()
     assert SANDBOX_CLIENT_SECRET not in "".join(runner.log) + comment
@@ -220,6 +275,7 @@ def test_the_version_input_installs_oystehr_reconciler_from_a_wheel(tmp_path, py
     wheels = tmp_path / "wheels"
     source = _ship(tmp_path / "source")
     built = subprocess.run(
+        # Built with the test environment's own pip, setuptools and wheel.
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
         + ["--no-index", "-w", str(wheels), str(source)],
         capture_output=True,

@@ -228,6 +228,7 @@ def test_a_create_whose_answer_is_lost_is_found_in_the_list_not_made_twice(repo)
     finally:
         server.shutdown()
         server.server_close()
+        store.close()  # Python 3.13 warns about an unclosed database, and warnings are errors
 
 
 def test_export_writes_every_kind_and_plans_clean(repo, emu):

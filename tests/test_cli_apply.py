@@ -8,7 +8,6 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import pytest
 import yaml
 from e2e import (
-    A_PATIENT,
     A_STAFF_1,
     ALPHA,
     BETA,
@@ -88,10 +87,26 @@ def test_stale_plan_is_refused_naming_the_project(repo, emu):
 def test_edit_of_an_unmanaged_key_does_not_make_the_plan_stale(repo, emu):
     three_changes(repo)
     run(["plan", "--out", "plan.json"], emu)
-    hand_edit(emu, BETA, {"name": "Renamed by hand"})  # beta.yaml manages only description
+    hand_edit(emu, BETA, {"signupEnabled": False})  # beta.yaml manages only description
     result = run(["apply", "--plan", "plan.json", "--yes"], emu)
     assert result.exit_code == 0, result.output
-    assert live(emu, BETA)["name"] == "Renamed by hand"
+    assert live(emu, BETA)["signupEnabled"] is False
+
+
+def test_a_project_renamed_since_the_plan_is_not_the_project_it_shows(repo, emu):
+    # Apply names Projects as they are live: a plan that names one otherwise is refused.
+    three_changes(repo)
+    run(["plan", "--out", "plan.json"], emu)
+    hand_edit(emu, BETA, {"name": "Renamed by hand"})
+    emu.reset_stats()
+    result = run(["apply", "--plan", "plan.json", "--yes"], emu)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: plan.json: not a valid plan file: projects/beta.yaml ({BETA}): the Project "
+        'is named "Renamed by hand" live, not "Beta Sandbox" as the plan says; nothing was '
+        "applied\n"
+    )
+    assert emu.stats() == {"GET /v1/project": 3}
 
 
 def test_tampered_plan_is_refused(repo, emu):
@@ -282,14 +297,3 @@ def test_export_absent_role_as_null_and_literal_dollar_brace(repo, emu):
     (repo / "projects").mkdir()
     (repo / "projects/gamma.yaml").write_text(result.stdout)
     assert run(["plan", "--detailed-exitcode"], emu).exit_code == 0
-
-
-def test_export_refuses_to_overwrite_without_force(repo, emu):
-    write(repo, "projects/alpha.yaml", "keep me\n")
-    args = ["export", "--project-id", ALPHA, "--output", "projects/alpha.yaml"]
-    result = run(args, emu)
-    assert result.exit_code == 1
-    assert result.stderr == "Error: projects/alpha.yaml exists; pass --force to overwrite it\n"
-    assert (repo / "projects/alpha.yaml").read_text() == "keep me\n"
-    assert run([*args, "--force"], emu).exit_code == 0
-    assert A_PATIENT in live(emu, ALPHA)["defaultPatientRole"]["id"]

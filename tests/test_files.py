@@ -79,7 +79,10 @@ def test_problem_text_and_dict():
 
 def test_columns_count_characters_not_bytes():
     _, problems = parse(f"id: {ID_A}\ndescription: 'Zürich'\nnmae: x\nname: é: x\n")
-    assert problems == ["4:8: invalid YAML: mapping values are not allowed in this context"]
+    assert problems == [
+        "4:8: invalid YAML: mapping values are not allowed in this context (quote a value that "
+        'holds ": ", like name: "é: x")'
+    ]
 
 
 def test_a_byte_order_mark_is_ignored():

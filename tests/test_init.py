@@ -345,3 +345,153 @@ def test_two_projects_with_one_name_get_two_files():
         "clinic-2",
         "clinic-3",
     ]
+
+
+def _environment_urls(emulator) -> dict[str, str]:
+    """What a shell holds after trying the emulator: its URLs in the environment."""
+    return {"OYSTEHR_PROJECT_API_URL": emulator.api_url, "OYSTEHR_AUTH_URL": emulator.auth_url}
+
+
+def test_urls_in_the_environment_read_the_projects_and_never_reach_ci(tmp_path, emulator):
+    result = _init(
+        str(tmp_path),
+        "--project-id",
+        SANDBOX_ID,
+        **_environment_urls(emulator),
+        OYSTEHR_CLIENT_ID=SANDBOX_CLIENT_ID,
+        OYSTEHR_CLIENT_SECRET=SANDBOX_CLIENT_SECRET,
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "projects" / "sandbox.yaml").is_file()  # read through the emulator
+    for name in ("plan", "apply", "drift"):
+        env = _load(tmp_path / ".github" / "workflows" / f"{name}.yml")["env"]
+        assert env["OYSTEHR_PROJECT_API_URL"] == "https://project-api.zapehr.com/v1"
+        assert env["OYSTEHR_AUTH_URL"] == "https://auth.zapehr.com/oauth/token"
+        assert "127.0.0.1" not in (tmp_path / ".github" / "workflows" / f"{name}.yml").read_text()
+    assert (
+        f"Note: OYSTEHR_PROJECT_API_URL={emulator.api_url} (from the environment) was used to "
+        "read the Projects, not written into CI: the workflows use "
+        "https://project-api.zapehr.com/v1 (pass --api-url to write another URL).\n"
+        f"Note: OYSTEHR_AUTH_URL={emulator.auth_url} (from the environment) was used to read "
+        "the Projects, not written into CI: the workflows use "
+        "https://auth.zapehr.com/oauth/token (pass --auth-url to write another URL).\n"
+    ) in result.output
+    assert (
+        "To plan from here, export SANDBOX_CLIENT_ID and SANDBOX_CLIENT_SECRET (an M2M client "
+        f"of that Project: the file's auth block names them); then `cd {tmp_path} && "
+        "reconciler plan` shows no change.\n"
+    ) in result.output
+    assert SANDBOX_CLIENT_SECRET not in result.output
+
+
+def test_urls_in_the_environment_are_named_even_without_a_project_to_read(tmp_path):
+    result = _init(str(tmp_path), OYSTEHR_PROJECT_API_URL="http://user:pw@127.0.0.1:8000/v1")
+    assert result.exit_code == 0, result.output
+    assert (
+        "Note: OYSTEHR_PROJECT_API_URL=http://127.0.0.1:8000/v1 (from the environment) is not "
+        "written into CI: the workflows use https://project-api.zapehr.com/v1 (pass --api-url "
+        "to write another URL).\n"
+    ) in result.output
+    assert result.output.count("Note:") == 1  # the auth URL was the default
+    assert "pw" not in result.output
+    # The production URLs in the environment say nothing.
+    quiet = _init(
+        str(tmp_path / "again"),
+        OYSTEHR_PROJECT_API_URL="https://project-api.zapehr.com/v1/",
+        OYSTEHR_AUTH_URL="https://auth.zapehr.com/oauth/token",
+    )
+    assert "Note:" not in quiet.output
+
+
+def test_url_flags_are_written_into_the_workflows(tmp_path, emulator):
+    api = ["--api-url", emulator.api_url, "--auth-url", emulator.auth_url]
+    result = _init(str(tmp_path), *api, OYSTEHR_PROJECT_API_URL="http://127.0.0.1:1/v1")
+    assert result.exit_code == 0, result.output
+    env = _load(tmp_path / ".github" / "workflows" / "apply.yml")["env"]
+    assert (env["OYSTEHR_PROJECT_API_URL"], env["OYSTEHR_AUTH_URL"]) == (
+        emulator.api_url,
+        emulator.auth_url,
+    )
+    assert "Note:" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "ftp://example.com/v1",
+            "Error: --api-url 'ftp://example.com/v1' must start with https:// (or http:// for "
+            "loopback), like https://project-api.zapehr.com/v1\n",
+        ),
+        (
+            'https://example.com/v1"${{ secrets.X }}',
+            "Error: --api-url 'https://example.com/v1\"${{ secrets.X }}': only a plain URL can go "
+            "into a workflow\n",
+        ),
+    ],
+)
+def test_a_url_flag_that_cannot_go_into_a_workflow_is_one_line(tmp_path, url, message):
+    result = _init(str(tmp_path), "--api-url", url)
+    assert (result.exit_code, result.output) == (1, message)
+    assert not (tmp_path / "projects").exists()
+
+
+def test_init_quiet_prints_only_the_files(tmp_path, emulator):
+    result = _init(str(tmp_path), "-q", **_environment_urls(emulator))
+    assert result.exit_code == 0
+    assert result.output == "".join(f"wrote   {p}\n" for p in _written_order())
+
+
+def _written_order() -> list[str]:
+    return [
+        "projects/example.yaml",
+        "schemas/project.schema.json",
+        ".github/workflows/plan.yml",
+        ".github/workflows/apply.yml",
+        ".github/workflows/drift.yml",
+        ".pre-commit-config.yaml",
+    ]
+
+
+def test_init_verbose_logs_its_requests_without_credentials(tmp_path, emulator):
+    result = _init(
+        str(tmp_path),
+        *("-v", "--no-color", "--project-id", SANDBOX_ID),
+        **_environment_urls(emulator),
+        OYSTEHR_ACCESS_TOKEN=DEV_TOKEN,
+    )
+    assert result.exit_code == 0, result.output
+    assert "GET " in result.stderr and "/v1/project" in result.stderr
+    assert DEV_TOKEN not in result.output + result.stderr
+
+
+def test_init_says_when_the_credentials_to_plan_are_already_set(tmp_path, emulator):
+    result = _init(
+        str(tmp_path),
+        "--project-id",
+        SANDBOX_ID,
+        "--project-id",
+        CLINIC_ID,
+        **_environment_urls(emulator),
+        OYSTEHR_ACCESS_TOKEN=DEV_TOKEN,
+        SANDBOX_CLIENT_ID=SANDBOX_CLIENT_ID,
+        SANDBOX_CLIENT_SECRET=SANDBOX_CLIENT_SECRET,
+    )
+    assert (
+        "To plan from here, export CLINIC_CLIENT_ID and CLINIC_CLIENT_SECRET (an M2M client of "
+        "each Project: the files' auth blocks name them)"
+    ) in result.output
+    both = _init(
+        str(tmp_path / "again"),
+        "--project-id",
+        SANDBOX_ID,
+        *("--api-url", emulator.api_url, "--auth-url", emulator.auth_url),
+        OYSTEHR_ACCESS_TOKEN=DEV_TOKEN,
+        SANDBOX_CLIENT_ID=SANDBOX_CLIENT_ID,
+        SANDBOX_CLIENT_SECRET=SANDBOX_CLIENT_SECRET,
+    )
+    assert (
+        "SANDBOX_CLIENT_ID and SANDBOX_CLIENT_SECRET are set here: "
+        f"`cd {tmp_path / 'again'} && reconciler plan --api-url {emulator.api_url} "
+        f"--auth-url {emulator.auth_url}` shows no change.\n"
+    ) in both.output

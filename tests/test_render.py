@@ -499,7 +499,7 @@ def test_a_change_from_an_included_fragment_names_it():
 
 def test_json_is_the_plan_document():
     doc = json.loads(_render(render_json, _plan(CHANGED)))
-    assert doc["formatVersion"] == 2
+    assert doc["formatVersion"] == 3
     assert doc["projects"][0]["patch"] == {"signupEnabled": True, "defaultPatientRoleId": None}
     assert doc["checksum"].startswith("sha256:")
 

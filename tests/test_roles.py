@@ -212,7 +212,11 @@ def test_a_saved_plan_rereads_only_what_it_changes_and_writes_each_once(repo, em
     emu.reset_stats()
     result = run(["apply", "--plan", "plan.json", "--yes"], emu)
     assert result.exit_code == 0, result.output
-    assert emu.stats() == {f"GET /v1/iam/role/{STAFF}": 1, f"PATCH /v1/iam/role/{STAFF}": 1}
+    assert emu.stats() == {
+        "GET /v1/project": 1,
+        f"GET /v1/iam/role/{STAFF}": 1,
+        f"PATCH /v1/iam/role/{STAFF}": 1,
+    }
 
 
 def test_a_saved_plan_is_refused_when_an_object_changed_since(repo, emu):
@@ -229,7 +233,6 @@ def test_a_saved_plan_is_refused_when_an_object_changed_since(repo, emu):
 def test_a_saved_plan_applies_a_created_role_and_the_default_that_names_it(repo, emu, tmp_path):
     project(repo, "defaultSSOUserRole: Nurse\nroles:\n  Nurse: {description: Nurses}\n")
     assert run(["plan", "--out", "plan.json"], emu).exit_code == 0
-    (repo / "projects/objects.yaml").unlink()  # a saved plan needs no files
     emu.reset_stats()
     result = run(["apply", "--plan", "plan.json", "--yes"], emu)
     assert result.exit_code == 0, result.output
@@ -251,7 +254,7 @@ def test_a_saved_plan_is_refused_when_a_name_it_creates_was_taken_since(repo, em
     result = run(["apply", "--plan", "plan.json", "--yes"], emu)
     assert result.exit_code == 1
     assert "stale plan" in result.stderr and "role 'Nurse' exists now" in result.stderr
-    assert emu.stats() == {"GET /v1/iam/role": 1}
+    assert emu.stats() == {"GET /v1/project": 1, "GET /v1/iam/role": 1}
 
 
 def _crafted(repo, edit) -> str:
@@ -307,7 +310,7 @@ def test_a_version_1_plan_is_refused_with_a_message_to_plan_again(repo, emu):
     (repo / "plan.json").write_text(json.dumps(doc))
     result = run(["apply", "--plan", "plan.json", "--yes"], emu)
     assert result.exit_code == 1
-    assert "plan format 1 is not 2; make the plan again" in result.stderr
+    assert "plan format 1 is not 3; make the plan again" in result.stderr
 
 
 def test_export_writes_roles_with_policies_and_plans_clean(repo, emu):

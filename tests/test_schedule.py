@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import pytest
-from e2e import DEV_TOKEN, run, write
+from e2e import DEV_TOKEN, run, when_first, write
 from hostile import HostileServer, Request, json_response, project_doc, project_files
 
 from reconciler.emulator import Faults, serve
@@ -181,7 +181,7 @@ def test_apply_writes_a_level_at_a_time_and_each_level_at_once(repo):
 
 def test_a_failure_mid_level_stops_its_project_and_the_others_apply(repo):
     # Both Projects create roles, then M2M clients holding the existing role "Old".
-    # Between plan and apply, "Old" goes from one of them: its first M2M create fails.
+    # While the roles are created, "Old" goes from one of them: its first M2M create fails.
     projects = []
     for project_id in (PID, OTHER):
         projects.append(
@@ -198,14 +198,17 @@ def test_a_failure_mid_level_stops_its_project_and_the_others_apply(repo):
             f"id: {project_id}\nname: After\nroles:\n  New 1: {{}}\n  New 2: {{}}\n"
             "m2mClients:\n" + "".join(f"  job {i}: {{roles: [Old]}}\n" for i in range(3)),
         )
-    with serve(seed_of(*projects)) as emu:
+    with serve(seed_of(*projects), faults=Faults(latency_ms=50)) as emu:
         assert run(["plan", "--out", "plan.json"], emu).exit_code == 0
-        emu.store.delete_role(PID, uid(PID, "old"))
         emu.reset_stats()
+        gone = when_first(
+            emu, "POST /v1/iam/role", lambda: emu.store.delete_role(PID, uid(PID, "old"))
+        )
         result = run(
             ["apply", "--plan", "plan.json", "--yes", "--concurrency", "1", "--format", "json"],
             emu,
         )
+        gone.join()
         assert result.exit_code == 1
         doc = json.loads(result.stdout)
         failed, applied = (
@@ -246,8 +249,10 @@ def test_a_failure_lets_the_writes_in_flight_finish_and_reports_them(repo):
     )
     with serve(seed_of(*projects), faults=Faults(latency_ms=100)) as emu:
         assert run(["plan", "--out", "plan.json"], emu).exit_code == 0
-        emu.store.delete_role(PID, uid("old"))
+        emu.reset_stats()
+        gone = when_first(emu, "POST /v1/m2m", lambda: emu.store.delete_role(PID, uid("old")))
         result = run(["apply", "--plan", "plan.json", "--yes", "--format", "json"], emu)
+        gone.join()
         assert result.exit_code == 1
         outcome = json.loads(result.stdout)["projects"][0]
         # All four were in flight at once: each answered, each reported failed.

@@ -353,6 +353,7 @@ def test_redaction_works_on_values_and_leaves_hashes_whole():
         projects=(
             diff("p.yaml", {"id": PID, "description": "x"}, {"id": PID, "description": "k3y-abc"}),
         ),
+        commit="0123456789abcdef0123456789abcdef01234567",
     )
     doc = plan.to_dict()
     set_secrets(["k3y-abc", doc["checksum"][7:15], doc["projects"][0]["liveFingerprint"][7:15]])

@@ -61,7 +61,8 @@ EXPECTED = {
         "2:10: invalid UTF-8: byte 0xe9 cannot be decoded (save the file as UTF-8)",
     ],
     "malformed.yaml": [
-        "2:13: invalid YAML: mapping values are not allowed in this context",
+        "2:13: invalid YAML: mapping values are not allowed in this context (quote a value that "
+        'holds ": ", like name: "Broken: colon")',
     ],
     "missing-id.yaml": [
         "1:1: missing required key 'id'",

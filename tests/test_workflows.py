@@ -328,6 +328,8 @@ def test_apply_plans_guards_then_applies_that_artifact_in_production():
     assert all(s["if"] == "steps.tip.outputs.exit-code == '0'" for s in after)
     download = next(s for s in after if s.get("uses", "").startswith("actions/download-"))
     assert download["with"] == {"name": "${{ needs.plan.outputs.artifact }}"}
+    # apply --plan loads the files of the commit the plan was made at, from this checkout.
+    assert apply["steps"][0]["with"] == {"ref": "${{ github.sha }}", "persist-credentials": False}
     assert _commands("apply.yml", "apply") == [
         "github check-tip --branch main",
         "apply --plan plan.json --yes",

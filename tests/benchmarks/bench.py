@@ -16,7 +16,8 @@ Rows (each with its figure, its target and whether it is met):
 - plan of N Projects at --latency-ms L, --concurrency C, against the floor N*L/C
   (target 2 x floor + 0.5 s), and the emulator's request counts for it
   (exactly N `GET /v1/project`, no `GET /v1/iam/role`: every role already matches);
-- `apply --plan` of k changed Projects: time and requests (exactly k GET + k PATCH);
+- `apply --plan` of k changed Projects: time and requests (exactly k GET + k PATCH:
+  the re-reads that verify the plan, then the writes);
 - `reconciler validate` vs `check-jsonschema` on the same N files (ratio);
 - peak RSS of a plan of --big Projects against a second emulator at latency 0;
 - the fault drill: apply of --fault-projects Projects under --error-rate 0.3
@@ -869,8 +870,9 @@ def bench_new_project(root: Path, args: argparse.Namespace) -> list[Row]:
     empty_reads = {key: 1 for key in shape.per_project_reads() if "{id}" not in key}
     writes = {**shape.creates(), "PATCH /v1/project": 1}
     wanted_apply = {**empty_reads, **writes}
-    # A saved plan re-reads what it changes: the settings, and the list of each kind it
-    # creates in (a name it creates must still be free).
+    # A saved plan re-reads what it changes, to verify it: the Project, and the list of
+    # each kind it creates in (a name it creates must still be free; the role list also
+    # resolves the role references it checks), then writes what it verified.
     lists = {"GET /v1/iam/role": 1, "GET /v1/application": 1, "GET /v1/m2m/v2/list": 1}
     wanted_saved = {"GET /v1/project": 1, **lists, **writes}
     wanted_after = shape.per_project_reads()
