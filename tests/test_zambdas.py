@@ -712,3 +712,27 @@ def test_copies_past_the_memory_budget_are_private_files_checked_again(repo, mon
         with changed, copies.bytes_of(str(repo), ".dist/zips/check-in.zip", planned):
             pass
     assert not copy.parent.exists()
+
+
+def test_a_saved_plan_uploads_only_the_zip_its_files_name(repo, emu):
+    """The zip path and code hash are recomputed from the files at apply: a plan that
+    names another zip (consistent with that zip's own code hash) is refused."""
+    from reconciler.plan import checksum
+
+    build(repo, "check-in", CODE_V1)
+    other = build(repo, "other", CODE_V2)
+    functions(repo, CHECK_IN)
+    assert run(["plan", "--out", "plan.json"], emu).exit_code == 0
+    doc = json.loads((repo / "plan.json").read_text())
+    entry = doc["projects"][0]["objects"][0]
+    entry["zip"] = ".dist/zips/other.zip"
+    entry["changes"][-1]["after"] = read_code(str(repo), ".dist/zips/other.zip").hash
+    doc["checksum"] = checksum(doc)
+    (repo / "plan.json").write_text(json.dumps(doc))
+    emu.reset_stats()
+    result = run(["apply", "--plan", "plan.json", "--yes"], emu)
+    assert result.exit_code == 1
+    assert "plan.json: not a valid plan file: projects/functions.yaml" in result.output
+    assert "zambda 'check-in': code: after is" in result.output
+    assert not any(key.startswith(("POST", "PUT", "PATCH")) for key in emu.stats())
+    assert other.exists()
