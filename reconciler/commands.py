@@ -317,7 +317,6 @@ def apply(
         render_text,
     )
     from reconciler.schedule import Stopper
-    from reconciler.verify import load_plan_files, verify_saved_plan
     from reconciler.zips import PrivateCopies
 
     options = run.options
@@ -327,6 +326,8 @@ def apply(
     click.get_current_context().call_on_close(copies.close)
     roots = RepositoryRoots(options.get("root"))
     if plan_file:
+        from reconciler.verify import load_plan_files, verify_saved_plan
+
         saved = read_plan_file(plan_file)
         run.auths = [p.auth for p in saved.projects]
         run.redact_credentials()  # before the plan is shown
