@@ -237,8 +237,9 @@ def drift(paths, fmt, **options) -> None:
 def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
     """Plan, show the plan, then write what changed.
 
-    Per Project: roles, applications, M2M clients (creates, updates,
-    renames), then the settings PATCH, then deletes. Asks `Apply? [y/N]` on a
+    Per Project: roles, applications, M2M clients, Zambda functions
+    (creates, updates, renames; then functions' code), then the settings
+    PATCH, then deletes. Asks `Apply? [y/N]` on a
     terminal; --yes skips the question; without a terminal and without --yes
     it refuses and writes nothing. With --plan it applies a reviewed plan,
     run where it was made (the repository root): it refuses before any write

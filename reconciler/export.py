@@ -1,4 +1,4 @@
-"""A live Project (settings, roles, applications, M2M clients) -> the text of a project
+"""A live Project (settings, roles, applications, M2M clients, functions) -> the text of a project
 file that plans with no change.
 
 `export_project` reads what it needs through the client; `project_file_text` is pure.
@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from reconciler.errors import ConfigError
-from reconciler.kinds import KINDS, M2M, ROLE, Kind
+from reconciler.kinds import KINDS, ROLE, Kind
 from reconciler.plan import MANAGED_KEYS, ROLE_FIELDS, normalise_live
 
 # A literal `${` in a live value must survive the file's ${VAR} substitution.
@@ -60,8 +60,9 @@ def export_project(
 ) -> str:
     """Read a live Project and every kind it includes, and return its file's text.
 
-    Reads: GET /project; each included kind's list and one GET per object (its fields);
-    the role list also when a default role or an M2M client's roles need names.
+    Reads: GET /project; each included kind's list and one GET per object whose fields
+    the list does not carry (a function's list carries them all); the role list also
+    when a default role, an M2M client's roles or a function's role need names.
     """
     live = api.get_project(project_id, credentials)
     if not isinstance(live, dict) or "id" not in live:
@@ -70,11 +71,13 @@ def export_project(
     lists = {kind.name: api.list_objects(kind, project_id, credentials) for kind in kinds}
     has_role = "settings" in include and any(live.get(key) for key in ROLE_FIELDS)
     roles = lists.get(ROLE.name)
-    if roles is None and (has_role or M2M in kinds):
+    if roles is None and (has_role or any(kind.role_fields for kind in kinds)):
         roles = api.list_objects(ROLE, project_id, credentials)
     objects = {
         kind.name: [
             api.get_object(kind, project_id, credentials, item["id"])
+            if kind.needs_get(kind.write_fields)
+            else item
             for item in lists[kind.name]
             if _unique(item, lists[kind.name])
         ]
@@ -136,6 +139,12 @@ def project_file_text(
         lines.append(f"# yaml-language-server: $schema={schema_ref}")
     lines.append(body.rstrip("\n"))
     lines += skipped
+    if any(kind.local_fields and (doc.get(kind.key) or {}) for kind in KINDS):
+        lines += [
+            "# Zambda functions: their configuration only. Add each one's source (its zip,",
+            "# built in this repository, relative to its root) and sourceInputs to manage",
+            "# its code too: without source, plan never compares or uploads code.",
+        ]
     lines += AUTH_HINT
     return "\n".join(lines) + "\n"
 
@@ -165,10 +174,13 @@ def _object_fields(
     role references by name (by id when the name is shared)."""
     fields: dict[str, Any] = {}
     for name in kind.write_fields:
-        value = item.get(name)
+        value = item.get(kind.api_name(name))
         if name == "name" or value is None:
             continue
-        if name in kind.role_fields:
+        if name in kind.role_fields and isinstance(value, str):  # one role, by its id
+            named = [r for r in roles if r.get("id") == value]
+            value = _role_value({"id": value, "name": (named or [{}])[0].get("name")}, roles)
+        elif name in kind.role_fields:
             value = [
                 _role_value({"id": r.get("id"), "name": r.get("name")}, roles)
                 for r in value

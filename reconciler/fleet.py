@@ -94,11 +94,17 @@ class Planner:
         pool: Pool,
         *,
         progress: Callable[[int, int], None] | None = None,
+        root: str | None = None,
+        copies: Any = None,
     ) -> None:
         self.api = api
+        self.copies = copies  # an apply's zips.PrivateCopies: what plan reads, it uploads
         self.env = env
         self.pool = pool
         self.progress = progress
+        from reconciler.includes import RepositoryRoots
+
+        self.roots = RepositoryRoots(root)  # where a Project's paths (a function's zip) start
         self.done = threading.Event()
         self._plans: dict[str, ProjectPlan] = {}
         self._lock = threading.Lock()
@@ -153,11 +159,12 @@ def plan_projects(
     *,
     pool: Pool | None = None,
     progress: Callable[[int, int], None] | None = None,
+    root: str | None = None,
 ) -> Plan:
     """Read each Project's live settings (and the lists and objects its file manages, and
     roles only where needed) and diff them."""
     pool = pool or Pool(api.budget.concurrency)
-    planner = Planner(api, env, pool, progress=progress)
+    planner = Planner(api, env, pool, progress=progress, root=root)
     for project in projects:
         planner.add(project)
     return planner.plan(projects)
@@ -169,8 +176,9 @@ class ProjectReader:
 
     Keys order the reads as a one-at-a-time run makes them: the Project, each managed
     kind's list (page after page), the role list when a reference needs it, one GET per
-    managed live object whose compared fields its list does not carry, and /m2m/me
-    only when pruning M2M clients under M2M credentials.
+    managed live object whose compared fields its list does not carry, /m2m/me only
+    when pruning M2M clients under M2M credentials, then what is read beside the file
+    (each function's zip, hashed on the pool while the requests are in flight).
     """
 
     def __init__(self, project: ProjectFile, planner: Planner, order: int) -> None:
@@ -184,6 +192,7 @@ class ProjectReader:
         self.details: dict[str, dict] = {}
         self.roles: list[dict] | None = None
         self.me: str | None = None
+        self.local: dict[str, dict[str, Mapping[str, Any]]] = {}
         self._role_list_asked = False
         self._lock = threading.Lock()
 
@@ -199,12 +208,21 @@ class ProjectReader:
         for index, kind in enumerate(kinds):
             pages = Pages(f"GET {self.api.api_url}{kind.list_path}")
             reads.append(((1, index, 0), partial(self._read_page, kind, index, pages, None)))
-        if ROLE not in kinds and M2M in kinds and objects.names_roles(self.desired):
+        if ROLE not in kinds and objects.names_roles(self.desired):
             self._role_list_asked = True
             reads.append(((2,), self._read_roles))
         pruning_m2m = M2M in kinds and M2M.key in (self.desired.get("prune") or ())
         if pruning_m2m and isinstance(self.credentials, ClientCredentials):
             reads.append(((4,), self._read_me))
+        for index, kind in enumerate(kinds):
+            if kind.read_local is None:
+                continue
+            self.local[kind.name] = {}
+            declared = objects.desired_objects(self.desired, kind)
+            reads += [
+                ((5, index, number), partial(self._read_local, kind, name, fields))
+                for number, (name, fields) in enumerate(declared.items())
+            ]
         self.tasks.spawn_all(reads)
 
     def _read_project(self) -> None:
@@ -240,6 +258,13 @@ class ProjectReader:
             kind, self.project.id, self.credentials, object_id
         )
 
+    def _read_local(self, kind: Kind, name: str, fields: Mapping[str, Any]) -> None:
+        root = self.planner.roots.of(self.project.path)
+        read = kind.read_local(root, fields, self.planner.copies)
+        if read is not None:
+            with self._lock:
+                self.local[kind.name][name] = read
+
     def _read_roles(self) -> None:
         self.roles = self.api.list_objects(ROLE, self.project.id, self.credentials)
 
@@ -260,6 +285,7 @@ class ProjectReader:
                 details=self.details,
                 roles=self.lists.get(ROLE.name, self.roles),
                 me=self.me,
+                local=self.local,
             )
             try:
                 plan = diff(

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from reconciler import __version__, objects
+from reconciler.kinds import BY_KEY, BY_NAME
 from reconciler.objects import sha256_of
 
 FORMAT_VERSION = 3
@@ -86,6 +87,8 @@ class ObjectChange:
     body: Mapping[str, Any] = field(default_factory=dict)
     live_fingerprint: str | None = None
     source: str | None = None
+    # The plan-file keys its kind adds (`Kind.plan_keys`: a function's `zip`).
+    extras: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -97,10 +100,12 @@ class ObjectChange:
             "body": dict(self.body),
             "liveFingerprint": self.live_fingerprint,
             "source": self.source,
+            **self.extras,
         }
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ObjectChange:
+        kind = BY_NAME.get(doc["kind"])
         return cls(
             kind=doc["kind"],
             name=doc["name"],
@@ -110,7 +115,11 @@ class ObjectChange:
             body=dict(doc.get("body") or {}),
             live_fingerprint=doc.get("liveFingerprint"),
             source=doc.get("source"),
+            extras={key: doc.get(key) for key in (kind.plan_keys if kind else ())},
         )
+
+    def change_of(self, field_name: str) -> Change | None:
+        return next((c for c in self.changes if c.field == field_name), None)
 
     @property
     def renamed_from(self) -> str | None:
@@ -356,12 +365,14 @@ def resolve_role(
 class LiveObjects:
     """What a plan read of a Project's objects: each managed kind's list (by kind name),
     the GET answers by id, the role list when references needed it, and the calling
-    M2M client's id when prune must keep it."""
+    M2M client's id when prune must keep it; and, by kind and object name, what it read
+    beside the file (a function's code hash and zip path, or why it could not)."""
 
     lists: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     details: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     roles: Sequence[Mapping[str, Any]] | None = None
     me: str | None = None
+    local: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
 
 
 def diff(
@@ -458,9 +469,10 @@ def diff(
             index,
             prune=kind.key in prune,
             me=live_objects.me if kind.name == "m2m" else None,
+            local=live_objects.local.get(kind.name),
         )
-        for object_name, message in kind_problems:
-            fail(message, kind.key, object_name)
+        for object_name, message, *below in kind_problems:
+            fail(message, kind.key, object_name, *below)
         object_changes += [
             ObjectChange.from_dict(_with_sources(kind.key, change, prune, source))
             for change in planned
@@ -506,9 +518,11 @@ def _with_sources(
     if change["action"] == objects.DELETE:
         return {**change, "source": source("prune", prune.index(key)) if key in prune else None}
 
+    written = BY_KEY[key].pseudo_fields if key in BY_KEY else {}
+
     def field_source(field_name: str) -> str | None:
         if field_name != "name":
-            return source(key, name, field_name)
+            return source(key, name, written.get(field_name, field_name))
         renamed = change["action"] == objects.RENAME
         return source(key, name, "renamedFrom") if renamed else source(key, name)
 
@@ -560,7 +574,7 @@ def _prune_problems(
         detail = live_objects.details.get(str(item.get("id")), {})
         held = {str(r.get("id")) for r in detail.get("roles") or () if isinstance(r, Mapping)}
         name = str(item.get("name"))
-        if name not in objects.desired_objects(desired, objects.M2M):
+        if name not in objects.desired_objects(desired, BY_NAME["m2m"]):
             continue
         change = by_name.get(name)
         after = held

@@ -25,7 +25,12 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
         "--- projects/production.yaml\n+++ projects/staging.yaml\n",
         "~ applications.Patient Portal.mfaEnabled: true -> false\n",
         "Compare: 7 differences (id, auth and vars aside).\n",
-        "Plan: 3 to change, 0 unchanged, 0 errors. Objects: 7 to add, 1 to change, 1 to destroy.",
+        "$ mkdir -p .dist/zips && python -m zipfile -c .dist/zips/notifications-updater.zip "
+        "zambdas/notifications-updater/index.mjs\n",
+        "Plan: 3 to change, 0 unchanged, 0 errors. Objects: 9 to add, 1 to change, 1 to destroy.",
+        '    + zambda notifications-updater\n        + runtime: "nodejs22.x"\n',
+        "        + executionRole: Zambdas Runner (created by this plan)\n        + code new → ",
+        "    + zambda notifications-updater: created (code uploaded; status Active)\n",
         "    ~ defaultPatientRole: Patient (",
         ") -> Self-registered Patient (created by this plan) (from base/clinic.yaml:7)\n",
         "    + role Self-registered Patient (from base/clinic.yaml:10)\n",
@@ -50,7 +55,9 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
 
 
 def test_bundled_demo_projects_are_the_repo_examples():
-    for folder in ("projects", "base"):
-        bundled = {p.name: p.read_text() for p in (BUNDLED.parent / folder).glob("*.yaml")}
-        examples = {p.name: p.read_text() for p in (ROOT / folder).glob("*.yaml")}
+    for folder, files in (("projects", "*.yaml"), ("base", "*.yaml"), ("zambdas", "*/*")):
+        bundled, examples = (
+            {p.relative_to(top / folder): p.read_text() for p in (top / folder).glob(files)}
+            for top in (BUNDLED.parent, ROOT)
+        )
         assert bundled == examples and bundled
