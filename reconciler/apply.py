@@ -39,6 +39,7 @@ from reconciler.errors import (
     UncertainWriteError,
 )
 from reconciler.escape import credential_variables, plural
+from reconciler.includes import RepositoryRoots
 from reconciler.kinds import BY_NAME, M2M, ROLE, Kind
 from reconciler.levels import LEVELS, SETTINGS, Level
 from reconciler.objects import is_ref
@@ -70,6 +71,8 @@ from reconciler.secretvalues import (
     credential_named,
     from_env,
 )
+from reconciler.zambdas import CODE, ZIP, file_name, show_code
+from reconciler.zips import PrivateCopies, ZipError
 
 IN_FLIGHT_MESSAGE = (
     "the {what} was in flight when the apply was interrupted; plan again to see whether it "
@@ -97,13 +100,52 @@ def refusals(
             f"the plan was made for {plan.api_url}, not {api_url}; nothing was applied"
         )
     # A value compared at apply may be written: counted as a write.
-    writes = sum(len(p.objects) + (1 if p.patch else 0) for p in plan.to_apply)
+    writes = sum(
+        sum(len(_levels_of(change)) for change in p.objects) + (1 if p.patch else 0)
+        for p in plan.to_apply
+    )
     if max_changes is not None and writes > max_changes:
         raise RefusedError(
             f"the plan makes {plural(writes, 'write')} (settings PATCHes and object writes) "
             f"in {plural(len(plan.to_apply), 'Project')}, more than --max-changes "
             f"{max_changes}; nothing was applied"
         )
+
+
+def code_copies(
+    plan: Plan, roots: RepositoryRoots, copies: PrivateCopies | None = None
+) -> PrivateCopies | None:
+    """Private copies of the zips the plan uploads (in `copies`, which may hold some
+    already: what this run's plan read), each checked against the code hash the plan
+    holds; None when it uploads none. Any zip that is missing, unsafe or holds other code
+    refuses the whole apply, naming each, before any write: apply uploads exactly the
+    code that was planned, and never builds."""
+    uploads = [
+        (project, change)
+        for project in plan.changed
+        for change in project.objects
+        if change.extras.get(ZIP) and change.change_of(CODE) is not None
+    ]
+    if not uploads:
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    copies = copies if copies is not None else PrivateCopies()
+
+    def check(project: ProjectPlan, change: ObjectChange) -> str | None:
+        try:
+            root = roots.of(project.file)
+            copies.check(root, change.extras[ZIP], change.change_of(CODE).after)
+        except ZipError as exc:
+            return f"{project.file}: {change.kind} {change.name!r}: {exc}"
+        return None
+
+    # Reading and hashing is mostly I/O and C code (zlib, hashlib): a few threads help.
+    with ThreadPoolExecutor(max_workers=min(8, len(uploads))) as pool:
+        problems = [why for why in pool.map(lambda pair: check(*pair), uploads) if why]
+    if problems:
+        raise RefusedError("; ".join(problems) + "; nothing was applied")
+    return copies
 
 
 def apply_plan(
@@ -114,6 +156,8 @@ def apply_plan(
     pool: Pool | None = None,
     stopper: Stopper | None = None,
     progress: Callable[[int, int], None] | None = None,
+    code: PrivateCopies | None = None,
+    roots: RepositoryRoots | None = None,
     values: ValueInputs | None = None,
     allow: frozenset[str] = frozenset(),
 ) -> list[Outcome]:
@@ -122,7 +166,9 @@ def apply_plan(
 
     A saved plan is verified first (``verify.py``): what it applies is what the files
     and the live values give, and it refuses, before any write, if any of it changed
-    since the plan. `values` gives the files' literal secret values and the rotations
+    since the plan. `code` holds the checked copies of the zips the plan uploads
+    (:func:`code_copies`, with the same `roots`).
+    `values` gives the files' literal secret values and the rotations
     asked for; `allow` the options given that allow guarded deletes
     (`--allow-bucket-deletes`).
     """
@@ -151,7 +197,18 @@ def apply_plan(
             progress(finished, len(to_write))
 
     writers = [
-        ProjectWriter(p, api, env, pool, order, stopper=stopper, on_done=one_done, context=context)
+        ProjectWriter(
+            p,
+            api,
+            env,
+            pool,
+            order,
+            stopper=stopper,
+            on_done=one_done,
+            code=code,
+            roots=roots,
+            context=context,
+        )
         for order, p in enumerate(to_write)
     ]
     try:
@@ -230,18 +287,28 @@ class ProjectWriter:
         *,
         stopper: Stopper | None = None,
         on_done: Callable[[], None] = lambda: None,
+        code: PrivateCopies | None = None,
+        roots: RepositoryRoots | None = None,
         context: WriteContext | None = None,
     ) -> None:
         self.project = project
+        self.code_roots = roots or RepositoryRoots()
         self.api = api
         self.env = env
         self.stopper = stopper
         self.on_done = on_done
         self.context = context or WriteContext(ValueInputs())
+        self.code = code
         self.changes = list(project.objects)
-        # What creates answered, by (kind, name): the id (refs to roles this plan
-        # creates) and the clientId (a secret's value from an M2M client it creates).
-        self.created: dict[tuple[str, str], dict[str, Any]] = {}
+        self.created: dict[str, str] = {}  # role name -> id, for refs
+        self.ids: dict[tuple[str, str], str] = {}  # (kind, name) -> id of what it created
+        # (kind, name) -> the clientId a create answered with (an M2M client's: a
+        # secret's value may be it).
+        self.client_ids: dict[tuple[str, str], str] = {}
+        # (kind, name) -> the state the API's last answer gave it (a function's status),
+        # and what a later phase did (a function's code uploaded).
+        self.states: dict[tuple[str, str], str] = {}
+        self.uploaded: set[tuple[str, str]] = set()
         self.credentials: Any = None
         self.tasks = Tasks(
             pool, order, self._next_level, errors=ReconcilerError, skip="all", stopper=stopper
@@ -349,12 +416,13 @@ class ProjectWriter:
         for index, change in enumerate(self.changes):
             keys = [(number, index) for number, _, indexes in self.rounds if index in indexes]
             failed = next((state.failures[k] for k in keys if k in state.failures), None)
+            detail = None
             if failed is not None:
                 status, message = FAILED, str(failed)
             elif any(k in state.running for k in keys) and self._frozen:
                 status, message = UNKNOWN, IN_FLIGHT_MESSAGE.format(what="write")
             elif keys and all(k in state.finished for k in keys):
-                status, message = APPLIED, None
+                status, message, detail = self._finished_state(change)
             elif failure is not None or self._error is not None:
                 status, message = SKIPPED, "not started: an earlier write failed"
             else:
@@ -363,12 +431,16 @@ class ProjectWriter:
                 status, message = BLOCKED, _blocked_message(change)
             elif status == APPLIED and change.name in self.compared:
                 change = replace(change, action="update" if self.compared[change.name] else COMPARE)
-            results.append(_object_outcome(change, status, message))
+            results.append(_object_outcome(change, status, message, detail))
         if self._error is not None:
             return _outcome(project, FAILED, self._error, objects=results)
         if failure is not None:
             key, error = failure
             return _outcome(project, FAILED, self._where(key) + str(error), objects=results)
+        in_bad_state = [r for r in results if r.status == FAILED]
+        if in_bad_state and not self._frozen:
+            named = "; ".join(f"{r.kind} {r.name!r}: {r.error}" for r in in_bad_state)
+            return _outcome(project, FAILED, named, objects=results)
         if in_flight:
             what = self._where(in_flight[0], write=True) or "PATCH"
             if len(in_flight) > 1:
@@ -400,6 +472,28 @@ class ProjectWriter:
             return _outcome(project, UNCHANGED, objects=results)  # every value was right
         return _outcome(project, APPLIED, objects=results)
 
+    def _finished_state(self, change: ObjectChange) -> tuple[str, str | None, str | None]:
+        """(status, error, detail) of an object whose writes all succeeded: failed when
+        the API's last answer put it in a state its kind calls a failure (a function
+        whose code Oystehr could not deploy), else applied, saying what that state is
+        (apply never waits for a function to become Active)."""
+        kind = BY_NAME[change.kind]
+        key = (change.kind, change.name)
+        with self._lock:
+            state, uploaded = self.states.get(key), key in self.uploaded
+        words = ["code uploaded"] if uploaded else []
+        if state is not None and state in kind.failed_statuses:
+            return FAILED, f"its {kind.status_field} is {state} after apply", None
+        if state is not None:
+            words.append(f"{kind.status_field} {state}")
+        return APPLIED, None, "; ".join(words) or None
+
+    def _record_state(self, kind: Kind, name: str, answer: Mapping[str, Any]) -> None:
+        state = answer.get(kind.status_field) if kind.status_field else None
+        if isinstance(state, str):
+            with self._lock:
+                self.states[(kind.name, name)] = state
+
     def _where(self, key: tuple, *, write: bool = False) -> str:
         """ "role 'Staff': " for the key of an object's write ("write of role 'Staff'"
         with `write`); "" for the settings PATCH and the checks before any write."""
@@ -428,11 +522,14 @@ class ProjectWriter:
         if change.action == "create":
             answer = self._create(kind, credentials, body, change.name)
             with self._lock:
-                self.created[(kind.name, change.name)] = {
-                    key: answer.get(key) for key in ("id", "clientId")
-                }
+                self.ids[(kind.name, change.name)] = answer["id"]
+                if kind is ROLE:
+                    self.created[change.name] = answer["id"]
+                if isinstance(answer.get("clientId"), str):
+                    self.client_ids[(kind.name, change.name)] = answer["clientId"]
         else:
             answer = self.api.update_object(kind, pid, credentials, change.id, body)
+        self._record_state(kind, change.name, answer)
         missed = [
             name
             for name, value in body.items()
@@ -474,6 +571,34 @@ class ProjectWriter:
                 "did not converge: the API answered with other values for " + ", ".join(missed)
             )
 
+    def _upload_code(self, credentials: Any, change: ObjectChange) -> None:
+        """The `code` phase: s3-upload, then a PUT of the checked private copy's bytes
+        (hashed again) to the signed URL, then a read that checks the function's code is
+        the one uploaded ("did not converge" otherwise)."""
+        kind = BY_NAME[change.kind]
+        code_hash = change.change_of(CODE).after
+        pid = self.project.project_id
+        with self._lock:
+            object_id = change.id or self.ids.get((kind.name, change.name))
+        if object_id is None:
+            raise RefusedError(f"{kind.name} {change.name!r} was to be created first, but was not")
+        if self.code is None:
+            raise RefusedError("its zip was not checked before the apply; nothing was uploaded")
+        root = self.code_roots.of(self.project.file)
+        with self.code.bytes_of(root, change.extras[ZIP], code_hash) as data:
+            url = self.api.start_upload(kind, pid, credentials, object_id, file_name(code_hash))
+            self.api.put_upload(url, data)
+        answer = self.api.get_object(kind, pid, credentials, object_id)
+        live = kind.live_values[CODE](answer)
+        if live != code_hash:
+            raise ConvergenceError(
+                f"did not converge: after the upload its code is {show_code(live)}, "
+                f"not {show_code(code_hash)}"
+            )
+        with self._lock:
+            self.uploaded.add((kind.name, change.name))
+        self._record_state(kind, change.name, answer)
+
     def _delete_object(self, credentials: Any, change: ObjectChange) -> None:
         kind = BY_NAME[change.kind]
         self.api.delete_object(kind, self.project.project_id, credentials, change.id)
@@ -483,7 +608,7 @@ class ProjectWriter:
         if is_ref(value):
             name = value["ref"]["name"]
             with self._lock:
-                role_id = self.created.get((ROLE.name, name), {}).get("id")
+                role_id = self.created.get(name)
             if role_id is None:
                 raise RefusedError(f"role {name!r} was to be created first, but was not")
             return role_id
@@ -620,7 +745,7 @@ class ProjectWriter:
         if change.name in self.values:
             return self.values[change.name]
         with self._lock:  # a new M2M client's id, from its create's answer
-            client_id = self.created.get((M2M.name, source.client or ""), {}).get("clientId")
+            client_id = self.client_ids.get((M2M.name, source.client or ""))
         if not isinstance(client_id, str):
             raise RefusedError(f"M2M client {source.client!r} was to be created first, but was not")
         value = SecretValue(client_id).redact()
@@ -630,7 +755,7 @@ class ProjectWriter:
     def _client_id(self, client: str) -> str:
         """The live id of an M2M client: created by this apply, or read before any write."""
         with self._lock:
-            made = self.created.get((M2M.name, client), {}).get("id")
+            made = self.ids.get((M2M.name, client))
         found = made or self.clients.get(client)
         if not isinstance(found, str):
             raise RefusedError(f"M2M client {client!r} was to be created first, but was not")
@@ -699,6 +824,7 @@ class ProjectWriter:
 PHASE_WRITERS: dict[str, WriteStep] = {
     "write": ProjectWriter._write_object,
     "value": ProjectWriter._write_secret,
+    CODE: ProjectWriter._upload_code,
     "delete": ProjectWriter._delete_object,
 }
 
@@ -727,6 +853,12 @@ def _fields(change: ObjectChange) -> frozenset[str]:
     return frozenset(c.field for c in change.changes)
 
 
+def _levels_of(change: ObjectChange) -> list[Level]:
+    """The levels that write an object change: one write each (an upload with its PUT
+    is one), for --max-changes."""
+    return [level for level in LEVELS if level.takes(change.kind, change.action, _fields(change))]
+
+
 class ConvergenceError(ReconcilerError):
     """The API's answer to a write is not what was asked for."""
 
@@ -743,5 +875,7 @@ def _outcome(
     return Outcome(project.file, project.project_id, status, error, project.name, tuple(objects))
 
 
-def _object_outcome(change: ObjectChange, status: str, error: str | None = None) -> ObjectOutcome:
-    return ObjectOutcome(change.kind, change.name, change.action, status, error)
+def _object_outcome(
+    change: ObjectChange, status: str, error: str | None = None, detail: str | None = None
+) -> ObjectOutcome:
+    return ObjectOutcome(change.kind, change.name, change.action, status, error, detail)

@@ -251,16 +251,17 @@ def drift(paths, fmt, **options) -> None:
 def apply(paths, plan_file, yes, max_changes, fmt, allow_bucket_deletes, **options) -> None:
     """Plan, show the plan, then write what changed.
 
-    Per Project: roles, applications, M2M clients, secrets, buckets (creates,
-    updates, renames), then the settings PATCH, then deletes. Every secret
-    value it writes must be in hand first (RECONCILER_SECRET_… set), and a
-    value compared at apply is written only if it differs. Asks `Apply? [y/N]`
-    on a terminal; --yes skips the question; without a terminal and without
-    --yes it refuses and writes nothing. With --plan it applies a reviewed
-    plan, run where it was made (the repository root): it refuses before any
-    write if the file is not a consistent plan, has errors, was made for
-    another API or at another commit, is not what the project files and the
-    live Projects give (re-read once, planned again), or anything it changes
+    Per Project: roles, applications, M2M clients, secrets, buckets, Zambda
+    functions (creates, updates, renames; then functions' code), then the
+    settings PATCH, then deletes. Every secret value it writes must be in
+    hand first (RECONCILER_SECRET_… set), and a value compared at apply is
+    written only if it differs. Asks `Apply? [y/N]` on a terminal; --yes
+    skips the question; without a terminal and without --yes it refuses and
+    writes nothing. With --plan it applies a reviewed plan, run where it was
+    made (the repository root): it refuses before any write if the file is
+    not a consistent plan, has errors, was made for another API or at another
+    commit, is not what the project files and the live Projects give (re-read
+    once, planned again), or anything it changes
     changed since (stale); what it shows and writes is what it verified.
     Exit 0 all applied (or nothing to do), 1 anything failed, refused,
     blocked or interrupted.

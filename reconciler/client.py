@@ -383,6 +383,45 @@ class ProjectApi:
             raise ShapeError(f"{what} did not answer with a secret")
         return SecretValue(secret).redact()
 
+    def start_upload(
+        self,
+        kind: Kind,
+        project_id: str,
+        credentials: Credentials,
+        object_id: str,
+        filename: str,
+    ) -> str:
+        """POST {item}/s3-upload: a signed URL to PUT the object's code to. The URL is a
+        bearer credential: it joins the redaction set before anything else is done with
+        it, and no message or log ever holds it."""
+        what = f"POST {self.api_url}{kind.item_path}/s3-upload"
+        path = kind.path_of(object_id) + "/s3-upload"
+        answer = self._call("POST", path, project_id, credentials, body={"filename": filename})
+        url = answer.get("signedUrl") if isinstance(answer, dict) else None
+        if not isinstance(url, str):
+            raise ShapeError(f"{what}: expected an object with a signedUrl string")  # no value
+        hide_signed_url(url)
+        check_upload_url(url, self.api_url, what)
+        return url
+
+    def put_upload(self, url: str, data: bytes) -> None:
+        """PUT the bytes to a signed URL: no Authorization header (the URL is the
+        credential), redirects never followed, the URL never shown."""
+        shown = "PUT <signed upload URL>"
+        # Big zips take longer than a call: a second more per MB.
+        timeout = self._timeout + len(data) / 2**20
+        response = self._send(
+            "PUT", url, headers={}, content=data, shown=shown, timeout=timeout, api=False
+        )
+        status = response.status_code
+        if 300 <= status < 400:
+            raise ApiError(f"{shown} answered {status}: redirects are not followed", status=status)
+        if status >= 300:
+            doc = _json_or_none(response)
+            said = doc.get("message") if isinstance(doc, dict) else None
+            detail = f": {redact(said)}" if isinstance(said, str) else ""
+            raise ApiError(f"{shown} answered {status}{detail}", status=status)
+
     def m2m_me(self, project_id: str, credentials: Credentials) -> dict:
         """The M2M client these credentials belong to."""
         answer = self._call("GET", "/m2m/me", project_id, credentials)
@@ -481,23 +520,29 @@ class ProjectApi:
         retries = kwargs.pop("retries", None)
         retries = self.retries if retries is None else retries
         doc = kwargs.pop("json", None)
-        body = None
+        body = kwargs.pop("content", None)
+        # What messages and the log say instead of the URL (a signed URL is a credential).
+        shown_url = kwargs.pop("shown", None)
+        timeout = kwargs.pop("timeout", self._timeout)
+        api = kwargs.pop("api", True)  # False: not the API (no request id; own origin)
         if doc is not None:
             body = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
             body = body.encode()
+        method_url = shown_url if shown_url is not None else f"{method} {url}"
         attempt = 0
         rate_limited = 0
         while True:
             if self._aborted.is_set():
-                raise TransportError(f"{method} {url}: not sent: the run was interrupted")
+                raise TransportError(f"{method_url}: not sent: the run was interrupted")
             request_id = _request_id()
-            sent = [
-                *headers.items(),
-                ("user-agent", USER_AGENT),
-                ("x-oystehr-request-id", request_id),
-            ]
+            sent = [*headers.items(), ("user-agent", USER_AGENT)]
+            if api:
+                sent.append(("x-oystehr-request-id", request_id))
             try:
-                origin = self._auth_origin if url == self.auth_url else self._api_origin
+                if url == self.auth_url:
+                    origin = self._auth_origin
+                else:
+                    origin = self._api_origin if api else _origin(url)
                 with self.budget.slot(origin) as slot:
                     started = time.monotonic()
                     response = self._sender.send(
@@ -505,34 +550,33 @@ class ProjectApi:
                         url,
                         sent,
                         body,
-                        timeout=self._timeout,
+                        timeout=timeout,
                         connect_timeout=self._timeout,
                     )
                     slot.answered(response.status_code, response.headers.get("retry-after"))
             except (Interrupted, Cut) as exc:
-                raise TransportError(f"{method} {url}: {exc}") from None
+                raise TransportError(f"{method_url}: {exc}") from None
             except (TimeoutException, NetworkError, RemoteProtocolError) as exc:
                 if not idempotent and not isinstance(exc, ConnectError):
                     raise UncertainWriteError(
-                        f"{method} {url}: {type(exc).__name__}; it may have been carried out"
+                        f"{method_url}: {type(exc).__name__}; it may have been carried out"
                     ) from None
                 if attempt >= retries:
                     raise TransportError(
-                        f"{method} {url}: {self._redact(str(exc)) or type(exc).__name__} "
+                        f"{method_url}: {self._redact(str(exc)) or type(exc).__name__} "
                         f"(after {plural(attempt + 1, 'attempt')})"
                     ) from None
                 attempt += 1
-                self._backoff(attempt, retries, f"{method} {url}: {type(exc).__name__}")
+                self._backoff(attempt, retries, f"{method_url}: {type(exc).__name__}")
                 continue
             except WireError as exc:
-                raise TransportError(f"{method} {url}: {self._redact(str(exc))}") from None
+                raise TransportError(f"{method_url}: {self._redact(str(exc))}") from None
             log.debug(
-                "%s %s -> %s in %.0f ms (request %s)",
-                method,
-                url,
+                "%s -> %s in %.0f ms (request %s)",
+                method_url,
                 response.status_code,
                 (time.monotonic() - started) * 1000,
-                request_id,
+                request_id if api else "-",
             )
             if response.status_code == 429 and rate_limited < MAX_RATE_LIMITED_IN_A_ROW:
                 # The budget holds every new request to this API until Retry-After: this
@@ -542,11 +586,11 @@ class ProjectApi:
             rate_limited = 0
             if not idempotent and response.status_code in RETRYABLE_STATUS:
                 raise UncertainWriteError(
-                    f"{method} {url} answered {response.status_code}; it may have been carried out"
+                    f"{method_url} answered {response.status_code}; it may have been carried out"
                 )
             if response.status_code in RETRYABLE_STATUS and attempt < retries:
                 attempt += 1
-                self._backoff(attempt, retries, f"{method} {url}: {response.status_code}")
+                self._backoff(attempt, retries, f"{method_url}: {response.status_code}")
                 continue
             return response
 
@@ -732,6 +776,42 @@ def _request_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80
     text = raw.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def check_upload_url(url: str, api_url: str, what: str) -> None:
+    """A signed URL code may be sent to: https (plain http only to this machine, while the
+    API itself is on it: the emulator), no user:pass@. The message never holds the URL."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    if parts is not None and host and "@" not in parts.netloc:
+        if parts.scheme == "https":
+            return
+        if (
+            parts.scheme == "http"
+            and _loopback(host)
+            and _loopback(urlsplit(api_url).hostname or "")
+        ):
+            return
+    raise ShapeError(
+        f"{what}: the signed URL is not https:// (plain http:// only while the API is on "
+        "this machine); nothing was uploaded"
+    )
+
+
+def hide_signed_url(url: str) -> None:
+    """A signed URL's credential joins the redaction set: each long query value (an S3
+    signature, credential or session token) and a long last path segment (the
+    emulator's token), so the URL, or any part of it quoted alone, shows them as ***;
+    the whole URL when it has neither. (Its host and path say nothing secret, and a
+    short set keeps every later redaction fast: a plan may upload hundreds.)"""
+    parts = urlsplit(url)
+    pieces = [value for _, _, value in (p.partition("=") for p in parts.query.split("&"))]
+    pieces.append(parts.path.rsplit("/", 1)[-1])
+    secret = [piece for piece in pieces if len(piece) >= 16]
+    add_secrets(secret or [url])
 
 
 def _origin(url: str) -> str:

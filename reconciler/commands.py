@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -142,8 +142,9 @@ class Run:
         check_filters(result.projects, filters)
         return [project for project in result.projects if chosen(project, filters, shard)]
 
-    def read_plan(self, paths: Sequence[str], fmt: str = "text") -> Plan:
-        """Plan while loading: a Project's reads start as soon as its file is valid."""
+    def read_plan(self, paths: Sequence[str], fmt: str = "text", copies: Any = None) -> Plan:
+        """Plan while loading: a Project's reads start as soon as its file is valid.
+        `copies` (an apply's): the zips plan hashes are kept as what apply uploads."""
         from reconciler.fleet import Planner
 
         planner = None
@@ -161,6 +162,8 @@ class Run:
                         self.env,
                         self.pool(),
                         progress=self.progress("Reading"),
+                        root=self.options.get("root"),
+                        copies=copies,
                         rotate=self.rotate,
                     )
             except ConfigError as exc:
@@ -306,7 +309,8 @@ def apply(
     allow: frozenset[str] = frozenset(),
 ) -> int:
     """Plan (or read and verify a saved plan), refuse or ask, write, report."""
-    from reconciler.apply import apply_plan, refusals
+    from reconciler.apply import apply_plan, code_copies, refusals
+    from reconciler.includes import RepositoryRoots
     from reconciler.planfile import read_plan_file
     from reconciler.render import (
         BLOCKED,
@@ -322,24 +326,42 @@ def apply(
     from reconciler.schedule import Stopper
     from reconciler.secretvalues import ValueInputs
     from reconciler.verify import load_plan_files, verify_saved_plan
+    from reconciler.zips import PrivateCopies
 
     options = run.options
+    # The zips apply uploads: private copies (relative to each Project's repository root,
+    # as plan found them), each checked against the plan's code hash before any write.
+    copies = PrivateCopies()
+    click.get_current_context().call_on_close(copies.close)
+    roots = RepositoryRoots(options.get("root"))
     if plan_file:
+        from reconciler.verify import load_plan_files, verify_saved_plan
+
         saved = read_plan_file(plan_file)
         run.auths = [p.auth for p in saved.projects]
         run.redact_credentials()  # before the plan is shown
         refusals(saved, api_url=options["api_url"], max_changes=max_changes, saved=True)
         check_planned_rotations(run.rotate, saved)
-        # What is shown and written is what the files and the live values give.
         files = load_plan_files(saved, plan_file, run.env, options.get("root"))
+        code_copies(saved, roots, copies)  # the plan job built them; apply never builds
+        # What is shown and written is what the files, those zips and the live values give.
         the_plan = verify_saved_plan(
-            saved, plan_file, files, run.api(), run.env, run.pool(), rotate=run.rotate
+            saved,
+            plan_file,
+            files,
+            run.api(),
+            run.env,
+            run.pool(),
+            copies=copies,
+            roots=roots,
+            rotate=run.rotate,
         )
         literals = file_literals(files.values())
     else:
-        the_plan = run.read_plan(paths)
+        the_plan = run.read_plan(paths, copies=copies)  # keeps the bytes it hashes
         refusals(the_plan, max_changes=max_changes)
         literals = file_literals(run.loaded)
+    code = code_copies(the_plan, roots, copies)
     show = sys.stderr if fmt == "json" else sys.stdout
     render_text(the_plan, show, colour=run.colour and show is sys.stdout)
     if the_plan.to_apply and not yes:
@@ -357,6 +379,8 @@ def apply(
         pool=run.pool(),
         stopper=Stopper(),
         progress=run.progress("Applying"),
+        code=code,
+        roots=roots,
         values=ValueInputs(literals, run.rotate),
         allow=allow,
     )

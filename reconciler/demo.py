@@ -3,8 +3,9 @@
 Starts an emulator on a free port seeded with bundled example data, copies the
 bundled example project files to a temporary folder, and runs the real
 commands as a user would, each in its own process over HTTP: validate -> plan
--> apply -> drift, then a hand edit that drift catches. Nothing outside the
-temporary folder is touched.
+-> apply -> drift, then a hand edit that drift catches. Before the plan it builds
+the sandbox's Zambda function zip from its bundled source, as the workflows' build
+input does in CI. Nothing outside the temporary folder is touched.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
@@ -45,6 +47,17 @@ WIDER_STAFF = {
     ]
 }
 
+# The sandbox's function: its zip is a build output, built from its source folder. This
+# is the repository's own build command (the `build` input of its workflows).
+ZAMBDA_SOURCE = "zambdas/notifications-updater/index.mjs"
+ZAMBDA_ZIP = ".dist/zips/notifications-updater.zip"
+BUILD_COMMAND = f"mkdir -p .dist/zips && python -m zipfile -c {ZAMBDA_ZIP} {ZAMBDA_SOURCE}"
+BUILD_STEP = (
+    "Build the sandbox's Zambda function zip from its source (in CI: the plan job, through "
+    "the action's build input; apply uploads that zip and never builds)",
+    BUILD_COMMAND,
+)
+
 # (heading, command line, exit code that means the step went as the demo expects)
 STEPS = [
     (
@@ -66,8 +79,9 @@ STEPS = [
     ),
     (
         "Plan: what would change, Project by Project. The base declares a role and makes it "
-        "the default patient role in the same plan, with its app and back-end; a value "
-        "from the base says where it is written",
+        "the default patient role in the same plan, with its app and back-end; the sandbox "
+        "gains a cron function that runs as a role the same plan creates, its code "
+        "identified by the zip's code hash; a value from the base says where it is written",
         ["plan", "--out", "plan.json"],
         0,
     ),
@@ -94,6 +108,7 @@ def run_demo(echo=click.echo) -> int:
         work = Path(folder)
         shutil.copytree(str(data / "projects"), work / "projects")
         shutil.copytree(str(data / "base"), work / "base")
+        shutil.copytree(str(data / "zambdas"), work / "zambdas")
         with resources.as_file(data / "seed.yaml") as seed, serve(seed) as emu:
             env = {
                 **DEMO_ENV,
@@ -104,15 +119,31 @@ def run_demo(echo=click.echo) -> int:
             echo(f"Project files: {work / 'projects'}")
             ok = True
             with _environment(env), _cwd(work):
-                for number, (heading, args, expected) in enumerate(STEPS, start=1):
+                number = 0
+                for heading, args, expected in STEPS:
+                    if args[0] == "plan":
+                        number += 1
+                        _build(number, work, echo)
+                    number += 1
                     ok &= _step(number, heading, args, expected, echo)
                 emu.store.set_project_fields(STAGING, {"signupEnabled": False})
                 emu.store.update_role(STAGING, STAGING_STAFF, {"accessPolicy": WIDER_STAFF})
                 heading, args, expected = HAND_EDIT_STEP
-                ok &= _step(len(STEPS) + 1, heading, args, expected, echo)
+                ok &= _step(number + 1, heading, args, expected, echo)
     echo("")
     echo("Done: every step behaved as expected." if ok else "A step did not behave as expected.")
     return 0 if ok else 1
+
+
+def _build(number: int, work: Path, echo) -> None:
+    """What BUILD_COMMAND does, in this process (so it works wherever Python does)."""
+    heading, command = BUILD_STEP
+    echo("")
+    echo(click.style(f"== {number}. {heading}", bold=True))
+    echo(f"$ {command}")
+    (work / ZAMBDA_ZIP).parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(work / ZAMBDA_ZIP, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(work / ZAMBDA_SOURCE, os.path.basename(ZAMBDA_SOURCE))
 
 
 def _step(number: int, heading: str, args: list[str], expected: int, echo) -> bool:

@@ -67,7 +67,7 @@ def _in_order(keys: Iterable[str], order: Sequence[str]) -> list[str]:
 
 
 def _field_order(kind: Kind) -> list[str]:
-    return ["renamedFrom", *kind.write_fields]
+    return ["renamedFrom", *kind.write_fields, *kind.local_fields]
 
 
 def _object(kind: Kind, fields: Any) -> Any:

@@ -1,5 +1,5 @@
-"""A live Project (settings, roles, applications, M2M clients, secrets, buckets) -> the
-text of a project file that plans with no change.
+"""A live Project (settings, roles, applications, M2M clients, secrets, buckets,
+functions) -> the text of a project file that plans with no change.
 
 A secret's value is never exported (it is never read): each secret is written as
 `valueFrom: {env: <SLUG>_<NAME>}` (SLUG from the Project's name, as `init` makes it; `-`
@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from reconciler.errors import ConfigError
-from reconciler.kinds import KINDS, M2M, ROLE, Kind
+from reconciler.kinds import KINDS, ROLE, Kind
 from reconciler.plan import MANAGED_KEYS, ROLE_FIELDS, normalise_live
 from reconciler.slugs import env_prefix, slug_for
 
@@ -67,8 +67,9 @@ def export_project(
 ) -> str:
     """Read a live Project and every kind it includes, and return its file's text.
 
-    Reads: GET /project; each included kind's list and one GET per object (its fields);
-    the role list also when a default role or an M2M client's roles need names.
+    Reads: GET /project; each included kind's list and one GET per object whose fields
+    the list does not carry (a function's list carries them all); the role list also
+    when a default role, an M2M client's roles or a function's role need names.
     """
     live = api.get_project(project_id, credentials)
     if not isinstance(live, dict) or "id" not in live:
@@ -77,12 +78,15 @@ def export_project(
     lists = {kind.name: api.list_objects(kind, project_id, credentials) for kind in kinds}
     has_role = "settings" in include and any(live.get(key) for key in ROLE_FIELDS)
     roles = lists.get(ROLE.name)
-    if roles is None and (has_role or M2M in kinds):
+    if roles is None and (has_role or any(kind.role_fields for kind in kinds)):
         roles = api.list_objects(ROLE, project_id, credentials)
     objects = {
         kind.name: [
-            # A kind with no GET of its fields (a secret's would answer its value): the list.
-            api.get_object(kind, project_id, credentials, item["id"]) if kind.item_get else item
+            # A kind with no GET of its fields (a secret's would answer its value), or
+            # whose list carries them all (functions): the list.
+            api.get_object(kind, project_id, credentials, item["id"])
+            if kind.item_get and kind.needs_get(kind.write_fields)
+            else item
             for item in lists[kind.name]
             if _unique(item, lists[kind.name])
         ]
@@ -154,6 +158,12 @@ def project_file_text(
         lines.append(f"# yaml-language-server: $schema={schema_ref}")
     lines.append(body.rstrip("\n"))
     lines += skipped
+    if any(kind.local_fields and (doc.get(kind.key) or {}) for kind in KINDS):
+        lines += [
+            "# Zambda functions: their configuration only. Add each one's source (its zip,",
+            "# built in this repository, relative to its root) and sourceInputs to manage",
+            "# its code too: without source, plan never compares or uploads code.",
+        ]
     lines += AUTH_HINT
     return "\n".join(lines) + "\n"
 
@@ -194,10 +204,13 @@ def _object_fields(
         return {"valueFrom": {"env": secret_variable(prefix, str(item["name"]))}}
     fields: dict[str, Any] = {}
     for name in kind.write_fields:
-        value = item.get(name)
+        value = item.get(kind.api_name(name))
         if name == "name" or value is None:
             continue
-        if name in kind.role_fields:
+        if name in kind.role_fields and isinstance(value, str):  # one role, by its id
+            named = [r for r in roles if r.get("id") == value]
+            value = _role_value({"id": value, "name": (named or [{}])[0].get("name")}, roles)
+        elif name in kind.role_fields:
             value = [
                 _role_value({"id": r.get("id"), "name": r.get("name")}, roles)
                 for r in value

@@ -150,12 +150,18 @@ class Planner:
         pool: Pool,
         *,
         progress: Callable[[int, int], None] | None = None,
+        root: str | None = None,
+        copies: Any = None,
         rotate: frozenset[tuple[str, str]] = frozenset(),
     ) -> None:
         self.api = api
+        self.copies = copies  # an apply's zips.PrivateCopies: what plan reads, it uploads
         self.env = env
         self.pool = pool
         self.progress = progress
+        from reconciler.includes import RepositoryRoots
+
+        self.roots = RepositoryRoots(root)  # where a Project's paths (a function's zip) start
         self.rotate = rotate
         self.value_reads = ValueReads()
         self.done = threading.Event()
@@ -212,12 +218,13 @@ def plan_projects(
     *,
     pool: Pool | None = None,
     progress: Callable[[int, int], None] | None = None,
+    root: str | None = None,
     rotate: frozenset[tuple[str, str]] = frozenset(),
 ) -> Plan:
     """Read each Project's live settings (and the lists and objects its file manages, and
     roles only where needed) and diff them."""
     pool = pool or Pool(api.budget.concurrency)
-    planner = Planner(api, env, pool, progress=progress, rotate=rotate)
+    planner = Planner(api, env, pool, progress=progress, root=root, rotate=rotate)
     for project in projects:
         planner.add(project)
     return planner.plan(projects)
@@ -230,7 +237,9 @@ class ProjectReader:
     Keys order the reads as a one-at-a-time run makes them: the Project, each managed
     kind's list (page after page), the role list when a reference needs it, one GET per
     managed live object whose compared fields its list does not carry, /m2m/me only
-    when pruning M2M clients under M2M credentials, then secret values.
+    when pruning M2M clients under M2M credentials, then what is read beside the file
+    (each function's zip, hashed on the pool while the requests are in flight), then
+    secret values.
 
     Secrets: the M2M list too when a secret's value comes from a client the file does
     not manage, and `GET /m2m/{id}` of a client whose `clientId` is a value (or whose
@@ -250,6 +259,7 @@ class ProjectReader:
         self.details: dict[str, dict] = {}
         self.roles: list[dict] | None = None
         self.me: str | None = None
+        self.local: dict[str, dict[str, Mapping[str, Any]]] = {}
         self._role_list_asked = False
         self._lock = threading.Lock()
         # Secrets: their sources, what the value reads wait for, the values known.
@@ -286,12 +296,21 @@ class ProjectReader:
         for index, kind in enumerate(listed):
             pages = Pages(f"GET {self.api.api_url}{kind.list_path}")
             reads.append(((1, index, 0), partial(self._read_page, kind, index, pages, None)))
-        if ROLE not in kinds and M2M in kinds and objects.names_roles(self.desired):
+        if ROLE not in kinds and objects.names_roles(self.desired):
             self._role_list_asked = True
             reads.append(((2,), self._read_roles))
         pruning_m2m = M2M in kinds and M2M.key in (self.desired.get("prune") or ())
         if pruning_m2m and isinstance(self.credentials, ClientCredentials):
             reads.append(((4,), self._read_me))
+        for index, kind in enumerate(kinds):
+            if kind.read_local is None:
+                continue
+            self.local[kind.name] = {}
+            declared = objects.desired_objects(self.desired, kind)
+            reads += [
+                ((5, index, number), partial(self._read_local, kind, name, fields))
+                for number, (name, fields) in enumerate(declared.items())
+            ]
         self.tasks.spawn_all(reads)
 
     def _read_project(self) -> None:
@@ -372,7 +391,7 @@ class ProjectReader:
                 if value is None or name not in live:
                     continue
                 self.values[name] = value
-                reads.append(((5, kind.name, name), partial(self._read_value, kind, name)))
+                reads.append(((6, kind.name, name), partial(self._read_value, kind, name)))
         self.tasks.spawn_all(reads)
 
     def _desired_value(self, kind: Kind, name: str, source: Source | None) -> SecretValue | None:
@@ -394,6 +413,13 @@ class ProjectReader:
         if value is not None:
             self.live_values[name] = value
 
+    def _read_local(self, kind: Kind, name: str, fields: Mapping[str, Any]) -> None:
+        root = self.planner.roots.of(self.project.path)
+        read = kind.read_local(root, fields, self.planner.copies)
+        if read is not None:
+            with self._lock:
+                self.local[kind.name][name] = read
+
     def _read_roles(self) -> None:
         self.roles = self.api.list_objects(ROLE, self.project.id, self.credentials)
 
@@ -414,6 +440,7 @@ class ProjectReader:
                 details=self.details,
                 roles=self.lists.get(ROLE.name, self.roles),
                 me=self.me or self._own_client(),
+                local=self.local,
                 values=self.values,
                 live_values=self.live_values,
                 rotate=frozenset(self.rotating),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,29 @@ class Reader:
         if any(_inside(real, os.path.realpath(folder)) for folder in folders):
             return "files under projects/ are Projects, never fragments (move it, e.g. to base/)"
         return None
+
+
+class RepositoryRoots:
+    """The repository root of each Project file, for the paths its values give (a
+    function's zip): `override` (--root), else :func:`find_root` from the file's folder,
+    found once per folder. Safe to share between threads."""
+
+    def __init__(self, override: str | None = None) -> None:
+        self.override = override
+        self._found: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def of(self, file: str) -> str:
+        if self.override is not None:
+            return self.override
+        folder = os.path.dirname(os.path.abspath(file))
+        with self._lock:
+            known = self._found.get(folder)
+        if known is None:
+            known = find_root(folder)
+            with self._lock:
+                self._found[folder] = known
+        return known
 
 
 def find_root(start: str) -> str:

@@ -21,6 +21,7 @@ write set as secrets `<NAME>` of the `production` environment for apply only.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,45 @@ _ACTION_REF = re.compile(r"([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)@([A-Za-z0-9_./-]+
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _PLACEHOLDER_LINE = re.compile(r"^( *)# @(READ|WRITE)_CREDENTIALS@\n", re.MULTILINE)
 _SECRETS_LINE = re.compile(r"^( *)# @SECRET_VALUES@\n", re.MULTILINE)
+_SOURCE_INPUTS_LINE = re.compile(r"^( *)# @SOURCE_INPUTS@\n", re.MULTILINE)
+_ARTIFACT_LINE = re.compile(r"^( *)path: @ARTIFACT_PATHS@\n", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ZambdaFiles:
+    """What the workflows need to know of the project files' Zambda functions: the globs
+    their zips are built from (`sourceInputs`: a change there plans and applies) and
+    where the zips are (they travel with the plan artifact to the apply job)."""
+
+    inputs: tuple[str, ...] = ()
+    zips: tuple[str, ...] = ()  # globs: each zip folder's *.zip
+
+    @classmethod
+    def found_in(cls, files: Iterable[Path]) -> ZambdaFiles:
+        """From the files' `zambdas` (a file that does not parse is skipped here:
+        validate reports it)."""
+        from reconciler.zambdas import path_problem, zip_path
+
+        inputs: list[str] = []
+        zips: list[str] = []
+        for path in files:
+            try:
+                doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue
+            functions = doc.get("zambdas") if isinstance(doc, dict) else None
+            for fields in (functions or {}).values() if isinstance(functions, dict) else ():
+                if not isinstance(fields, dict):
+                    continue
+                source = fields.get("source")
+                if isinstance(source, str) and not path_problem(source, zip_file=True):
+                    folder = posixpath.dirname(zip_path(source))
+                    zips.append(f"{folder}/*.zip" if folder else "*.zip")
+                globs = fields.get("sourceInputs")
+                for glob in globs if isinstance(globs, list) else ():
+                    if isinstance(glob, str) and not path_problem(glob):
+                        inputs.append(glob)
+        return cls(tuple(dict.fromkeys(inputs)), tuple(sorted(set(zips))))
 
 
 @dataclass(frozen=True)
@@ -240,6 +280,8 @@ def secret_variables(project_files: Iterable[Path]) -> list[str]:
 
 
 def project_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
     return sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
@@ -251,10 +293,13 @@ def render_workflow(
     api_url: str = DEFAULT_API_URL,
     auth_url: str = DEFAULT_AUTH_URL,
     secrets: Sequence[str] = (),
+    build: str = "",
+    zambdas: ZambdaFiles = ZambdaFiles(),
 ) -> str:
-    """One workflow from its template: the action, the API and the credential mappings;
-    in apply's apply step, the `RECONCILER_SECRET_…` values from the production
-    environment's secrets of the same names."""
+    """One workflow from its template: the action, the API, the credential mappings, for
+    Zambda functions the build command, the paths their zips are built from, and the
+    zips the plan artifact carries; in apply's apply step, the `RECONCILER_SECRET_…`
+    values from the production environment's secrets of the same names."""
     text = _template(f"workflows/{name}.yml")
 
     def secret_values(match: re.Match[str]) -> str:
@@ -262,7 +307,22 @@ def render_workflow(
         lines.insert(0, "# valueFrom.env values: secrets of the production environment.")
         return "".join(f"{match[1]}{line}\n" for line in lines)
 
+    def source_inputs(match: re.Match[str]) -> str:
+        return "".join(f"{match[1]}- {json.dumps(glob)}\n" for glob in zambdas.inputs)
+
+    def artifact(match: re.Match[str]) -> str:
+        indent = match[1]
+        if not zambdas.zips:
+            return f"{indent}path: plan.json\n"
+        lines = [f"{indent}path: |", f"{indent}  plan.json"]
+        lines += [f"{indent}  {glob}" for glob in zambdas.zips]
+        if any(part.startswith(".") for glob in zambdas.zips for part in glob.split("/")):
+            lines.append(f"{indent}include-hidden-files: true # the zips' folder is hidden")
+        return "".join(line + "\n" for line in lines)
+
     text = _SECRETS_LINE.sub(secret_values, text)
+    text = _SOURCE_INPUTS_LINE.sub(source_inputs, text)
+    text = _ARTIFACT_LINE.sub(artifact, text)
 
     def credentials(match: re.Match[str]) -> str:
         indent, which = match[1], match[2]
@@ -280,6 +340,7 @@ def render_workflow(
         .replace("@WRITE_NAMES@", " ".join(names))
         .replace("@API_URL@", api_url)
         .replace("@AUTH_URL@", auth_url)
+        .replace("@BUILD@", json.dumps(build))
     )
 
 
@@ -394,8 +455,19 @@ Next (in your repository's Settings on GitHub, or with the gh CLI as shown):
         f"commit of {CANONICAL_REPOSITORY}). A tag or branch works, with a warning."
     ),
 )
+@click.option(
+    "--build",
+    default="",
+    metavar="COMMAND",
+    help=(
+        "The command your repository builds its Zambda zips with (e.g. 'npm run build:zips'): "
+        "the workflows run it in the plan job, never in the apply job."
+    ),
+)
 @api_options
-def init(directory: Path, project_ids: tuple[str, ...], action_ref: str | None, **options) -> None:
+def init(
+    directory: Path, project_ids: tuple[str, ...], action_ref: str | None, build: str, **options
+) -> None:
     """Set up a settings repository: project files, schema, workflows, pre-commit.
 
     Existing files are skipped and named, never overwritten. With --project-id
@@ -418,7 +490,7 @@ def init(directory: Path, project_ids: tuple[str, ...], action_ref: str | None, 
         written = (api_url.written, auth_url.written)  # refused before anything is read
         scaffold = Scaffold(directory)
         exported = write_projects(scaffold, project_ids, options)
-        _write_rest(scaffold, action, *written)
+        zambdas = _write_rest(scaffold, action, *written, build)
     except ReconcilerError as exc:
         raise click.ClickException(str(exc)) from exc
     for relative in scaffold.written:
@@ -436,6 +508,11 @@ def init(directory: Path, project_ids: tuple[str, ...], action_ref: str | None, 
         click.echo(plan_here(exported, directory, flags))
     files = project_files(directory / "projects")
     click.echo(next_steps(credential_names(files), secret_variables(files)), nl=False)
+    if zambdas.zips and not build:
+        click.echo(
+            "\nThe project files name Zambda zips: give the workflows the command that builds "
+            "them\n(the build input of the steps that say so, or init --build COMMAND).",
+        )
 
 
 def plan_here(exported: Sequence[Path], directory: Path, flags: Sequence[str]) -> str:
@@ -467,18 +544,29 @@ def _and(words: Sequence[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def _write_rest(scaffold: Scaffold, action: ActionRef, api_url: str, auth_url: str) -> None:
+def _write_rest(
+    scaffold: Scaffold, action: ActionRef, api_url: str, auth_url: str, build: str = ""
+) -> ZambdaFiles:
     from reconciler.schema import schema_text
 
     scaffold.write("schemas/project.schema.json", schema_text())
     files = project_files(scaffold.root / "projects")
     names, secrets = credential_names(files), secret_variables(files)
+    zambdas = ZambdaFiles.found_in(files + project_files(scaffold.root / "base"))
     for name in WORKFLOWS:
         text = render_workflow(
-            name, action, names, api_url=api_url, auth_url=auth_url, secrets=secrets
+            name,
+            action,
+            names,
+            api_url=api_url,
+            auth_url=auth_url,
+            secrets=secrets,
+            build=build,
+            zambdas=zambdas,
         )
         scaffold.write(f".github/workflows/{name}.yml", text)
     scaffold.write(".pre-commit-config.yaml", render_pre_commit(action))
+    return zambdas
 
 
 def write_projects(

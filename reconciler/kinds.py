@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from reconciler import zambdas
+
 if TYPE_CHECKING:
     from reconciler.plan import ObjectChange
 
@@ -80,8 +82,12 @@ def _identity(value: Any) -> Any:
 
 def _id_set(value: Any) -> list[Any]:
     """Role references as a set of ids (or refs to roles this plan creates)."""
-    ids = [r.get("id") if isinstance(r, Mapping) and "id" in r else r for r in as_list(value)]
-    return sorted(ids, key=_canonical)
+    return sorted(map(_role_id, as_list(value)), key=_canonical)
+
+
+def _role_id(value: Any) -> Any:
+    """One role reference as its id (or a ref to a role this plan creates)."""
+    return value.get("id") if isinstance(value, Mapping) and "id" in value else value
 
 
 def _not_a_delete(action: str, fields: frozenset[str]) -> bool:
@@ -149,6 +155,52 @@ class Kind:
     # file says where it comes from (`secretvalues.Source`), the plan compares it with
     # hmac and writes `valueSource`, never a field change.
     concealed: bool = False
+    # The API's name of a field where it differs from the file's: a function's
+    # `executionRole` (a role name or {id}) is sent and read as `executionRoleId`.
+    api_names: Mapping[str, str] = field(default_factory=dict)
+    # What an absent live value compares as: the API's default (a function's memory).
+    live_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # Fields plan reads from the file but never compares or sends (a function's
+    # `source`, the zip its code comes from, and `sourceInputs`, what it is built from).
+    local_fields: tuple[str, ...] = ()
+    # Fields compared and shown but never in a write's body (a function's `code`): a
+    # later phase writes them. Each maps to the file's field it is read from (`source`:
+    # where a plan says it is written); plan takes the desired value from what it read
+    # beside the file (`read_local`), `live_values[field](live object)` the live one.
+    pseudo_fields: Mapping[str, str] = field(default_factory=dict)
+    live_values: Mapping[str, Callable[[Mapping[str, Any]], Any]] = field(default_factory=dict)
+    # How a field's value reads in a plan where JSON would not say what it is
+    # (`code`: `3f2a9c01…`, or `new`).
+    shown: Mapping[str, Callable[[Any], str]] = field(default_factory=dict)
+    # Rules between an object's fields that the schema cannot say (a cron function
+    # needs a schedule): check(name, fields) -> [(path below the object, message)].
+    check: Callable[[str, Mapping[str, Any]], list[tuple[tuple[Any, ...], str]]] | None = None
+    # Plan-file keys an entry of this kind holds beside the engine's (a function's `zip`):
+    # `plan_extras(changes, local)` computes them in plan, from the changes and what plan
+    # read beside the file; `plan_problem(entry)` says why a saved entry's are not what
+    # plan could have written, or None.
+    plan_keys: tuple[str, ...] = ()
+    plan_extras: Callable[[list, Mapping[str, Any]], dict[str, Any]] | None = None
+    plan_problem: Callable[[Mapping[str, Any]], str | None] | None = None
+    # What plan reads beside the file for each declared object (a function's code hash,
+    # from its zip): read_local(repository root, fields, copies) -> {pseudo-field: value,
+    # plan key: value} | {"error": message, "at": path below the object} | None. Plan's
+    # reader runs it (fleet.py); validate never does. `copies` is an apply's
+    # `zips.PrivateCopies` (None in a plan): the bytes read become what apply uploads.
+    read_local: Callable[[str, Mapping[str, Any], Any], Mapping[str, Any] | None] | None = None
+    # The field of the API's answer that says what state apply left the object in (a
+    # function's `status`: reported, not waited for) and the states that are failures.
+    status_field: str | None = None
+    failed_statuses: tuple[str, ...] = ()
+
+    @property
+    def compared_fields(self) -> tuple[str, ...]:
+        """Every field a change may hold, in canonical order: written ones, then pseudo."""
+        return (*self.write_fields, *self.pseudo_fields)  # a mapping's keys, in order
+
+    def api_name(self, field_name: str) -> str:
+        return self.api_names.get(field_name, field_name)
+
     # How `apply --plan` verifies a saved entry of this kind (``verify.py``):
     # verify_saved(saved, recomputed) gets the plan file's ObjectChange and the one the
     # planning code computes again from the files and what apply read live (None when
@@ -170,7 +222,9 @@ class Kind:
 
     def needs_get(self, managed: Iterable[str]) -> bool:
         """Whether comparing these managed fields needs the object itself, not just the list."""
-        return any(name not in self.list_fields for name in managed)
+        return any(
+            name not in self.list_fields and name not in self.local_fields for name in managed
+        )
 
     def create_problem(self, desired: Mapping[str, Any]) -> str | None:
         """Why the API would refuse to create this object, or None."""
@@ -281,6 +335,7 @@ SECRET = Kind(
     renames=False,
     conceal=conceal_secret,
     concealed=True,
+    plan_keys=("valueSource",),  # where its value comes from: never the value
     phases=(Phase("value"),),  # one POST /secret per secret: create or replace
     verify_saved=_verify_saved_secret,  # a value compared at apply: compared again then
 )
@@ -304,8 +359,52 @@ BUCKET = Kind(
     delete_note=" (and every object in it)",
 )
 
+
+_ZAMBDA_FIELDS = (
+    "name",
+    "runtime",
+    "triggerMethod",
+    "schedule",
+    "memorySize",
+    "timeoutInSeconds",
+    "executionRole",
+)
+
+ZAMBDA = Kind(
+    name="zambda",
+    key="zambdas",
+    list_path="/zambda",
+    item_path="/zambda/{id}",
+    create_path="/zambda",
+    write_fields=_ZAMBDA_FIELDS,
+    # The list carries every compared field: a plan of N functions is one GET /zambda.
+    list_fields=frozenset({*_ZAMBDA_FIELDS, zambdas.CODE}),
+    read_only=("id", "status", "fileInfo"),
+    required_on_create=("runtime",),
+    role_fields=("executionRole",),
+    summary_fields=("runtime", "triggerMethod", zambdas.CODE),
+    normalisers={"executionRole": _role_id},
+    phases=(
+        Phase("write", includes=zambdas.config_changes),
+        Phase(zambdas.CODE, includes=zambdas.code_changes),
+    ),
+    api_names={"executionRole": "executionRoleId"},
+    live_defaults=zambdas.DEFAULTS,
+    local_fields=("source", "sourceInputs"),
+    pseudo_fields={zambdas.CODE: "source"},
+    live_values={zambdas.CODE: zambdas.live_code},
+    shown={zambdas.CODE: zambdas.show_code},
+    check=zambdas.check_function,
+    plan_keys=(zambdas.ZIP,),
+    plan_extras=zambdas.plan_extras,
+    plan_problem=zambdas.plan_entry_problem,
+    read_local=zambdas.read_code,
+    status_field="status",
+    failed_statuses=zambdas.FAILED_STATUSES,
+)
+
 # The write order: create/update/rename in this order, delete in reverse.
-KINDS: tuple[Kind, ...] = (ROLE, APPLICATION, M2M, SECRET, BUCKET)
+KINDS: tuple[Kind, ...] = (ROLE, APPLICATION, M2M, SECRET, BUCKET, ZAMBDA)
 BY_KEY = {kind.key: kind for kind in KINDS}
 BY_NAME = {kind.name: kind for kind in KINDS}
 # Fields no kind may set from a file: the API's own, and secrets (never managed).
@@ -343,6 +442,13 @@ def check_objects(data: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], str, b
             problems += _rename_problems(kind, objects)
             if kind.role_fields:
                 problems += _null_role_problems(kind, objects)
+            if kind.check is not None:
+                problems += [
+                    ((kind.key, name, *path), message, False)
+                    for name, fields in objects.items()
+                    if isinstance(fields, Mapping)
+                    for path, message in kind.check(str(name), fields)
+                ]
     return problems
 
 

@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.kinds import KINDS, M2M, ROLE, Kind
+from reconciler.kinds import KINDS, ROLE, Kind
 from reconciler.secretvalues import SecretValue, Source, secret_action
 
 CREATE, UPDATE, RENAME, DELETE = "create", "update", "rename", "delete"
@@ -55,8 +55,15 @@ def desired_objects(desired: Mapping[str, Any], kind: Kind) -> dict[str, dict[st
 
 
 def names_roles(desired: Mapping[str, Any]) -> bool:
-    """Whether a managed M2M client gives roles (which then resolve through the role list)."""
-    return any(fields.get("roles") for fields in desired_objects(desired, M2M).values())
+    """Whether a managed object names roles (an M2M client's `roles`, a function's
+    `executionRole`), which then resolve through the role list."""
+    return any(
+        fields.get(name)
+        for kind in KINDS
+        if kind.role_fields
+        for fields in desired_objects(desired, kind).values()
+        for name in kind.role_fields
+    )
 
 
 @dataclass(frozen=True)
@@ -247,6 +254,9 @@ def role_index(roles: Matching | None, live_roles: Sequence[Mapping] | None) -> 
 # --- the diff --------------------------------------------------------------------------
 
 
+Problem = tuple[Any, ...]  # (object name, message, *the path of the field it is about)
+
+
 @dataclass(frozen=True)
 class KnownValues:
     """What a plan knows about the values of a concealed kind's objects (secrets): the
@@ -262,7 +272,7 @@ class KnownValues:
     me: str | None = None  # the id of the M2M client the run authenticates as, if known
 
 
-PlannedKind = tuple[list[dict[str, Any]], list[str], list[str], list[tuple[str, str]]]
+PlannedKind = tuple[list[dict[str, Any]], list[str], list[str], list[Problem]]
 
 
 def plan_kind(
@@ -272,42 +282,50 @@ def plan_kind(
     *,
     prune: bool,
     me: str | None = None,
+    local: Mapping[str, Mapping[str, Any]] | None = None,
     values: KnownValues | None = None,
 ) -> PlannedKind:
-    """(object changes as dicts, names not managed, names kept, (name, problem) pairs)
-    for one kind.
+    """(object changes as dicts, names not managed, names kept, problems) for one kind;
+    a problem is (object name, message, *the path below the object it is about).
 
     `details` holds the GET answers by id; `me` is the calling M2M client's id, which
-    prune never deletes; `values` what the plan knows of a concealed kind's values.
+    prune never deletes. `local` holds, by object name, what plan read beside the file
+    for a pseudo-field (a function's `code` and `zip`), or the `error` reading it met;
+    `values` what the plan knows of a concealed kind's values (secrets).
     """
     kind = matching.kind
     if kind.concealed:
         return plan_values(matching, values or KnownValues(), prune=prune)
+    local = local or {}
     changes: list[dict[str, Any]] = []
-    problems: list[tuple[str, str]] = []  # (object name, message)
+    problems: list[Problem] = []
     for m in matching.matches:
         if m.error:
             problems.append((m.name, m.error))
+            continue
+        read = local.get(m.name, {})
+        if "error" in read:
+            problems.append((m.name, f"{kind.name} {m.name!r}: {read['error']}", *read["at"]))
             continue
         try:
             desired = _resolved(kind, m.name, m.fields, index)
         except ValueError as exc:
             problems.append((m.name, str(exc)))
             continue
+        desired.update((name, read[name]) for name in kind.pseudo_fields if name in read)
         if m.live is None:
             why = kind.create_problem(m.fields)
             if why:
                 problems.append((m.name, f"{kind.name} {m.name!r}: {why}"))
                 continue
-            changes.append(
-                _object_change(kind, m.name, None, CREATE, {}, {"name": m.name, **desired})
-            )
+            after = {"name": m.name, **desired}
+            changes.append(_object_change(kind, m.name, None, CREATE, {}, after, read))
             continue
         live = {**m.live, **details.get(str(m.live["id"]), {})}
         before: dict[str, Any] = {"name": live.get("name")}
-        after: dict[str, Any] = {"name": m.name}
+        after = {"name": m.name}
         for name, value in desired.items():
-            live_value = _live_value(kind, name, live.get(name))
+            live_value = _live_value(kind, name, live, index)
             if not _same(kind, name, live_value, value):
                 before[name], after[name] = live_value, value
         if len(after) == 1 and not m.renamed_from:
@@ -315,14 +333,14 @@ def plan_kind(
         action = RENAME if m.renamed_from else UPDATE
         if not m.renamed_from:
             before.pop("name"), after.pop("name")
-        changes.append(_object_change(kind, m.name, live, action, before, after))
+        changes.append(_object_change(kind, m.name, live, action, before, after, read))
     return _with_unclaimed(matching, changes, problems, prune=prune, me=me)
 
 
 def _with_unclaimed(
     matching: Matching,
     changes: list[dict[str, Any]],
-    problems: list[tuple[str, str]],
+    problems: list[Problem],
     *,
     prune: bool,
     me: str | None,
@@ -347,7 +365,7 @@ def plan_values(matching: Matching, known: KnownValues, *, prune: bool) -> Plann
     never a value or a hash of one, and no field changes."""
     kind = matching.kind
     changes: list[dict[str, Any]] = []
-    problems: list[tuple[str, str]] = []
+    problems: list[Problem] = []
     for m in matching.matches:
         source = Source.of(m.fields)
         if m.error or source is None:
@@ -404,7 +422,7 @@ def _client_problem(kind: Kind, name: str, source: Source, known: KnownValues) -
 def _resolved(
     kind: Kind, object_name: str, fields: Mapping[str, Any], index: RoleIndex
 ) -> dict[str, Any]:
-    """The file's fields with role references as sorted [{id, name}] lists."""
+    """The file's fields with role references as {id, name} (a list of them: sorted)."""
     desired = {}
     for name in kind.write_fields:
         if name == "name" or name not in fields:
@@ -412,13 +430,31 @@ def _resolved(
         value = fields[name]
         if name in kind.role_fields:
             what = f"{kind.name} {object_name!r}: {name}"
-            roles = [index.resolve(role, what) for role in value or ()]
-            value = sorted(roles, key=lambda r: (str(r["name"]), json.dumps(r["id"])))
+            if isinstance(value, list):
+                roles = [index.resolve(role, what) for role in value]
+                value = sorted(roles, key=lambda r: (str(r["name"]), json.dumps(r["id"])))
+            else:
+                value = index.resolve(value, what)
         desired[name] = value
     return desired
 
 
-def _live_value(kind: Kind, name: str, value: Any) -> Any:
+def _live_value(
+    kind: Kind, name: str, live: Mapping[str, Any], index: RoleIndex | None = None
+) -> Any:
+    """A field's live value as the file writes it: role lists as sorted [{id, name}], a
+    role id as {id, name} (named from the role list when it was read), a pseudo-field
+    derived from the object, an absent value as the API's default."""
+    if name in kind.live_values:
+        return kind.live_values[name](live)
+    value = live.get(kind.api_name(name))
+    if value is None and name in kind.live_defaults:
+        return kind.live_defaults[name]
+    if name in kind.role_fields and name in kind.api_names:  # one role, read as its id
+        if value is None:
+            return None
+        named = [r for r in (index.live if index else None) or () if r.get("id") == value]
+        return {"id": value, "name": named[0].get("name") if len(named) == 1 else None}
     if name in kind.role_fields:
         roles = [
             {"id": r.get("id"), "name": r.get("name")}
@@ -447,15 +483,16 @@ def _object_change(
     action: str,
     before: Mapping[str, Any],
     after: Mapping[str, Any],
+    local: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One object change as the plan file holds it; `live` is None for a create."""
-    fields = [f for f in kind.write_fields if f in after or f in before]
+    fields = [f for f in kind.compared_fields if f in after or f in before]
     changes = [
         {"field": f, "before": before.get(f) if action != CREATE else None, "after": after.get(f)}
         for f in fields
         if action != DELETE
     ]
-    return {
+    change = {
         "kind": kind.name,
         "name": name,
         "id": None if live is None else str(live[kind.key_field]),
@@ -464,6 +501,11 @@ def _object_change(
         "body": body_of(kind, changes),
         "liveFingerprint": None if live is None else object_fingerprint(kind, changes, live),
     }
+    if kind.plan_extras is not None:
+        change.update(kind.plan_extras(changes, local or {}))
+    for key in kind.plan_keys:  # every entry of the kind holds them (null: nothing to say)
+        change.setdefault(key, None)
+    return change
 
 
 def object_fingerprint(kind: Kind, changes: Sequence[Mapping[str, Any]], live: Mapping) -> str:
@@ -473,18 +515,25 @@ def object_fingerprint(kind: Kind, changes: Sequence[Mapping[str, Any]], live: M
     for change in changes:
         name = change["field"]
         if name != "name":
-            values[name] = kind.normalise(name, _live_value(kind, name, live.get(name)))
+            values[name] = kind.normalise(name, _live_value(kind, name, live))
     return sha256_of(values)
 
 
 def body_of(kind: Kind, changes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The API body a list of changes derives: role references as ids (or refs)."""
+    """The API body a list of changes derives, in the API's names: role references as
+    ids (or refs); pseudo-fields (a function's code) are written by a later phase."""
     body = {}
     for change in changes:
-        value = change["after"]
-        if change["field"] in kind.role_fields:
-            value = [role["id"] for role in value or ()]
-        body[change["field"]] = value
+        name, value = change["field"], change["after"]
+        if name in kind.pseudo_fields:
+            continue
+        if name in kind.role_fields:
+            value = (
+                [role["id"] for role in value or ()]
+                if isinstance(value, list)
+                else (value or {}).get("id")
+            )
+        body[kind.api_name(name)] = value
     return body
 
 

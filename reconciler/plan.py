@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from reconciler import __version__, objects
+from reconciler.kinds import BY_KEY, BY_NAME, M2M
 from reconciler.objects import sha256_of
 from reconciler.secretvalues import SecretValue
 
@@ -43,6 +44,7 @@ IMMUTABLE_KEYS = ("fhirVersion",)
 
 UNCHANGED, CHANGED, ERROR = "unchanged", "changed", "error"
 COMPARE = "compare"
+VALUE_SOURCE = "valueSource"  # a secret's plan-file key: where its value comes from
 # Terraform's words for what happens to objects (a `compare` is not counted).
 OBJECT_COUNTS = {"create": "add", "update": "change", "rename": "change", "delete": "destroy"}
 
@@ -80,10 +82,10 @@ class ObjectChange:
     `changes` hold the file's view (roles as {id, name}, an id not yet known as a ref);
     `body` holds exactly what the write sends, derived from them. `source` is where the
     object is declared ("FILE:LINE" of its name; for a delete, of the `prune` entry).
-    A secret (a concealed kind) has no field changes and an empty body: `value_source`
-    says where its value comes from (`literal`, `env RECONCILER_SECRET_X`, `m2m NAME
-    clientId`), and its action may be `compare` (it exists; its value is compared, and
-    written if it differs, at apply).
+    A secret (a concealed kind) has no field changes and an empty body: its
+    `valueSource` (one of `extras`, :attr:`value_source`) says where its value comes from
+    (`literal`, `env RECONCILER_SECRET_X`, `m2m NAME clientId`), and its action may be
+    `compare` (it exists; its value is compared, and written if it differs, at apply).
     """
 
     kind: str
@@ -94,10 +96,12 @@ class ObjectChange:
     body: Mapping[str, Any] = field(default_factory=dict)
     live_fingerprint: str | None = None
     source: str | None = None
-    value_source: str | None = None
+    # The plan-file keys its kind adds (`Kind.plan_keys`: a function's `zip`, a
+    # secret's `valueSource`).
+    extras: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        doc = {
+        return {
             "kind": self.kind,
             "name": self.name,
             "id": self.id,
@@ -106,13 +110,12 @@ class ObjectChange:
             "body": dict(self.body),
             "liveFingerprint": self.live_fingerprint,
             "source": self.source,
+            **self.extras,
         }
-        if self.value_source is not None:  # only on the kinds that have one
-            doc["valueSource"] = self.value_source
-        return doc
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ObjectChange:
+        kind = BY_NAME.get(doc["kind"])
         return cls(
             kind=doc["kind"],
             name=doc["name"],
@@ -122,8 +125,16 @@ class ObjectChange:
             body=dict(doc.get("body") or {}),
             live_fingerprint=doc.get("liveFingerprint"),
             source=doc.get("source"),
-            value_source=doc.get("valueSource"),
+            extras={key: doc.get(key) for key in (kind.plan_keys if kind else ())},
         )
+
+    def change_of(self, field_name: str) -> Change | None:
+        return next((c for c in self.changes if c.field == field_name), None)
+
+    @property
+    def value_source(self) -> str | None:
+        """Where a secret's value comes from (its `valueSource`), or None."""
+        return self.extras.get(VALUE_SOURCE)
 
     @property
     def changes_anything(self) -> bool:
@@ -396,12 +407,14 @@ def resolve_role(
 class LiveObjects:
     """What a plan read of a Project's objects: each managed kind's list (by kind name),
     the GET answers by id, the role list when references needed it, and the calling
-    M2M client's id when prune must keep it."""
+    M2M client's id when prune must keep it; and, by kind and object name, what it read
+    beside the file (a function's code hash and zip path, or why it could not)."""
 
     lists: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     details: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     roles: Sequence[Mapping[str, Any]] | None = None
     me: str | None = None
+    local: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     # Secrets: the desired values the plan has and the live ones it read (never shown),
     # and the M2M clients whose rotation was asked for (--rotate), by name.
     values: Mapping[str, SecretValue] = field(default_factory=dict)
@@ -496,7 +509,7 @@ def diff(
     object_changes: list[ObjectChange] = []
     not_managed: list[tuple[str, str]] = []
     kept: list[tuple[str, str]] = []
-    values = _known_values(matchings.get(objects.M2M.name), live_objects)
+    values = _known_values(matchings.get(M2M.name), live_objects)
     for kind in kinds:
         planned, unnamed, keep, kind_problems = objects.plan_kind(
             matchings[kind.name],
@@ -505,9 +518,10 @@ def diff(
             prune=kind.key in prune,
             me=live_objects.me if kind.name == "m2m" else None,
             values=values,
+            local=live_objects.local.get(kind.name),
         )
-        for object_name, message in kind_problems:
-            fail(message, kind.key, object_name)
+        for object_name, message, *below in kind_problems:
+            fail(message, kind.key, object_name, *below)
         object_changes += [
             ObjectChange.from_dict(_with_sources(kind.key, change, prune, source))
             for change in planned
@@ -547,7 +561,7 @@ def _no_source(*keys: Any) -> None:
 def _known_values(m2m: objects.Matching | None, live: LiveObjects) -> objects.KnownValues:
     """What the secrets' planning knows: the values read, and the M2M clients their
     values may come from (live ones by name, the ones this plan creates)."""
-    clients, shared = objects.live_clients(m2m, live.lists.get(objects.M2M.name, ()))
+    clients, shared = objects.live_clients(m2m, live.lists.get(M2M.name, ()))
     new = {m.name for m in m2m.matches if m.live is None and m.error is None} if m2m else set()
     return objects.KnownValues(
         desired=live.values,
@@ -570,9 +584,11 @@ def _with_sources(
     if change["action"] == objects.DELETE:
         return {**change, "source": source("prune", prune.index(key)) if key in prune else None}
 
+    written = BY_KEY[key].pseudo_fields if key in BY_KEY else {}
+
     def field_source(field_name: str) -> str | None:
         if field_name != "name":
-            return source(key, name, field_name)
+            return source(key, name, written.get(field_name, field_name))
         renamed = change["action"] == objects.RENAME
         return source(key, name, "renamedFrom") if renamed else source(key, name)
 
@@ -624,7 +640,7 @@ def _prune_problems(
         detail = live_objects.details.get(str(item.get("id")), {})
         held = {str(r.get("id")) for r in detail.get("roles") or () if isinstance(r, Mapping)}
         name = str(item.get("name"))
-        if name not in objects.desired_objects(desired, objects.M2M):
+        if name not in objects.desired_objects(desired, BY_NAME["m2m"]):
             continue
         change = by_name.get(name)
         after = held

@@ -324,11 +324,14 @@ def _check_project(project: Mapping[str, Any], where: str) -> None:
 def _check_object(change: Mapping[str, Any], where: str, prune: list[str]) -> None:
     """One object write: a known kind and action, an id where one is needed, only writable
     fields changed, a body exactly derived from the changes, deletes only in prune kinds."""
-    expect_object(change, where, required=OBJECT_KEYS, only=(*OBJECT_KEYS, SOURCE, VALUE_SOURCE))
-    _expect_source(change, where)
-    kind = BY_NAME.get(change["kind"])
+    expect_object(change, where, required=("kind",))
+    kind = BY_NAME.get(change["kind"]) if isinstance(change["kind"], str) else None
     if kind is None:
         raise ShapeError(f"{where}.kind: {describe_json(change['kind'])} is not a kind")
+    # A kind's own keys (a function's `zip`) are on its entries, and only on them.
+    keys = (*OBJECT_KEYS, *kind.plan_keys)
+    expect_object(change, where, required=keys, only=(*keys, SOURCE))
+    _expect_source(change, where)
     name = expect(change["name"], str, f"{where}.name")
     if not name.strip():
         raise ShapeError(f"{where}.name: an object's name must not be empty")
@@ -356,8 +359,6 @@ def _check_object(change: Mapping[str, Any], where: str, prune: list[str]) -> No
     if kind.concealed:
         _check_concealed(change, where)
         return
-    if VALUE_SOURCE in change:
-        raise ShapeError(f"{where}: a {kind.name} has no {VALUE_SOURCE}")
     changes = expect_list_of_objects(change["changes"], f"{where}.changes")
     fields = []
     for index, field_change in enumerate(changes):
@@ -365,7 +366,7 @@ def _check_object(change: Mapping[str, Any], where: str, prune: list[str]) -> No
         expect_object(field_change, at, required=CHANGE_KEYS, only=(*CHANGE_KEYS, SOURCE))
         _expect_source(field_change, at)
         field = field_change["field"]
-        if field not in kind.write_fields or field in fields:
+        if field not in kind.compared_fields or field in fields:
             raise ShapeError(f"{at}.field: {describe_json(field)} is not a writable field once")
         fields.append(field)
         _check_object_value(kind, field, field_change["after"], f"{at}.after")
@@ -384,19 +385,21 @@ def _check_object(change: Mapping[str, Any], where: str, prune: list[str]) -> No
         raise ShapeError(f"{where}: an update changes at least one field, never the name")
     body = expect(change["body"], dict, f"{where}.body")
     _expect_derived(body, body_of(kind, changes), f"{where}.body")
+    if kind.plan_problem is not None:
+        why = kind.plan_problem(change)
+        if why:
+            raise ShapeError(f"{where}: {why}")
 
 
 def _check_concealed(change: Mapping[str, Any], where: str) -> None:
     """A secret's entry: no field changes and an empty body (its value is never in a
-    plan), and where the value comes from, except for a delete."""
+    plan), and where the value comes from (null for a delete)."""
     if change["changes"] != [] or change["body"] != {}:
         raise ShapeError(f"{where}: a secret's entry changes no field and has an empty body")
     if change["action"] == "delete":
-        if VALUE_SOURCE in change:
-            raise ShapeError(f"{where}: a delete has no {VALUE_SOURCE}")
+        if change[VALUE_SOURCE] is not None:
+            raise ShapeError(f"{where}: a delete's {VALUE_SOURCE} is null")
         return
-    if VALUE_SOURCE not in change:
-        raise ShapeError(f"{where}: missing key {VALUE_SOURCE!r}")
     try:
         Source.parse(change[VALUE_SOURCE])
     except ValueError as exc:
@@ -424,10 +427,14 @@ def _check_object_value(kind: Kind, field: str, value: Any, where: str) -> None:
         if not isinstance(value, str) or not value.strip():
             raise ShapeError(f"{where}: a name is a non-empty string")
         return
+    if field in kind.pseudo_fields:
+        return  # the kind's plan_problem checks them, with the keys they come with
     if field in kind.role_fields:
-        for index, role in enumerate(expect(value, list, where)):
-            at = f"{where}[{index}]"
+        one = not isinstance(value, list) and field in kind.api_names
+        for index, role in enumerate([value] if one else expect(value, list, where)):
+            at = where if one else f"{where}[{index}]"
             expect_object(role, at, required=("id", "name"), only=("id", "name"))
+            expect(role["name"], (str, type(None)), f"{at}.name")
             if not is_ref(role["id"]):
                 _expect_file_rules({"id": expect(role["id"], str, f"{at}.id")}, at)
         return

@@ -164,6 +164,18 @@ def _max_length(value: int, instance: Any, schema: Mapping) -> bool:
     return not isinstance(instance, str) or len(instance) <= value
 
 
+def _minimum(value: float, instance: Any, schema: Mapping) -> bool:
+    return not _is_number(instance) or instance >= value
+
+
+def _maximum(value: float, instance: Any, schema: Mapping) -> bool:
+    return not _is_number(instance) or instance <= value
+
+
+def _is_number(instance: Any) -> bool:
+    return isinstance(instance, (int, float)) and not isinstance(instance, bool)
+
+
 def _items(value: Any, instance: Any, schema: Mapping) -> bool:
     if "prefixItems" in schema:
         raise _Unknown("prefixItems")
@@ -251,6 +263,8 @@ _KEYWORDS = {
     "pattern": _pattern_check,
     "minLength": _min_length,
     "maxLength": _max_length,
+    "minimum": _minimum,
+    "maximum": _maximum,
     "items": _items,
     "minItems": _min_items,
     "maxItems": _max_items,

@@ -179,6 +179,11 @@ class _Check:
     roles: list[dict] | None = None
     roles_asked: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # What the planning code reads beside the files (a function's zip, hashed from the
+    # private copy apply uploads): kind name -> object name -> what `Kind.read_local` gave.
+    copies: Any = None
+    roots: Any = None
+    local: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def focus(self) -> dict[str, set[str]]:
@@ -211,7 +216,25 @@ class _Check:
         if ROLE.name not in listed and _resolves_roles(self.file.data, self.focus):
             self.roles_asked = True
             reads.append(((3,), self._read_roles))
+        for index, (kind_name, names) in enumerate(sorted(self.focus.items())):
+            kind = BY_NAME[kind_name]
+            if kind.read_local is None:
+                continue
+            self.local[kind_name] = {}
+            declared = desired_objects(self.file.data, kind)
+            reads += [
+                ((4, index, name), partial(self._read_local, kind, name, declared[name]))
+                for name in sorted(names)
+                if name in declared
+            ]
         return reads
+
+    def _read_local(self, kind: Kind, name: str, fields: Mapping[str, Any]) -> None:
+        root = self.roots.of(self.file.path) if self.roots is not None else "."
+        read = kind.read_local(root, fields, self.copies)
+        if read is not None:
+            with self.lock:
+                self.local[kind.name][name] = read
 
     def _read_project(self) -> None:
         self.live = self.api.get_project(self.project.project_id, self.credentials)
@@ -293,6 +316,7 @@ class _Check:
                 lists=lists,
                 details=self.objects,
                 roles=self.lists.get(ROLE.name, self.roles),
+                local=self.local,
                 rotate=self.rotate,
             ),
             source=file.source,
@@ -376,14 +400,19 @@ def verify_saved_plan(
     api: ProjectApi,
     env: Mapping[str, str],
     pool: Pool,
+    *,
+    copies: Any = None,
+    roots: Any = None,
     rotate: Collection[tuple[str, str]] = (),
 ) -> Plan:
     """The plan to show and apply: each Project apply works on (changed, or with secret
     values to compare) recomputed from its files and what apply read live, once it holds
-    exactly the saved entries. A forged entry refuses the whole apply (PlanFileError), so
-    does a stale one (RefusedError); a Project that cannot be read fails on its own (an
-    error in the plan returned: nothing is written to it), so the others still apply.
-    `rotate`: the (Project id, secret name) pairs given to --rotate."""
+    exactly the saved entries. `copies` and `roots` give what the planning code reads
+    beside the files (a function's zip: the private copy apply uploads, under each
+    Project's repository root); `rotate` the (Project id, secret name) pairs given to
+    --rotate. A forged entry refuses the whole apply (PlanFileError), so does a stale one
+    (RefusedError); a Project that cannot be read fails on its own (an error in the plan
+    returned: nothing is written to it), so the others still apply."""
     changed = plan.to_apply
     done = threading.Event()
     remaining = [len(changed)]
@@ -397,7 +426,14 @@ def verify_saved_plan(
 
     checks = []
     for order, project in enumerate(changed):
-        check = _Check(project, files[project.project_id], api, _rotating(project, rotate))
+        check = _Check(
+            project,
+            files[project.project_id],
+            api,
+            _rotating(project, rotate),
+            copies=copies,
+            roots=roots,
+        )
         check.tasks = Tasks(pool, order, checked, errors=ReconcilerError)
         checks.append(check)
         try:

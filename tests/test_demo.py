@@ -25,7 +25,12 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
         "--- projects/production.yaml\n+++ projects/staging.yaml\n",
         "~ applications.Patient Portal.mfaEnabled: true -> false\n",
         "Compare: 7 differences (id, auth and vars aside).\n",
-        "Plan: 3 to change, 0 unchanged, 0 errors. Objects: 12 to add, 1 to change, 1 to destroy.",
+        "$ mkdir -p .dist/zips && python -m zipfile -c .dist/zips/notifications-updater.zip "
+        "zambdas/notifications-updater/index.mjs\n",
+        "Plan: 3 to change, 0 unchanged, 0 errors. Objects: 9 to add, 1 to change, 1 to destroy.",
+        '    + zambda notifications-updater\n        + runtime: "nodejs22.x"\n',
+        "        + executionRole: Zambdas Runner (created by this plan)\n        + code new → ",
+        "    + zambda notifications-updater: created (code uploaded; status Active)\n",
         "    + secret STRIPE_SECRET_KEY (env RECONCILER_SECRET_SANDBOX_STRIPE_SECRET_KEY)\n",
         "    + secret ZAMBDAS_CLIENT_ID (m2m zambdas clientId)\n",
         "    + secret ZAMBDAS_CLIENT_SECRET (m2m zambdas clientSecret, rotated at apply)\n",
@@ -55,7 +60,9 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
 
 
 def test_bundled_demo_projects_are_the_repo_examples():
-    for folder in ("projects", "base"):
-        bundled = {p.name: p.read_text() for p in (BUNDLED.parent / folder).glob("*.yaml")}
-        examples = {p.name: p.read_text() for p in (ROOT / folder).glob("*.yaml")}
+    for folder, files in (("projects", "*.yaml"), ("base", "*.yaml"), ("zambdas", "*/*")):
+        bundled, examples = (
+            {p.relative_to(top / folder): p.read_text() for p in (top / folder).glob(files)}
+            for top in (BUNDLED.parent, ROOT)
+        )
         assert bundled == examples and bundled

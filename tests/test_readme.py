@@ -53,11 +53,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.demo import DEMO_ENV
+from reconciler.demo import BUILD_COMMAND, DEMO_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-COPIED = ("projects", "base", "schemas", "tests/fixtures")
+COPIED = ("projects", "base", "schemas", "zambdas", "tests/fixtures")
 BIN = Path(sys.executable).parent
 
 _MARKED = re.compile(r"^<!-- example: (?P<spec>.*?) -->\n```\w*\n(?P<body>.*?)^```$", re.M | re.S)
@@ -261,6 +261,8 @@ def _prepare(example: Example, session: Session) -> None:
         session.background("reconciler emulator --seed demo -q &", "http://127.0.0.1:8000")
         line = " ".join(f"{k}={shlex.quote(v)}" for k, v in TRY_IT_EXPORTS.items())
         assert session.run(f"export {line}")[0] == 0
+        # As "Try it" does: the sandbox's function zip, a build output, is built.
+        assert session.run(BUILD_COMMAND)[0] == 0
 
 
 # --- comparing -----------------------------------------------------------------------

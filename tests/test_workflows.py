@@ -176,8 +176,10 @@ def test_the_pin_check_rejects_a_tag():
 
 
 def test_the_workflows_are_inits_templates_with_this_repositorys_credentials():
+    from reconciler.demo import BUILD_COMMAND
     from reconciler.init import (
         LOCAL,
+        ZambdaFiles,
         credential_names,
         project_files,
         render_workflow,
@@ -194,8 +196,13 @@ def test_the_workflows_are_inits_templates_with_this_repositorys_credentials():
         "SANDBOX_CLIENT_SECRET",
         "STAGING_ACCESS_TOKEN",
     ]
+    # The example sandbox's function: its zip is built from zambdas/ by the build input.
+    zambdas = ZambdaFiles.found_in(project_files(ROOT / "projects") + project_files(ROOT / "base"))
+    assert zambdas == ZambdaFiles(("zambdas/notifications-updater/**",), (".dist/zips/*.zip",))
     for name in ("plan", "apply", "drift"):
-        expected = render_workflow(name, LOCAL, names, secrets=secrets)
+        expected = render_workflow(
+            name, LOCAL, names, build=BUILD_COMMAND, zambdas=zambdas, secrets=secrets
+        )
         assert (WORKFLOWS / f"{name}.yml").read_text(encoding="utf-8") == expected, name
 
 
@@ -242,7 +249,12 @@ def test_ci_runs_pytest_on_every_supported_python():
 def test_plan_validates_forks_and_plans_only_with_secrets():
     doc = _load(WORKFLOWS / "plan.yml")
     assert list(doc["on"]) == ["pull_request"]
-    assert doc["on"]["pull_request"]["paths"] == ["projects/**", "base/**", "schemas/**"]
+    assert doc["on"]["pull_request"]["paths"] == [
+        "projects/**",
+        "base/**",
+        "schemas/**",
+        "zambdas/notifications-updater/**",  # the example function's sourceInputs
+    ]
     validate, plan = doc["jobs"]["validate"], doc["jobs"]["plan"]
     assert "if" not in validate and _commands("plan.yml", "validate") == ["validate"]
     assert plan["if"] == "github.event.pull_request.head.repo.full_name == github.repository"
@@ -272,7 +284,10 @@ def test_plan_comments_even_when_the_plan_fails_then_fails_the_job():
 
 def test_apply_plans_guards_then_applies_that_artifact_in_production():
     doc = _load(WORKFLOWS / "apply.yml")
-    assert doc["on"]["push"] == {"branches": ["main"], "paths": ["projects/**", "base/**"]}
+    assert doc["on"]["push"] == {
+        "branches": ["main"],
+        "paths": ["projects/**", "base/**", "zambdas/notifications-updater/**"],
+    }
     assert "workflow_dispatch" in doc["on"]
     assert "concurrency" not in doc  # per apply job: a later plan job never waits on approval
     plan, apply = doc["jobs"]["plan"], doc["jobs"]["apply"]
@@ -290,7 +305,9 @@ def test_apply_plans_guards_then_applies_that_artifact_in_production():
         "changes": "${{ steps.plan.outputs.exit-code == '2' }}",
     }
     assert upload["with"]["name"] == "${{ steps.artifact.outputs.name }}"
-    assert upload["with"]["path"] == "plan.json"
+    # The zips the plan hashed travel with it: the apply job uploads those, never builds.
+    assert upload["with"]["path"] == "plan.json\n.dist/zips/*.zip\n"
+    assert upload["with"]["include-hidden-files"] is True
     assert plan["steps"].index(upload) < len(plan["steps"]) - 1  # the guard comes last
     # The guard reads the whole history, and the repository variables as env.
     checkout = plan["steps"][0]

@@ -166,9 +166,16 @@ def _rotates(value_source: str) -> bool:
 def object_lines(change: ObjectChange, project_file: str, *, drift: bool = False) -> list[Line]:
     """One object change: its title (without the kind), then one line per field. A
     policy shows the rules it adds and removes, each on one line, never two blobs. A
-    drift report reads from what is live to what the file says."""
-    lines = [Line(0, ACTION_MARKS.get(change.action, "="), title_parts(change, project_file))]
-    return lines + field_lines(change, project_file, drift=drift)
+    drift report reads from what is live to what the file says. An update of a field
+    its kind shows in its own words alone (a function's code) is one line:
+    `check-in: code 3f2a9c01… → 9be41d7a…`."""
+    mark, title = ACTION_MARKS.get(change.action, "="), title_parts(change, project_file)
+    fields = field_lines(change, project_file, drift=drift)
+    kind = BY_NAME.get(change.kind)
+    alone = len(change.changes) == 1 and kind is not None
+    if change.action == "update" and alone and change.changes[0].field in kind.shown:
+        return [Line(0, mark, (*title, ": ", *fields[0].parts))]
+    return [Line(0, mark, title), *fields]
 
 
 def field_lines(change: ObjectChange, project_file: str, *, drift: bool = False) -> list[Line]:
@@ -180,7 +187,11 @@ def field_lines(change: ObjectChange, project_file: str, *, drift: bool = False)
         if name == "name":
             continue
         source = field_source_parts(field_change, change, project_file)
-        if kind is not None and name in kind.policy_fields:
+        if kind is not None and name in kind.shown:
+            show = kind.shown[name]
+            parts = (Value(name), " ", Value(show(before)), " → ", Value(show(after)), *source)
+            lines.append(Line(1, "+" if creating else "~", parts))
+        elif kind is not None and name in kind.policy_fields:
             old = set() if creating else set(policy_rules(before))
             new = set(policy_rules(after))
             live_only, file_only = (" (live only)", " (file only)") if drift else ("", "")

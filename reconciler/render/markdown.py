@@ -304,10 +304,14 @@ def _row(cells: Sequence[str]) -> str:
 def _cell(kind: Kind | None, name: str, value: Any) -> str:
     """One field's value in a table cell: rules one per line, roles by name, lists one
     item per line, strings as they are, anything else as JSON."""
+    if kind is not None and name in kind.shown:
+        return markdown(kind.shown[name](value))
     if kind is not None and name in kind.policy_fields:
         return "<br>".join(markdown(rule) for rule in sorted(policy_rules(value))) or "*no rules*"
     if kind is not None and name in kind.role_fields and isinstance(value, list):
         return ", ".join(map(_role, value))
+    if kind is not None and name in kind.role_fields and isinstance(value, dict):
+        return _role(value)
     if isinstance(value, list) and value:
         return "<br>".join(_cell(kind, name, item) for item in value)
     if isinstance(value, str):
@@ -425,7 +429,7 @@ def _outcome_sections(outcome: Outcome) -> list[Section]:
         summary = f"{kind_label(kind_name)}: {_results_phrase(results)}"
         listed = [
             f"- {_MARKS[ACTION_MARKS.get(r.action, '=') if r.status == APPLIED else '=']} "
-            f"{_md(r.name)}: {_result_word(r)}"
+            f"{_md(r.name)}: {_result_word(r)}" + (f" ({_md(r.detail)})" if r.detail else "")
             for r in results
         ]
         sections.append(

@@ -25,6 +25,9 @@ class ObjectOutcome:
     action: str
     status: str  # applied | failed | skipped | unknown | blocked
     error: str | None = None
+    # What else apply knows about it, read from the API's answers: `code uploaded;
+    # status Pending` (a Zambda function is reported as it is, never waited for).
+    detail: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -151,5 +151,6 @@ def render_apply_text(outcomes: Sequence[Outcome], fh: TextIO, *, colour: bool =
 def object_result(result: ObjectOutcome) -> str:
     """`created`, or `failed: why` (escaped for a terminal)."""
     if result.status == APPLIED:
-        return DONE.get(result.action, result.action)
+        done = DONE.get(result.action, result.action)
+        return done + (f" ({term(result.detail)})" if result.detail else "")
     return result.status + (f": {term(result.error)}" if result.error else "")

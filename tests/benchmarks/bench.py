@@ -34,8 +34,20 @@ Rows of SPEC section 9 (the whole Project as code), one Developer token for all:
   4 reads, then `apply --yes` makes exactly 18 creates + 1 settings PATCH (and
   `apply --plan` of a saved plan 1 GET + 3 lists + the same writes); a second plan exits 0.
 
+Rows of SPEC section 14 (Zambda functions, 64 KiB zips), each timed beside a minimal
+client in the same run:
+
+- zambda-plan: one Project with 300 functions in sync plans with exactly GET
+  /project + one GET /zambda (no per-function read); the same zips rebuilt with new
+  timestamps plan clean;
+- zambda-apply: 300 new functions with code make exactly 300 creates + 300
+  s3-upload + 300 PUTs + 300 verifying reads after the plan's 2 reads, within 1.5 x a
+  minimal client making the same requests in the same chain + start; a second plan
+  shows no change.
+
 `--only` picks rows by name (validate, plan, apply, memory, faults, roles, whole,
-new-project) or group (`settings` = section 7, `objects` = section 9).
+new-project, zambda-plan, zambda-apply, ...) or group (`settings` = section 7,
+`objects` = section 9, `big` = section 11, `zambdas` = section 14).
 
 Exit status: 0 when every target is met, 1 otherwise.
 """
@@ -59,6 +71,7 @@ import threading
 import time
 import urllib.request
 import uuid
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -486,14 +499,16 @@ def spread(values: list[float]) -> dict[str, float]:
 @dataclass
 class Req:
     """One request of the minimal client; `then` start when it has answered; `keep`
-    takes its answer's bytes (only where a later request needs an id from it)."""
+    takes its answer's bytes (only where a later request needs an id from it). A `raw`
+    request (a code upload to a signed URL) sends those bytes with no header of ours."""
 
     method: str
-    path: str
+    path: str | Callable[[], str]  # a function: known only when an answer came
     project: str
     body: Any = None  # JSON, or a function giving it at send time
     then: list[Req] = field(default_factory=list)
     keep: Callable[[bytes], None] | None = None
+    raw: bytes | None = None
 
 
 class Minimal:
@@ -524,11 +539,14 @@ class Minimal:
                 "x-oystehr-project-id": req.project,
                 "content-type": "application/json",
             }
-            conn.request(req.method, req.path, body=data, headers=headers)
+            if req.raw is not None:
+                data, headers = req.raw, {}
+            path = req.path() if callable(req.path) else req.path
+            conn.request(req.method, path, body=data, headers=headers)
             response = conn.getresponse()
             content = response.read()
             if response.status >= 400:
-                raise SystemExit(f"minimal client: {req.method} {req.path}: {response.status}")
+                raise SystemExit(f"minimal client: {req.method} {path}: {response.status}")
             if req.keep is not None:
                 req.keep(content)
 
@@ -1185,7 +1203,33 @@ def bench_big_apply(root: Path, args: argparse.Namespace) -> list[Row]:
     check_valid(fleet)
     reads = {key: 1 for key in BIG.per_project_reads() if "{id}" not in key}
     wanted = {**reads, **BIG.creates(), "PATCH /v1/project": 1}
-    options = ["--concurrency", str(args.concurrency)]
+    label = f"apply of that file to a bare Project ({BIG.objects()} creates)"
+    return bare_apply_rows(
+        fleet,
+        root / "big-apply",
+        apply_writes,
+        ["--concurrency", str(args.concurrency)],
+        wanted,
+        f"its plan's 4 reads + exactly {BIG.objects()} creates + 1 PATCH, nothing else; "
+        "second plan exit 0 (every run)",
+        label,
+        args,
+    )
+
+
+def bare_apply_rows(
+    fleet: Fleet,
+    folder: Path,
+    writes: Callable[[Path, str], list[list[Req]]],
+    options: list[str],
+    wanted: dict[str, int],
+    target: str,
+    label: str,
+    args: argparse.Namespace,
+) -> list[Row]:
+    """`apply --yes` of a file to a bare Project, each run its own (and the minimal
+    client another, sending `writes(file, id)`): exactly `wanted`, a second plan clean,
+    and the time beside the minimal client's."""
     times, counts, minimal_times, second = [], [], [], []
     with Emulator(fleet.seed, "--latency-ms", str(args.latency_ms)) as emu:
         for run in range(args.repeat):
@@ -1194,31 +1238,27 @@ def bench_big_apply(root: Path, args: argparse.Namespace) -> list[Row]:
                 fleet.files[2 * run + 1],
                 fleet.ids[2 * run + 1],
             )
-            minimal_times.append(
-                Minimal(emu.url, args.concurrency).run(apply_writes(theirs, their_id))
-            )
+            minimal_times.append(Minimal(emu.url, args.concurrency).run(writes(theirs, their_id)))
             # That file alone in its folder: the run reads (and validates) one file.
-            alone = root / "big-apply" / f"run-{run}" / "projects"
+            alone = folder / f"run-{run}" / "projects"
             alone.mkdir(parents=True)
             (alone / path.name).write_bytes(path.read_bytes())
             only = [str(alone)]
             emu.reset_stats()
             result = measure([*tool("reconciler"), "apply", "--yes", *options, *only], emu.env())
-            expect(result, 0, "apply of the big Project")
+            expect(result, 0, label)
             times.append(result.seconds)
             counts.append(by_template(emu.stats()))
             replan = measure(
                 [*tool("reconciler"), "plan", "--detailed-exitcode", *options, *only], emu.env()
             )
             second.append(replan.returncode)
-    label = f"apply of that file to a bare Project ({BIG.objects()} creates)"
     timing, minimal = spread(times), spread(minimal_times)
     return [
         Row(
             f"{label}: requests",
             show_counts(counts[-1]),
-            f"its plan's 4 reads + exactly {BIG.objects()} creates + 1 PATCH, nothing else; "
-            "second plan exit 0 (every run)",
+            target,
             all(c == wanted for c in counts) and set(second) == {0},
             {"wanted": wanted, "runs": counts, "second_plan_exit": second},
         ),
@@ -1332,6 +1372,210 @@ def bench_bounded(root: Path, args: argparse.Namespace) -> list[Row]:
     ]
 
 
+# -- SPEC section 14: Zambda functions -------------------------------------------------
+
+ZAMBDAS = 300
+ZIP_BYTES = 64 * 1024
+
+
+@dataclass
+class Functions:
+    """A repository of Projects that each declare the same functions, and their zips."""
+
+    root: Path  # the repository root: zip paths start here
+    fleet: Fleet
+    zips: list[Path]
+
+
+def build_zips(root: Path, count: int, rng: random.Random, *, when: tuple = (2024, 1, 2, 3, 4, 6)):
+    """`count` zips of about 64 KiB each (one incompressible entry), as a build writes them."""
+    folder = root / ".dist" / "zips"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"fn-{index:03d}.zip"
+        content = rng.randbytes(ZIP_BYTES - 200)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+            archive.writestr(zipfile.ZipInfo("index.mjs", date_time=when), content)
+        paths.append(path)
+    return paths
+
+
+def make_functions(root: Path, projects: int, rng: random.Random, *, live: bool) -> Functions:
+    """`projects` files each declaring ZAMBDAS functions with code (64 KiB zips), and the
+    seed: live=True holds each function as declared, its code the zip's (in sync);
+    live=False holds bare Projects (an apply creates and uploads everything)."""
+    from reconciler.zips import read_code
+
+    zips = build_zips(root, ZAMBDAS, rng)
+    codes = [read_code(str(root), str(path.relative_to(root))).hash for path in zips]
+    folder = root / "projects"
+    folder.mkdir(parents=True)
+    files, ids, seeded = [], [], []
+    for index in range(projects):
+        project_id = _uuid(rng)
+        functions, live_functions = {}, []
+        for number, code in enumerate(codes):
+            fields = {"runtime": "nodejs22.x", "triggerMethod": "http_auth", "memorySize": 512}
+            functions[f"fn-{number:03d}"] = {
+                **fields,
+                "source": f".dist/zips/fn-{number:03d}.zip",
+                "sourceInputs": [f"packages/fn-{number:03d}/**"],
+            }
+            live_functions.append(
+                {"name": f"fn-{number:03d}", **fields, "fileInfo": {"name": f"{code}.zip"}}
+            )
+        path = folder / f"functions-{index:02d}.yaml"
+        doc = {"id": project_id, "name": f"Functions {index}", "zambdas": functions}
+        path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        files.append(path)
+        ids.append(project_id)
+        project = {"id": project_id, "name": f"Functions {index}"}
+        seeded.append({**project, "zambdas": live_functions} if live else project)
+    seed = root / "seed.json"
+    doc = {"projects": seeded, "developers": [{"accessToken": DEV_TOKEN, "projects": ids}]}
+    seed.write_text(json.dumps(doc), encoding="utf-8")
+    return Functions(root, Fleet(folder, seed, files, ids), zips)
+
+
+def function_writes(path: Path, project_id: str, zips: list[Path]) -> list[list[Req]]:
+    """What `apply --yes` of a file of new functions sends, level by level: its plan's
+    reads, the creates, then for each function s3-upload -> PUT to the signed URL ->
+    the read that checks it (a chain per function)."""
+    from reconciler.zips import read_code
+
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    ids: dict[str, str] = {}
+    urls: dict[str, str] = {}
+
+    def keep(into: dict[str, str], name: str, key: str) -> Callable[[bytes], None]:
+        def take(content: bytes) -> None:
+            into[name] = json.loads(content)[key]
+
+        return take
+
+    reads = [Req("GET", p, project_id) for p in ("/v1/project", "/v1/zambda")]
+    creates, uploads = [], []
+    for (name, fields), zip_path in zip(doc["zambdas"].items(), zips, strict=True):
+        body = {"name": name, **{k: fields[k] for k in ("runtime", "triggerMethod", "memorySize")}}
+        creates.append(Req("POST", "/v1/zambda", project_id, body, keep=keep(ids, name, "id")))
+        code = read_code(str(zip_path.parents[2]), f".dist/zips/{zip_path.name}").hash
+        check = Req("GET", lambda n=name: f"/v1/zambda/{ids[n]}", project_id)
+        put = Req(
+            "PUT",
+            lambda n=name: urlsplit(urls[n]).path,
+            project_id,
+            raw=zip_path.read_bytes(),
+            then=[check],
+        )
+        uploads.append(
+            Req(
+                "POST",
+                lambda n=name: f"/v1/zambda/{ids[n]}/s3-upload",
+                project_id,
+                {"filename": f"{code}.zip"},
+                then=[put],
+                keep=keep(urls, name, "signedUrl"),
+            )
+        )
+    return [reads, creates, uploads]
+
+
+def bench_zambda_plan(root: Path, args: argparse.Namespace) -> list[Row]:
+    """A Project with 300 functions in sync (64 KiB zips): exactly one GET /zambda beside
+    its other reads (no per-function read); the same zips rebuilt with new timestamps
+    plan clean. Time reported beside a minimal client's for the same two reads."""
+    functions = make_functions(root / "zambda-plan", 1, random.Random(41), live=True)
+    check_valid(functions.fleet)
+    wanted = {"GET /v1/project": 1, "GET /v1/zambda": 1}
+    command = [
+        *tool("reconciler"),
+        "plan",
+        "--detailed-exitcode",
+        "--concurrency",
+        str(args.concurrency),
+        str(functions.fleet.folder),
+    ]
+    times, counts, minimal_times, rebuilt = [], [], [], []
+    pid = functions.fleet.ids[0]
+    with Emulator(functions.fleet.seed, "--latency-ms", str(args.latency_ms)) as emu:
+        for run in range(args.repeat):
+            minimal_times.append(
+                Minimal(emu.url, args.concurrency).run(
+                    [[Req("GET", path, pid) for path in wanted_paths(wanted)]]
+                )
+            )
+            emu.reset_stats()
+            result = measure(command, emu.env())
+            expect(result, 0, "the plan of 300 functions in sync")
+            times.append(result.seconds)
+            counts.append(by_template(emu.stats()))
+            # Rebuilt: the same code, new timestamps (and so new zip bytes).
+            build_zips(functions.root, ZAMBDAS, random.Random(41), when=(2030, 1, 1, 0, 0, run))
+            again = measure(command, emu.env())
+            rebuilt.append(again.returncode)
+    label = f"plan of one Project with {ZAMBDAS} functions in sync (64 KiB zips)"
+    timing, minimal = spread(times), spread(minimal_times)
+    return [
+        Row(
+            f"{label}: requests",
+            show_counts(counts[-1]),
+            "exactly GET /project + one GET /zambda, no per-function read (every run)",
+            all(c == wanted for c in counts),
+            {"wanted": wanted, "runs": counts},
+        ),
+        Row(
+            f"{label}: time",
+            f"{timing['best']:.2f} s best, {timing['median']:.2f} s median (300 zips hashed); "
+            f"minimal client {minimal['best']:.2f} s + start {start_seconds(args):.3f} s",
+            "(reported)",
+            None,
+            {**timing, "minimal": minimal},
+        ),
+        Row(
+            "the same zips rebuilt with new timestamps",
+            f"plan exit {sorted(set(rebuilt))} (every run)",
+            "no change: exit 0",
+            set(rebuilt) == {0},
+            {"exits": rebuilt},
+        ),
+    ]
+
+
+def wanted_paths(wanted: dict[str, int]) -> list[str]:
+    return [key.split(" ", 1)[1] for key in wanted]
+
+
+def bench_zambda_apply(root: Path, args: argparse.Namespace) -> list[Row]:
+    """Apply of 300 new functions with code to a bare Project: exactly 300 creates + 300
+    s3-upload + 300 PUTs + 300 verifying reads after its plan's 2 reads, <= 1.5 x a
+    minimal client making the same requests in the same chain + start; a second plan
+    shows no change. Each run has its own bare Project, and the minimal client another."""
+    functions = make_functions(
+        root / "zambda-apply", 2 * args.repeat, random.Random(43), live=False
+    )
+    check_valid(functions.fleet)
+    wanted = {
+        "GET /v1/project": 1,
+        "GET /v1/zambda": 1,
+        "POST /v1/zambda": ZAMBDAS,
+        "POST /v1/zambda/{id}/s3-upload": ZAMBDAS,
+        "PUT /_emulator/upload": ZAMBDAS,
+        "GET /v1/zambda/{id}": ZAMBDAS,
+    }
+    return bare_apply_rows(
+        functions.fleet,
+        functions.root,
+        lambda path, pid: function_writes(path, pid, functions.zips),
+        ["--concurrency", str(args.concurrency), "--root", str(functions.root)],
+        wanted,
+        f"its plan's 2 reads + exactly {ZAMBDAS} creates + {ZAMBDAS} s3-upload + "
+        f"{ZAMBDAS} PUTs + {ZAMBDAS} verifying reads; second plan exit 0 (every run)",
+        f"apply of {ZAMBDAS} new functions with code (64 KiB zips)",
+        args,
+    )
+
+
 # -- output --------------------------------------------------------------------------
 
 
@@ -1364,11 +1608,14 @@ ROWS = (
     "roles",
     "whole",
     "new-project",
+    "zambda-plan",
+    "zambda-apply",
 )
 GROUPS = {
     "big": {"startup", "big-plan", "big-apply", "rate-limited", "bounded"},  # SPEC section 11
     "settings": {"validate", "plan", "apply", "memory", "faults"},  # SPEC section 7
     "objects": {"roles", "whole", "new-project"},  # SPEC section 9
+    "zambdas": {"zambda-plan", "zambda-apply"},  # SPEC section 14
 }
 
 
@@ -1455,6 +1702,8 @@ def main(argv: list[str] | None = None) -> int:
             "roles": bench_roles,
             "whole": bench_whole,
             "new-project": bench_new_project,
+            "zambda-plan": bench_zambda_plan,
+            "zambda-apply": bench_zambda_apply,
         }
         for name, bench in later.items():
             if name in chosen and bench is not None:
