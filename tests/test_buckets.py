@@ -163,7 +163,7 @@ FINGERPRINT = "sha256:" + "1" * 64
 
 
 def secret(action: str = "compare", **extra) -> dict:
-    """A secret's entry as plan writes it (`None` leaves a key out)."""
+    """A secret's entry as plan writes it."""
     entry = {
         "kind": "secret",
         "name": "STRIPE_KEY",
@@ -175,7 +175,7 @@ def secret(action: str = "compare", **extra) -> dict:
         "source": "projects/clinic.yaml:3",
         "valueSource": "env RECONCILER_SECRET_STRIPE_KEY",
     }
-    return {k: v for k, v in {**entry, **extra}.items() if not (k == "valueSource" and v is None)}
+    return {**entry, **extra}
 
 
 def test_a_saved_plans_secrets_and_buckets_are_checked_as_untrusted_input():

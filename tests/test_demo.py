@@ -27,7 +27,7 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
         "Compare: 7 differences (id, auth and vars aside).\n",
         "$ mkdir -p .dist/zips && python -m zipfile -c .dist/zips/notifications-updater.zip "
         "zambdas/notifications-updater/index.mjs\n",
-        "Plan: 3 to change, 0 unchanged, 0 errors. Objects: 9 to add, 1 to change, 1 to destroy.",
+        "Plan: 3 to change, 0 unchanged, 0 errors. Objects: 14 to add, 1 to change, 1 to destroy.",
         '    + zambda notifications-updater\n        + runtime: "nodejs22.x"\n',
         "        + executionRole: Zambdas Runner (created by this plan)\n        + code new → ",
         "    + zambda notifications-updater: created (code uploaded; status Active)\n",
