@@ -25,6 +25,7 @@ from reconciler.options import (
     format_option,
     paths_argument,
     root_option,
+    rotate_option,
     stack,
 )
 
@@ -175,15 +176,19 @@ def _plan_command(fn: Callable) -> Callable:
 @click.option(
     "--detailed-exitcode",
     is_flag=True,
-    help="Exit 2 when the plan succeeded and something would change.",
+    help="Exit 2 when the plan succeeded and apply has something to do (changes, or "
+    "secret values to compare).",
 )
+@rotate_option
 def plan(paths, fmt, out, detailed_exitcode, **options) -> None:
     """Show what apply would change: files vs the live Projects.
 
     Validates every file (any problem stops the run before any output or
     write), reads each Project as soon as its file is valid (and the lists and
-    objects its file manages, no more), and prints the changes. Exit 0 ok,
-    1 any error, 2 with --detailed-exitcode when something would change.
+    objects its file manages, no more), and prints the changes. Secret values
+    are never shown: credentials that may not read them (plan's) say `value
+    compared at apply`. Exit 0 ok, 1 any error, 2 with --detailed-exitcode
+    when something would change or a secret's value is compared at apply.
 
     \b
       reconciler plan
@@ -232,23 +237,34 @@ def drift(paths, fmt, **options) -> None:
 )
 @format_option(
     ["text", "json"],
-    "Format of the result: per Project applied, unchanged, failed, unknown or skipped.",
+    "Format of the result: per Project applied, unchanged, failed, unknown, skipped or blocked.",
 )
-def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
+@rotate_option
+@click.option(
+    "--allow-bucket-deletes",
+    is_flag=True,
+    envvar="RECONCILER_ALLOW_BUCKET_DELETES",
+    help="Delete the buckets prune would delete, and every object in them (without it, "
+    "those deletes are blocked and apply exits 1 after the other writes). Also "
+    "RECONCILER_ALLOW_BUCKET_DELETES=true (apply.yml's dispatch input).",
+)
+def apply(paths, plan_file, yes, max_changes, fmt, allow_bucket_deletes, **options) -> None:
     """Plan, show the plan, then write what changed.
 
-    Per Project: roles, applications, M2M clients, Zambda functions
-    (creates, updates, renames; then functions' code), then the settings
-    PATCH, then deletes. Asks `Apply? [y/N]` on a
-    terminal; --yes skips the question; without a terminal and without --yes
-    it refuses and writes nothing. With --plan it applies a reviewed plan,
-    run where it was made (the repository root): it refuses before any write
-    if the file is not a consistent plan, has errors, was made for another
-    API or at another commit, is not what the project files and the live
-    Projects give (re-read once, planned again), or anything it changes
+    Per Project: roles, applications, M2M clients, secrets, buckets, Zambda
+    functions (creates, updates, renames; then functions' code), then the
+    settings PATCH, then deletes. Every secret value it writes must be in
+    hand first (RECONCILER_SECRET_… set), and a value compared at apply is
+    written only if it differs. Asks `Apply? [y/N]` on a terminal; --yes
+    skips the question; without a terminal and without --yes it refuses and
+    writes nothing. With --plan it applies a reviewed plan, run where it was
+    made (the repository root): it refuses before any write if the file is
+    not a consistent plan, has errors, was made for another API or at another
+    commit, is not what the project files and the live Projects give (re-read
+    once, planned again), or anything it changes
     changed since (stale); what it shows and writes is what it verified.
-    Exit 0 all applied (or nothing to do), 1 anything failed, refused or
-    interrupted.
+    Exit 0 all applied (or nothing to do), 1 anything failed, refused,
+    blocked or interrupted.
 
     \b
       reconciler apply --yes
@@ -261,7 +277,8 @@ def apply(paths, plan_file, yes, max_changes, fmt, **options) -> None:
     if plan_file and (options.get("project_filters") or options.get("shard")):
         raise click.UsageError("--project and --shard choose among PATHS, not in a saved plan")
     run = commands.Run(options)
-    raise SystemExit(commands.apply(run, paths, plan_file, yes, max_changes, fmt))
+    allow = frozenset({"--allow-bucket-deletes"} if allow_bucket_deletes else ())
+    raise SystemExit(commands.apply(run, paths, plan_file, yes, max_changes, fmt, allow))
 
 
 @cli.command()

@@ -32,6 +32,7 @@ from reconciler.errors import (
 from reconciler.escape import add_secrets, plural, redact, without_userinfo
 from reconciler.kinds import Kind
 from reconciler.schedule import Budget, Interrupted
+from reconciler.secretvalues import SecretValue
 from reconciler.urls import AUDIENCE, DEFAULT_API_URL, DEFAULT_AUTH_URL
 from reconciler.wire import Abandoned as Cut
 from reconciler.wire import (
@@ -276,13 +277,14 @@ class ProjectApi:
         unpaged list is one page). `Pages` bounds the whole."""
         what = f"GET {self.api_url}{kind.list_path}"
         if not kind.paged:
-            return _objects(self._call("GET", kind.list_path, project_id, credentials), what), None
+            answer = self._call("GET", kind.list_path, project_id, credentials)
+            return _objects(answer, what, kind.key_field), None
         query = f"?limit={PAGE_SIZE}"
         if cursor:
             query += f"&cursor={quote(cursor, safe='')}"
         page = self._call("GET", kind.list_path + query, project_id, credentials)
         page = expect_object(page, what, required=("data",))
-        items = _objects(page["data"], f"{what}: data")
+        items = _objects(page["data"], f"{what}: data", kind.key_field)
         metadata = expect(page.get("metadata") or {}, dict, f"{what}: metadata")
         cursor = expect(metadata.get("nextCursor"), (str, type(None)), f"{what}: nextCursor")
         return items, cursor or None
@@ -296,7 +298,13 @@ class ProjectApi:
     def create_object(
         self, kind: Kind, project_id: str, credentials: Credentials, body: Mapping[str, Any]
     ) -> dict:
-        """POST once: a create that may have run is never retried here (the caller re-lists)."""
+        """POST once: a create that may have run is never retried here (the caller re-lists).
+        A kind created with PUT (a bucket) is PUT at its name, with no body: that may be
+        retried, since a second PUT of the same name changes nothing."""
+        if kind.create_put:
+            path = kind.path_of(body["name"])
+            answer = self._call("PUT", path, project_id, credentials)
+            return _object(answer, f"PUT {self.api_url}{kind.item_path}", kind.key_field)
         answer = self._call(
             "POST", kind.create_path, project_id, credentials, body=dict(body), idempotent=False
         )
@@ -323,6 +331,57 @@ class ProjectApi:
         except ApiError as exc:
             if exc.status != 404:  # already gone (a retried DELETE that had run): done
                 raise
+
+    # Values that are never shown (secrets: SPEC section 13) -----------------------------
+
+    def read_value(
+        self, kind: Kind, project_id: str, credentials: Credentials, name: str
+    ) -> SecretValue:
+        """A secret's live value (`GET /secret/{name}` → `{name, value}`), held as a
+        SecretValue at once; no message about the answer ever quotes it."""
+        what = f"GET {self.api_url}{kind.item_path}"
+        answer = self._call("GET", kind.path_of(name), project_id, credentials)
+        value = answer.get("value") if isinstance(answer, dict) else None
+        if not isinstance(value, str) or answer.get("name") != name:
+            raise ShapeError(f"{what} did not answer with that secret's name and a string value")
+        return SecretValue(value)
+
+    def write_value(
+        self,
+        kind: Kind,
+        project_id: str,
+        credentials: Credentials,
+        name: str,
+        value: SecretValue,
+        *,
+        retries: int | None = None,
+    ) -> None:
+        """`POST /secret` `{name, value}` (creates or replaces, so it may be retried with
+        the same value). The answer echoes the value: only its name is checked, then it is
+        dropped."""
+        what = f"POST {self.api_url}{kind.create_path}"
+        body = {"name": name, "value": value.reveal()}
+        answer = self._call(
+            "POST", kind.create_path, project_id, credentials, body=body, retries=retries
+        )
+        named = answer.get("name") if isinstance(answer, dict) else None
+        del answer, body
+        if named != name:
+            raise ShapeError(f"{what} did not answer with the secret's name")
+
+    def rotate_secret(
+        self, kind: Kind, project_id: str, credentials: Credentials, object_id: str
+    ) -> SecretValue:
+        """`POST {item}/rotate-secret` → `{secret}`: the client's new secret, redacted
+        from all output from now on. Never retried blindly: a rotation that may have run
+        has already made the old secret useless."""
+        path = kind.path_of(object_id) + "/rotate-secret"
+        what = f"POST {self.api_url}{kind.item_path}/rotate-secret"
+        answer = self._call("POST", path, project_id, credentials, idempotent=False)
+        secret = answer.get("secret") if isinstance(answer, dict) else None
+        if not isinstance(secret, str) or not secret:
+            raise ShapeError(f"{what} did not answer with a secret")
+        return SecretValue(secret).redact()
 
     def start_upload(
         self,
@@ -379,8 +438,10 @@ class ProjectApi:
         *,
         body: Any = None,
         idempotent: bool = True,
+        retries: int | None = None,
     ) -> Any:
-        """One API call; a 401 with an M2M token fetches a fresh token once."""
+        """One API call; a 401 with an M2M token fetches a fresh token once. `retries`
+        overrides --retries for this call."""
         for fresh_token in (False, True):
             token = self._token(credentials, fresh=fresh_token)
             headers = {
@@ -390,7 +451,12 @@ class ProjectApi:
                 "content-type": "application/json",
             }
             response = self._send(
-                method, self.api_url + path, headers=headers, json=body, idempotent=idempotent
+                method,
+                self.api_url + path,
+                headers=headers,
+                json=body,
+                idempotent=idempotent,
+                retries=retries,
             )
             expired = response.status_code == 401 and isinstance(credentials, ClientCredentials)
             if expired and not fresh_token:
@@ -451,6 +517,8 @@ class ProjectApi:
         budget's shared pause does the waiting)."""
         headers = kwargs.pop("headers")
         idempotent = kwargs.pop("idempotent", True)
+        retries = kwargs.pop("retries", None)
+        retries = self.retries if retries is None else retries
         doc = kwargs.pop("json", None)
         body = kwargs.pop("content", None)
         # What messages and the log say instead of the URL (a signed URL is a credential).
@@ -493,13 +561,13 @@ class ProjectApi:
                     raise UncertainWriteError(
                         f"{method_url}: {type(exc).__name__}; it may have been carried out"
                     ) from None
-                if attempt >= self.retries:
+                if attempt >= retries:
                     raise TransportError(
                         f"{method_url}: {self._redact(str(exc)) or type(exc).__name__} "
                         f"(after {plural(attempt + 1, 'attempt')})"
                     ) from None
                 attempt += 1
-                self._backoff(attempt, f"{method_url}: {type(exc).__name__}")
+                self._backoff(attempt, retries, f"{method_url}: {type(exc).__name__}")
                 continue
             except WireError as exc:
                 raise TransportError(f"{method_url}: {self._redact(str(exc))}") from None
@@ -520,16 +588,16 @@ class ProjectApi:
                 raise UncertainWriteError(
                     f"{method_url} answered {response.status_code}; it may have been carried out"
                 )
-            if response.status_code in RETRYABLE_STATUS and attempt < self.retries:
+            if response.status_code in RETRYABLE_STATUS and attempt < retries:
                 attempt += 1
-                self._backoff(attempt, f"{method_url}: {response.status_code}")
+                self._backoff(attempt, retries, f"{method_url}: {response.status_code}")
                 continue
             return response
 
-    def _backoff(self, attempt: int, why: str) -> None:
+    def _backoff(self, attempt: int, retries: int, why: str) -> None:
         # Full jitter: a fleet retrying in lockstep would hit the API in waves.
         delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
-        log.debug("%s; retry %d of %d in %.2f s", why, attempt, self.retries, delay)
+        log.debug("%s; retry %d of %d in %.2f s", why, attempt, retries, delay)
         self._sleep(delay)
 
     def _decode(self, response: Answer, what: str, *, auth: bool = False) -> Any:
@@ -680,16 +748,16 @@ def describe_json(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _object(value: Any, what: str) -> dict:
-    """An API object: a JSON object with a string id."""
-    expect(expect_object(value, what, required=("id",))["id"], str, f"{what}.id")
+def _object(value: Any, what: str, key: str = "id") -> dict:
+    """An API object: a JSON object with a string id (or the field that addresses it)."""
+    expect(expect_object(value, what, required=(key,))[key], str, f"{what}.{key}")
     return value
 
 
-def _objects(value: Any, what: str) -> list[dict]:
-    """An API list: objects each with a string id and a string name."""
+def _objects(value: Any, what: str, key: str = "id") -> list[dict]:
+    """An API list: objects each with a string id (or `key`) and a string name."""
     for index, item in enumerate(expect_list_of_objects(value, what)):
-        _object(item, f"{what}[{index}]")
+        _object(item, f"{what}[{index}]", key)
         expect(item.get("name"), str, f"{what}[{index}].name")
     return value
 

@@ -40,6 +40,7 @@ class Run:
         self.concurrency = options.get("concurrency", 8)
         self.auths: list = []  # the auth blocks of the Projects in this run
         self.loaded: list = []  # the files of the Projects in this run's plan
+        self.rotate = parse_rotations(options.get("rotate") or ())
         self._api = None
         self._pool = None
         self.reading = False  # whether a Project's reads have started
@@ -163,6 +164,7 @@ class Run:
                         progress=self.progress("Reading"),
                         root=self.options.get("root"),
                         copies=copies,
+                        rotate=self.rotate,
                     )
             except ConfigError as exc:
                 refused.append(exc)
@@ -175,6 +177,7 @@ class Run:
             if refused:
                 self.credentials_ready(self.auths)  # names every offending variable
                 raise refused[0]
+            check_rotations(self.rotate, projects)
         except BaseException:
             if planner is not None:
                 self.api().abort()  # what was read for a run that stops is not wanted
@@ -275,6 +278,8 @@ def validate(paths: Sequence[str], fmt: str, root: str | None = None) -> int:
 
 
 def plan(run: Run, paths: Sequence[str], fmt: str, out: str | None, detailed: bool) -> int:
+    """Exit 2 (with --detailed-exitcode) when apply has anything to do: changes, or
+    secret values to compare (which apply sets back if they were changed by hand)."""
     the_plan = run.read_plan(paths, fmt)
     if out or fmt == "json":  # the plan file: what apply --plan checks against the files
         the_plan = run.with_provenance(the_plan, paths)
@@ -283,7 +288,7 @@ def plan(run: Run, paths: Sequence[str], fmt: str, out: str | None, detailed: bo
     run.show_plan(the_plan, fmt)
     if the_plan.errors:
         return EXIT_ERROR
-    return EXIT_CHANGES if detailed and the_plan.changed else EXIT_OK
+    return EXIT_CHANGES if detailed and the_plan.to_apply else EXIT_OK
 
 
 def drift(run: Run, paths: Sequence[str], fmt: str) -> int:
@@ -301,12 +306,14 @@ def apply(
     yes: bool,
     max_changes: int | None,
     fmt: str,
+    allow: frozenset[str] = frozenset(),
 ) -> int:
     """Plan (or read and verify a saved plan), refuse or ask, write, report."""
     from reconciler.apply import apply_plan, code_copies, refusals
     from reconciler.includes import RepositoryRoots
     from reconciler.planfile import read_plan_file
     from reconciler.render import (
+        BLOCKED,
         FAILED,
         SKIPPED,
         STEP_SUMMARY_LIMIT,
@@ -317,6 +324,8 @@ def apply(
         render_text,
     )
     from reconciler.schedule import Stopper
+    from reconciler.secretvalues import ValueInputs
+    from reconciler.verify import load_plan_files, verify_saved_plan
     from reconciler.zips import PrivateCopies
 
     options = run.options
@@ -332,19 +341,30 @@ def apply(
         run.auths = [p.auth for p in saved.projects]
         run.redact_credentials()  # before the plan is shown
         refusals(saved, api_url=options["api_url"], max_changes=max_changes, saved=True)
+        check_planned_rotations(run.rotate, saved)
         files = load_plan_files(saved, plan_file, run.env, options.get("root"))
         code_copies(saved, roots, copies)  # the plan job built them; apply never builds
         # What is shown and written is what the files, those zips and the live values give.
         the_plan = verify_saved_plan(
-            saved, plan_file, files, run.api(), run.env, run.pool(), copies=copies, roots=roots
+            saved,
+            plan_file,
+            files,
+            run.api(),
+            run.env,
+            run.pool(),
+            copies=copies,
+            roots=roots,
+            rotate=run.rotate,
         )
+        literals = file_literals(files.values())
     else:
         the_plan = run.read_plan(paths, copies=copies)  # keeps the bytes it hashes
         refusals(the_plan, max_changes=max_changes)
+        literals = file_literals(run.loaded)
     code = code_copies(the_plan, roots, copies)
     show = sys.stderr if fmt == "json" else sys.stdout
     render_text(the_plan, show, colour=run.colour and show is sys.stdout)
-    if the_plan.changed and not yes:
+    if the_plan.to_apply and not yes:
         if not (sys.stdin.isatty() and show.isatty()):
             raise RefusedError(
                 "refusing to apply without --yes: there is no terminal to ask on; "
@@ -361,13 +381,15 @@ def apply(
         progress=run.progress("Applying"),
         code=code,
         roots=roots,
+        values=ValueInputs(literals, run.rotate),
+        allow=allow,
     )
     if fmt == "json":
         render_apply_json(outcomes, sys.stdout)
     else:
         render_apply_text(outcomes, sys.stdout, colour=run.colour)
     run.step_summary(lambda fh: render_apply_markdown(outcomes, fh, limit=STEP_SUMMARY_LIMIT))
-    failed = any(o.status in (FAILED, UNKNOWN, SKIPPED) for o in outcomes)
+    failed = any(o.status in (FAILED, UNKNOWN, SKIPPED, BLOCKED) for o in outcomes)
     return EXIT_ERROR if failed else EXIT_OK
 
 
@@ -436,6 +458,78 @@ def export(run: Run, project_id: str, output: str | None, force: bool, include: 
         also = f" (kept its {' and '.join(kept)})" if kept else ""
         click.echo(f"Wrote {output}{also}.", err=True)
     return EXIT_OK
+
+
+# Secret values: rotations asked for, and the literals apply writes -------------------
+
+
+def parse_rotations(texts: Sequence[str]) -> frozenset[tuple[str, str]]:
+    """--rotate PROJECT_ID:SECRET_NAME values, each checked for its form."""
+    from reconciler.secretvalues import parse_rotate
+
+    try:
+        return frozenset(parse_rotate(text) for text in texts)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_rotations(rotate: frozenset[tuple[str, str]], projects: Sequence) -> None:
+    """Each --rotate names a Project of this run and a secret of it whose value is an M2M
+    client's clientSecret."""
+    from reconciler.secretvalues import declared_sources
+
+    by_id = {project.id: project for project in projects}
+    for project_id, name in sorted(rotate):
+        project = by_id.get(project_id)
+        if project is None:
+            raise ConfigError(f"--rotate {project_id}:{name}: no Project {project_id} in this run")
+        source = declared_sources(project.data).get(name)
+        if source is None or not source.rotates:
+            raise ConfigError(
+                f"--rotate {project_id}:{name}: {project.path} has no secret {name} whose value "
+                "is an M2M client's clientSecret"
+            )
+
+
+def check_planned_rotations(rotate: frozenset[tuple[str, str]], the_plan: Plan) -> None:
+    """With a saved plan, each --rotate names one of its secrets that rotates a client,
+    and each rotation of a client the plan does not create is asked for with --rotate
+    (the plan was made with it; apply is given it again)."""
+    from reconciler.secretvalues import Source
+
+    planned = {}
+    for project in the_plan.projects:
+        created = {c.name for c in project.objects if c.kind == "m2m" and c.action == "create"}
+        for change in project.objects:
+            source = Source.parse(change.value_source) if change.value_source else None
+            if source is not None and source.rotates:
+                planned[(project.project_id, change.name)] = (source.client, created)
+    for project_id, name in sorted(rotate - set(planned)):
+        raise ConfigError(
+            f"--rotate {project_id}:{name}: the plan writes no secret {name} of Project "
+            f"{project_id} from an M2M client's clientSecret; make the plan with --rotate"
+        )
+    asked = {(pid, planned[(pid, name)][0]) for pid, name in rotate}
+    for (project_id, name), (client, created) in sorted(planned.items()):
+        if client not in created and (project_id, client) not in asked:
+            raise RefusedError(
+                f"the plan rotates M2M client {client!r}, which exists (secret {name} of "
+                f"Project {project_id}): apply does it only when given --rotate "
+                f"{project_id}:{name}; nothing was applied"
+            )
+
+
+def file_literals(projects: Sequence) -> dict:
+    """The literal secret values of the Projects' files: Project id -> name -> value."""
+    from reconciler.secretvalues import LITERAL, declared_sources, literal
+
+    found: dict = {}
+    for project in projects:
+        for name, source in declared_sources(project.data).items():
+            value = literal(project.data, name) if source.kind == LITERAL else None
+            if value is not None:
+                found.setdefault(project.id, {})[name] = value
+    return found
 
 
 def write_plan_file(the_plan: Plan, out: str) -> None:

@@ -32,6 +32,8 @@ DEMO_ENV = {
     "PRODUCTION_CLIENT_ID": "production-ci",
     "PRODUCTION_CLIENT_SECRET": "demo-production-secret",
     "STAGING_ACCESS_TOKEN": "demo-staging-token",
+    # A secret's value from CI: what apply.yml maps from the production environment.
+    "RECONCILER_SECRET_SANDBOX_STRIPE_SECRET_KEY": "sk_test_demo_4eC39HqLyjWDarjt",
 }
 STAGING = "31f7e0b1-b7ae-439d-a141-27b4e09ba6a1"
 STAGING_STAFF = "0b7d0f5e-6a43-4c8e-9f8e-1f6f7f0a9e11"

@@ -1,5 +1,11 @@
-"""A live Project (settings, roles, applications, M2M clients, functions) -> the text of a project
-file that plans with no change.
+"""A live Project (settings, roles, applications, M2M clients, secrets, buckets,
+functions) -> the text of a project file that plans with no change.
+
+A secret's value is never exported (it is never read): each secret is written as
+`valueFrom: {env: <SLUG>_<NAME>}` (SLUG from the Project's name, as `init` makes it; `-`
+as `_`), so the file plans with no change once `RECONCILER_SECRET_<SLUG>_<NAME>` holds
+the value. A bucket whose name starts with the Project's id is written with
+`${PROJECT_ID}` there instead, so the file reads the same in every environment.
 
 `export_project` reads what it needs through the client; `project_file_text` is pure.
 Over an existing project file for the same Project, `existing_project` reads what
@@ -21,6 +27,7 @@ import yaml
 from reconciler.errors import ConfigError
 from reconciler.kinds import KINDS, ROLE, Kind
 from reconciler.plan import MANAGED_KEYS, ROLE_FIELDS, normalise_live
+from reconciler.slugs import env_prefix, slug_for
 
 # A literal `${` in a live value must survive the file's ${VAR} substitution.
 from reconciler.substitution import as_written as _escape
@@ -75,8 +82,10 @@ def export_project(
         roles = api.list_objects(ROLE, project_id, credentials)
     objects = {
         kind.name: [
+            # A kind with no GET of its fields (a secret's would answer its value), or
+            # whose list carries them all (functions): the list.
             api.get_object(kind, project_id, credentials, item["id"])
-            if kind.needs_get(kind.write_fields)
+            if kind.item_get and kind.needs_get(kind.write_fields)
             else item
             for item in lists[kind.name]
             if _unique(item, lists[kind.name])
@@ -90,6 +99,11 @@ def export_project(
         settings="settings" in include,
         objects={kind.name: (objects[kind.name], lists[kind.name]) for kind in kinds},
     )
+
+
+def secret_variable(prefix: str, name: str) -> str:
+    """The variable NAME an exported secret reads (as RECONCILER_SECRET_NAME)."""
+    return f"{prefix}_{name.replace('-', '_')}"
 
 
 def project_file_text(
@@ -112,12 +126,17 @@ def project_file_text(
                 value = _role_value(value, roles)
             doc[key] = _escape(value)
     skipped: list[str] = []
+    project_id = str(live_project["id"])
+    prefix = env_prefix(slug_for(live_project.get("name"), project_id, set()))
     for kind in KINDS:
         if objects is None or kind.name not in objects:
             continue
         details, listed = objects[kind.name]
         doc[kind.key] = {
-            item["name"]: _object_fields(kind, item, roles) or None for item in details
+            _object_name(kind, item["name"], project_id): (
+                _object_fields(kind, item, roles, prefix) or None
+            )
+            for item in details
         }
         skipped += [
             f"# {kind.name} {item.get('name')!r} ({item.get('id')}) is not exported: another "
@@ -167,11 +186,22 @@ def _unique(item: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool
     return sum(1 for other in items if other.get("name") == item.get("name")) == 1
 
 
+def _object_name(kind: Kind, name: str, project_id: str) -> str:
+    """An object's name as the file writes it: `${PROJECT_ID}` back where a name that
+    takes substitution (a bucket's) starts with the Project's id."""
+    if kind.substitute_names and name.startswith(project_id):
+        return "${PROJECT_ID}" + name[len(project_id) :]
+    return name
+
+
 def _object_fields(
-    kind: Kind, item: Mapping[str, Any], roles: Sequence[Mapping[str, Any]]
+    kind: Kind, item: Mapping[str, Any], roles: Sequence[Mapping[str, Any]], prefix: str = ""
 ) -> dict[str, Any]:
     """An object's write fields as a file holds them: null fields left out (unmanaged),
-    role references by name (by id when the name is shared)."""
+    role references by name (by id when the name is shared); a concealed value (a
+    secret's) as the variable it is to be read from, never the value."""
+    if kind.concealed:
+        return {"valueFrom": {"env": secret_variable(prefix, str(item["name"]))}}
     fields: dict[str, Any] = {}
     for name in kind.write_fields:
         value = item.get(kind.api_name(name))

@@ -34,6 +34,7 @@ from reconciler.includes import (
     located,
     owner_of,
 )
+from reconciler.secretvalues import ENV, Source, credential_named, declared_sources, from_env
 from reconciler.substitution import (
     BUILT_IN,
     MIN_COMPARED_CHARS,
@@ -220,6 +221,7 @@ def load_projects(
             problems.extend(file_problems)
 
     credentials = _credentials(loaded, env)
+    secret_problems = _secret_env_problems(loaded, env)
     by_id: dict[str, list[ProjectFile]] = {}
     for project in loaded:
         project_id = project.data.get("id")
@@ -230,6 +232,7 @@ def load_projects(
             by_id.get(project.data.get("id"), []) if isinstance(project.data.get("id"), str) else []
         )
         found_here = _duplicate_id(project, same) + _leaks(project, credentials)
+        found_here += secret_problems.get(project.path, [])
         if found_here:
             failed.add(project.path)
             problems.extend(found_here)
@@ -431,6 +434,54 @@ def _leaks(project: ProjectFile, credentials: Sequence[tuple[str, str]]) -> list
             message = f"{why}, a credential: it would show in plans and PR comments"
             problems.append(project.problem(f"{schema.field_name(path)}: {message}", *path))
     return problems
+
+
+def _secret_env_problems(
+    projects: Sequence[ProjectFile], env: Mapping[str, str]
+) -> dict[str, list[Problem]]:
+    """Problems with the variables secrets read (`valueFrom.env`), by file: one variable
+    read by two Projects without `shared: true` on each (a fragment shared by dev and
+    production must not copy production's key into dev), and a value equal to any
+    credential's (it would be copied into Oystehr). Names the variables, never a value."""
+    names = credential_variables(project.auth for project in projects)
+    readers: dict[str, list[tuple[ProjectFile, str, Source]]] = {}
+    for project in projects:
+        for name, source in declared_sources(project.data).items():
+            if source.kind == ENV:
+                readers.setdefault(source.variable or "", []).append((project, name, source))
+    problems: dict[str, list[Problem]] = {}
+    for variable, found in readers.items():
+        for project, name, source in found:
+            at = ("secrets", name, "valueFrom", "env")
+            others = [
+                _where_read(other, ("secrets", other_name, "valueFrom", "env"))
+                for other, other_name, _ in found
+                if other.path != project.path
+            ]
+            if others and not source.shared:
+                where = ", ".join(others)
+                message = (
+                    f"secrets.{name}.valueFrom.env: {variable} is read by another Project "
+                    f"of this run too ({where}); write `shared: true` beside env in each to "
+                    "allow it (a fragment shared by environments must not copy one "
+                    "Project's key into another)"
+                )
+                problems.setdefault(project.path, []).append(project.problem(message, *at))
+            value = from_env(source, env)
+            credential = credential_named(value, names, env) if value is not None else None
+            if credential is not None:
+                message = (
+                    f"secrets.{name}.valueFrom.env: {variable} holds the value of {credential}, "
+                    "a credential: it would be copied into Oystehr"
+                )
+                problems.setdefault(project.path, []).append(project.problem(message, *at))
+    return problems
+
+
+def _where_read(project: ProjectFile, keys: Path) -> str:
+    """A Project's file, and where in what it includes a value is written if elsewhere."""
+    source = project.source(*keys) or project.path
+    return source if source.startswith(f"{project.path}:") else f"{project.path}, from {source}"
 
 
 def _duplicate_id(project: ProjectFile, same_id: Sequence[ProjectFile]) -> list[Problem]:

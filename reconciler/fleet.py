@@ -22,11 +22,19 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from reconciler import objects
-from reconciler.client import ClientCredentials, Pages, ProjectApi, resolve_credentials
-from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.client import (
+    AccessToken,
+    ClientCredentials,
+    Credentials,
+    Pages,
+    ProjectApi,
+    resolve_credentials,
+)
+from reconciler.errors import AuthError, ConfigError, ReconcilerError
 from reconciler.files import ProjectFile
-from reconciler.kinds import M2M, ROLE, Kind
+from reconciler.kinds import KINDS, M2M, ROLE, Kind
 from reconciler.schedule import Pool, Tasks
+from reconciler.secretvalues import CLIENT_ID, ENV, LITERAL, SecretValue, Source, from_env, literal
 
 if TYPE_CHECKING:
     from reconciler.plan import Plan, ProjectPlan
@@ -79,12 +87,60 @@ def check_filters(projects: Sequence[ProjectFile], filters: Sequence[str]) -> No
         )
 
 
+class ValueReads:
+    """Whether each credential of the run may read secret values, learned from its first
+    read: plan credentials never may (the read-only policy has no `Zambda:GetSecret`),
+    a person's or apply's usually may. The first read of a credential goes alone; a 403
+    is remembered for the run, so each credential is refused at most once and every
+    later secret of it is `compare` (its value compared at apply) without a request."""
+
+    def __init__(self) -> None:
+        self._allowed: dict[Any, bool] = {}
+        self._locks: dict[Any, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def read(self, credentials: Credentials, read: Callable[[], SecretValue]) -> SecretValue | None:
+        """`read()`'s value, or None when these credentials may not read values."""
+        who = _identity(credentials)
+        with self._guard:
+            lock = self._locks.setdefault(who, threading.Lock())
+        with lock:  # held across the first read only: the others wait for its answer
+            known = self._allowed.get(who)
+            if known is False:
+                return None
+            if known is None:
+                try:
+                    value = read()
+                except AuthError as exc:
+                    if exc.status != 403:
+                        raise
+                    self._allowed[who] = False
+                    log.debug("these credentials may not read secret values: compared at apply")
+                    return None
+                self._allowed[who] = True
+                return value
+        try:
+            return read()
+        except AuthError as exc:
+            if exc.status != 403:
+                raise
+            return None
+
+
+def _identity(credentials: Credentials) -> Any:
+    """Which credential this is, in memory only (a token is never printed)."""
+    if isinstance(credentials, AccessToken):
+        return ("token", credentials.token)
+    return ("client", credentials.client_id)
+
+
 class Planner:
     """Plans Projects as they are added: each Project's reads go to the pool at once, and
     :meth:`plan` assembles the plans in the order asked for once every one is in.
 
     Projects added earlier have priority on the pool, so they finish first and the
-    reads held in memory stay bounded however many Projects a run holds.
+    reads held in memory stay bounded however many Projects a run holds. `rotate` holds
+    the (Project id, secret name) pairs given to --rotate.
     """
 
     def __init__(
@@ -96,6 +152,7 @@ class Planner:
         progress: Callable[[int, int], None] | None = None,
         root: str | None = None,
         copies: Any = None,
+        rotate: frozenset[tuple[str, str]] = frozenset(),
     ) -> None:
         self.api = api
         self.copies = copies  # an apply's zips.PrivateCopies: what plan reads, it uploads
@@ -105,6 +162,8 @@ class Planner:
         from reconciler.includes import RepositoryRoots
 
         self.roots = RepositoryRoots(root)  # where a Project's paths (a function's zip) start
+        self.rotate = rotate
+        self.value_reads = ValueReads()
         self.done = threading.Event()
         self._plans: dict[str, ProjectPlan] = {}
         self._lock = threading.Lock()
@@ -160,11 +219,12 @@ def plan_projects(
     pool: Pool | None = None,
     progress: Callable[[int, int], None] | None = None,
     root: str | None = None,
+    rotate: frozenset[tuple[str, str]] = frozenset(),
 ) -> Plan:
     """Read each Project's live settings (and the lists and objects its file manages, and
     roles only where needed) and diff them."""
     pool = pool or Pool(api.budget.concurrency)
-    planner = Planner(api, env, pool, progress=progress, root=root)
+    planner = Planner(api, env, pool, progress=progress, root=root, rotate=rotate)
     for project in projects:
         planner.add(project)
     return planner.plan(projects)
@@ -178,7 +238,14 @@ class ProjectReader:
     kind's list (page after page), the role list when a reference needs it, one GET per
     managed live object whose compared fields its list does not carry, /m2m/me only
     when pruning M2M clients under M2M credentials, then what is read beside the file
-    (each function's zip, hashed on the pool while the requests are in flight).
+    (each function's zip, hashed on the pool while the requests are in flight), then
+    secret values.
+
+    Secrets: the M2M list too when a secret's value comes from a client the file does
+    not manage, and `GET /m2m/{id}` of a client whose `clientId` is a value (or whose
+    rotation was asked for under M2M credentials: it must not be the run's own). Once
+    those and the secret list are in, `GET /secret/{name}` of each live secret whose
+    desired value the plan has, if the credentials may read values (:class:`ValueReads`).
     """
 
     def __init__(self, project: ProjectFile, planner: Planner, order: int) -> None:
@@ -195,6 +262,20 @@ class ProjectReader:
         self.local: dict[str, dict[str, Mapping[str, Any]]] = {}
         self._role_list_asked = False
         self._lock = threading.Lock()
+        # Secrets: their sources, what the value reads wait for, the values known.
+        self.client_sources = {
+            name: source
+            for kind in KINDS
+            if kind.concealed
+            for name, source in objects.clients_named(self.desired, kind).items()
+        }
+        self.values: dict[str, SecretValue] = {}
+        self.live_values: dict[str, SecretValue] = {}
+        rotated = [self.client_sources.get(n) for pid, n in planner.rotate if pid == project.id]
+        self.rotating = {source.client for source in rotated if source and source.rotates}
+        self._waiting: set[Any] = set()
+        self._clients: dict[str, str] = {}  # live M2M client name -> id
+        self._client_ids: set[str] = set()  # the clients read for secrets
 
     def start(self) -> None:
         project = self.project
@@ -205,7 +286,14 @@ class ProjectReader:
             return
         kinds = objects.managed_kinds(self.desired)
         reads = [((0,), self._read_project)]
-        for index, kind in enumerate(kinds):
+        listed = list(kinds)
+        if self.client_sources and M2M not in kinds:
+            listed.append(M2M)  # the clients secrets' values come from
+        concealed = [kind for kind in kinds if kind.concealed]
+        self._waiting = {("list", kind.name) for kind in concealed}
+        if concealed and self.client_sources:
+            self._waiting.add(("list", M2M.name))
+        for index, kind in enumerate(listed):
             pages = Pages(f"GET {self.api.api_url}{kind.list_path}")
             reads.append(((1, index, 0), partial(self._read_page, kind, index, pages, None)))
         if ROLE not in kinds and objects.names_roles(self.desired):
@@ -248,15 +336,82 @@ class ProjectReader:
             return
         self.lists[kind.name] = pages.items
         matching = objects.match(kind, objects.desired_objects(self.desired, kind), pages.items)
+        ids = objects.objects_to_read(matching)
+        if kind.name == M2M.name:  # and the clients secrets' values come from
+            ids += [i for i in self._clients_to_read(matching, pages.items) if i not in ids]
+        with self._lock:
+            self._waiting.update(("client", i) for i in self._client_ids & set(ids))
         self.tasks.spawn_all(
             ((3, index, number), partial(self._read_object, kind, object_id))
-            for number, object_id in enumerate(objects.objects_to_read(matching))
+            for number, object_id in enumerate(ids)
         )
+        self._ready(("list", kind.name))
 
     def _read_object(self, kind: Kind, object_id: str) -> None:
         self.details[object_id] = self.api.get_object(
             kind, self.project.id, self.credentials, object_id
         )
+        self._ready(("client", object_id))
+
+    # Secret values ---------------------------------------------------------------------
+
+    def _clients_to_read(self, matching: objects.Matching, listed: Sequence[dict]) -> list[str]:
+        """The live M2M clients to GET for secrets: each whose clientId is a value, and
+        each to rotate under M2M credentials (to be sure it is not the run's own)."""
+        self._clients, _ = objects.live_clients(matching, listed)
+        wanted = {
+            source.client
+            for source in self.client_sources.values()
+            if source.field == CLIENT_ID
+            or (source.client in self.rotating and isinstance(self.credentials, ClientCredentials))
+        }
+        self._client_ids = {self._clients[name] for name in wanted if name in self._clients}
+        return sorted(self._client_ids)
+
+    def _ready(self, what: Any) -> None:
+        """One thing the value reads wait for is in; the last one starts them."""
+        with self._lock:
+            if what not in self._waiting:
+                return
+            self._waiting.discard(what)
+            if self._waiting:
+                return
+        self._read_values()
+
+    def _read_values(self) -> None:
+        """The desired value of each live secret the plan can know now, and a read of its
+        live value to compare it with."""
+        reads = []
+        for kind in objects.managed_kinds(self.desired):
+            if not kind.concealed:
+                continue
+            live = {str(item.get("name")) for item in self.lists.get(kind.name, ())}
+            for name, fields in sorted(objects.desired_objects(self.desired, kind).items()):
+                value = self._desired_value(kind, name, Source.of(fields))
+                if value is None or name not in live:
+                    continue
+                self.values[name] = value
+                reads.append(((6, kind.name, name), partial(self._read_value, kind, name)))
+        self.tasks.spawn_all(reads)
+
+    def _desired_value(self, kind: Kind, name: str, source: Source | None) -> SecretValue | None:
+        if source is None or source.rotates:
+            return None  # a client's secret cannot be read back: never compared
+        if source.kind == LITERAL:
+            return literal(self.desired, name, kind.key)
+        if source.kind == ENV:
+            return from_env(source, self.planner.env)
+        detail = self.details.get(self._clients.get(source.client or "", ""), {})
+        client_id = detail.get("clientId")
+        return SecretValue(client_id).redact() if isinstance(client_id, str) else None
+
+    def _read_value(self, kind: Kind, name: str) -> None:
+        value = self.planner.value_reads.read(
+            self.credentials,
+            lambda: self.api.read_value(kind, self.project.id, self.credentials, name),
+        )
+        if value is not None:
+            self.live_values[name] = value
 
     def _read_local(self, kind: Kind, name: str, fields: Mapping[str, Any]) -> None:
         root = self.planner.roots.of(self.project.path)
@@ -284,8 +439,11 @@ class ProjectReader:
                 lists=self.lists,
                 details=self.details,
                 roles=self.lists.get(ROLE.name, self.roles),
-                me=self.me,
+                me=self.me or self._own_client(),
                 local=self.local,
+                values=self.values,
+                live_values=self.live_values,
+                rotate=frozenset(self.rotating),
             )
             try:
                 plan = diff(
@@ -300,6 +458,15 @@ class ProjectReader:
             except ReconcilerError as exc:
                 plan = self._failed(str(exc))
         self.planner.finished(project, plan)
+
+    def _own_client(self) -> str | None:
+        """The id of a client read here that is the one the run authenticates as."""
+        if not isinstance(self.credentials, ClientCredentials):
+            return None
+        for client_id in sorted(self._client_ids):
+            if self.details.get(client_id, {}).get("clientId") == self.credentials.client_id:
+                return client_id
+        return None
 
     def _failed(self, message: str) -> ProjectPlan:
         from reconciler.plan import ProjectPlan

@@ -38,6 +38,7 @@ from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.escape import term, without_userinfo
 from reconciler.options import api_options
 from reconciler.release import RELEASE_REPOSITORY
+from reconciler.slugs import env_prefix, slug_for
 
 # The repository that publishes reconciler and its action (tags v<version>).
 CANONICAL_REPOSITORY = RELEASE_REPOSITORY
@@ -47,12 +48,11 @@ WORKFLOWS = ("plan", "apply", "drift")
 # Credentials a file without an `auth` block uses (an M2M client: the CI identity).
 DEFAULT_AUTH_NAMES = ("OYSTEHR_CLIENT_ID", "OYSTEHR_CLIENT_SECRET")
 READ_PREFIX = "READ_"
-# Names an `auth` block may not use: the runner's, and reconciler's own ${VAR} values.
-RESERVED_ENV_PREFIXES = ("GITHUB_", "ACTIONS_", "RECONCILER_VAR_")
 EXAMPLE_ID = "00000000-0000-4000-8000-000000000000"
 
 # What the READ_ clients may do: read the Project, its roles, applications and M2M
-# clients. Nothing else: a plan or drift run can never write with them.
+# clients, list its secrets (names only), buckets and Zambda functions. Nothing else: a
+# plan or drift run can never write, nor read a secret's value, with them.
 READ_ONLY_POLICY: dict[str, Any] = {
     "rule": [
         {"resource": ["Project:Settings"], "action": ["Project:GetProjectInfo"], "effect": "Allow"},
@@ -71,12 +71,22 @@ READ_ONLY_POLICY: dict[str, Any] = {
             "action": ["App:ListAllM2MClients", "App:GetM2MClient"],
             "effect": "Allow",
         },
+        # Secrets by name only: never Zambda:GetSecret, which reads a value (an M2M
+        # client's secret among them) and would give it to any branch's workflow.
+        {"resource": ["Zambda:Secret"], "action": ["Zambda:ListAllSecrets"], "effect": "Allow"},
+        {"resource": ["Z3:BucketName"], "action": ["Z3:ListBuckets"], "effect": "Allow"},
+        {
+            "resource": ["Zambda:Function"],
+            "action": ["Zambda:ListAllFunctions", "Zambda:GetFunction"],
+            "effect": "Allow",
+        },
     ]
 }
 
 _ACTION_REF = re.compile(r"([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)@([A-Za-z0-9_./-]+)")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _PLACEHOLDER_LINE = re.compile(r"^( *)# @(READ|WRITE)_CREDENTIALS@\n", re.MULTILINE)
+_SECRETS_LINE = re.compile(r"^( *)# @SECRET_VALUES@\n", re.MULTILINE)
 _SOURCE_INPUTS_LINE = re.compile(r"^( *)# @SOURCE_INPUTS@\n", re.MULTILINE)
 _ARTIFACT_LINE = re.compile(r"^( *)path: @ARTIFACT_PATHS@\n", re.MULTILINE)
 
@@ -251,6 +261,24 @@ def credential_names(project_files: Iterable[Path]) -> list[str]:
     return names
 
 
+def secret_variables(project_files: Iterable[Path]) -> list[str]:
+    """The `RECONCILER_SECRET_…` variables the files' secrets read (`valueFrom.env`, after
+    the files' own vars and includes), in file order; a name that needs a variable only
+    the workflows give (`RECONCILER_VAR_…`) is left out, as is a file that does not load."""
+    from reconciler.files import load_project_file
+    from reconciler.secretvalues import ENV, ENV_NAME, ENV_PREFIX, declared_sources
+
+    names: list[str] = []
+    for path in project_files:
+        project, _ = load_project_file(str(path), env={})
+        for source in declared_sources(project.data if project else {}).values():
+            variable = source.variable or ""
+            complete = ENV_NAME.fullmatch(variable.removeprefix(ENV_PREFIX))
+            if source.kind == ENV and complete and variable not in names:
+                names.append(variable)
+    return names
+
+
 def project_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
@@ -264,13 +292,20 @@ def render_workflow(
     *,
     api_url: str = DEFAULT_API_URL,
     auth_url: str = DEFAULT_AUTH_URL,
+    secrets: Sequence[str] = (),
     build: str = "",
     zambdas: ZambdaFiles = ZambdaFiles(),
 ) -> str:
-    """One workflow from its template: the action, the API, the credential mappings, and
-    for Zambda functions the build command, the paths their zips are built from, and the
-    zips the plan artifact carries."""
+    """One workflow from its template: the action, the API, the credential mappings, for
+    Zambda functions the build command, the paths their zips are built from, and the
+    zips the plan artifact carries; in apply's apply step, the `RECONCILER_SECRET_…`
+    values from the production environment's secrets of the same names."""
     text = _template(f"workflows/{name}.yml")
+
+    def secret_values(match: re.Match[str]) -> str:
+        lines = [f"{n}: ${{{{ secrets.{n} }}}}" for n in secrets]
+        lines.insert(0, "# valueFrom.env values: secrets of the production environment.")
+        return "".join(f"{match[1]}{line}\n" for line in lines)
 
     def source_inputs(match: re.Match[str]) -> str:
         return "".join(f"{match[1]}- {json.dumps(glob)}\n" for glob in zambdas.inputs)
@@ -285,6 +320,7 @@ def render_workflow(
             lines.append(f"{indent}include-hidden-files: true # the zips' folder is hidden")
         return "".join(line + "\n" for line in lines)
 
+    text = _SECRETS_LINE.sub(secret_values, text)
     text = _SOURCE_INPUTS_LINE.sub(source_inputs, text)
     text = _ARTIFACT_LINE.sub(artifact, text)
 
@@ -320,25 +356,11 @@ def render_pre_commit(action: ActionRef) -> str:
     )
 
 
-def slug_for(name: str | None, project_id: str, taken: set[str]) -> str:
-    """A file stem for a Project: its name in lowercase words, else its id's first part."""
-    slug = re.sub(r"[^a-z0-9]+", "-", (name or "").lower()).strip("-")
-    if not slug or not slug[0].isalpha():
-        slug = f"project-{project_id[:8]}"
-    candidate, n = slug, 2
-    while candidate in taken:
-        candidate, n = f"{slug}-{n}", n + 1
-    taken.add(candidate)
-    return candidate
-
-
 def with_auth(text: str, slug: str) -> str:
     """An exported file with an `auth` block naming <SLUG>_CLIENT_ID / _SECRET."""
     from reconciler.export import with_auth_lines
 
-    env = re.sub(r"[^A-Z0-9]+", "_", slug.upper()).strip("_")
-    if env.startswith(RESERVED_ENV_PREFIXES) or f"{env}_".startswith(RESERVED_ENV_PREFIXES):
-        env = f"PROJECT_{env}"  # GitHub and reconciler keep these prefixes for themselves
+    env = env_prefix(slug)
     auth = [
         "# The environment variables that hold this Project's credentials (names, never values).",
         "auth:",
@@ -381,10 +403,10 @@ def policy_text() -> str:
     return f'{{\n  "rule": [\n{rules}\n  ]\n}}'
 
 
-def next_steps(names: Sequence[str]) -> str:
+def next_steps(names: Sequence[str], secrets: Sequence[str] = ()) -> str:
     """What to create on GitHub (and in Oystehr) for the workflows to run."""
     read = "\n".join(f"     gh secret set {READ_PREFIX}{n}" for n in names)
-    write = "\n".join(f"     gh secret set {n} --env production" for n in names)
+    write = "\n".join(f"     gh secret set {n} --env production" for n in [*names, *secrets])
     policy = "\n".join(f"   {line}" for line in policy_text().splitlines())
     return f"""
 Next (in your repository's Settings on GitHub, or with the gh CLI as shown):
@@ -396,7 +418,8 @@ Next (in your repository's Settings on GitHub, or with the gh CLI as shown):
 2. An environment named production (Settings > Environments > New environment):
    - Required reviewers: the people who approve each apply
    - Deployment branches and tags: Selected branches and tags, add main
-   - Environment secrets for apply, from an M2M client that may write:
+   - Environment secrets for apply: an M2M client that may write, and the
+     values of the files' valueFrom.env secrets (apply only; plan never reads them):
 {write}
    Environments need a public repository or a paid plan. A private repository
    on GitHub Free has none: apply then fails with one line naming the empty
@@ -483,8 +506,8 @@ def init(
     if exported:
         flags = [f"{u.option} {u.value}" for u in (api_url, auth_url) if u.from_flag]
         click.echo(plan_here(exported, directory, flags))
-    names = credential_names(project_files(directory / "projects"))
-    click.echo(next_steps(names), nl=False)
+    files = project_files(directory / "projects")
+    click.echo(next_steps(credential_names(files), secret_variables(files)), nl=False)
     if zambdas.zips and not build:
         click.echo(
             "\nThe project files name Zambda zips: give the workflows the command that builds "
@@ -527,13 +550,19 @@ def _write_rest(
     from reconciler.schema import schema_text
 
     scaffold.write("schemas/project.schema.json", schema_text())
-    names = credential_names(project_files(scaffold.root / "projects"))
-    zambdas = ZambdaFiles.found_in(
-        project_files(scaffold.root / "projects") + project_files(scaffold.root / "base")
-    )
+    files = project_files(scaffold.root / "projects")
+    names, secrets = credential_names(files), secret_variables(files)
+    zambdas = ZambdaFiles.found_in(files + project_files(scaffold.root / "base"))
     for name in WORKFLOWS:
         text = render_workflow(
-            name, action, names, api_url=api_url, auth_url=auth_url, build=build, zambdas=zambdas
+            name,
+            action,
+            names,
+            api_url=api_url,
+            auth_url=auth_url,
+            secrets=secrets,
+            build=build,
+            zambdas=zambdas,
         )
         scaffold.write(f".github/workflows/{name}.yml", text)
     scaffold.write(".pre-commit-config.yaml", render_pre_commit(action))

@@ -137,6 +137,24 @@ class Kind:
     conceal: Callable[[str, Any], str | None] | None = None
     # Its rounds of writes at apply, in order (a Zambda function: configuration, then code).
     phases: tuple[Phase, ...] = (WRITE,)
+    # The field of a live object that addresses it in `item_path`, and that a plan calls
+    # its `id` (secrets and buckets are addressed by their name).
+    key_field: str = "id"
+    # Whether `GET item_path` answers the object's fields. A bucket has no such GET; a
+    # secret's answers its value, which is read only as a value (`concealed`).
+    item_get: bool = True
+    # Created with `PUT item_path` naming it, with no body (idempotent), not a POST.
+    create_put: bool = False
+    # Whether the API renames in place (`renamedFrom`); neither secrets nor buckets do.
+    renames: bool = True
+    # The apply option without which a delete of this kind is `blocked`, not done (a
+    # bucket's delete destroys every object in it), and what a plan's delete line adds.
+    delete_guard: str | None = None
+    delete_note: str = ""
+    # The object holds a value that is never shown, stored or hashed (a secret's): the
+    # file says where it comes from (`secretvalues.Source`), the plan compares it with
+    # hmac and writes `valueSource`, never a field change.
+    concealed: bool = False
     # The API's name of a field where it differs from the file's: a function's
     # `executionRole` (a role name or {id}) is sent and read as `executionRoleId`.
     api_names: Mapping[str, str] = field(default_factory=dict)
@@ -293,6 +311,55 @@ M2M = Kind(
     normalisers={**_POLICY, "roles": _id_set},
 )
 
+
+def _verify_saved_secret(saved: ObjectChange, ours: ObjectChange | None) -> ObjectChange:
+    from reconciler.secretvalues import verify_saved_value
+
+    return verify_saved_value(saved, ours)
+
+
+SECRET = Kind(
+    name="secret",
+    key="secrets",
+    list_path="/secret",
+    item_path="/secret/{id}",
+    create_path="/secret",
+    # What a file gives (one of them); the API writes {name, value}.
+    write_fields=("name", "value", "valueFrom"),
+    list_fields=frozenset({"name"}),
+    read_only=(),
+    # A new secret's row shows where its value comes from (never the value).
+    summary_fields=("valueSource",),
+    key_field="name",
+    item_get=False,
+    renames=False,
+    conceal=conceal_secret,
+    concealed=True,
+    plan_keys=("valueSource",),  # where its value comes from: never the value
+    phases=(Phase("value"),),  # one POST /secret per secret: create or replace
+    verify_saved=_verify_saved_secret,  # a value compared at apply: compared again then
+)
+
+BUCKET = Kind(
+    name="bucket",
+    key="buckets",
+    list_path="/z3",
+    item_path="/z3/{id}",
+    create_path="/z3/{id}",
+    write_fields=("name",),
+    list_fields=frozenset({"name"}),
+    read_only=("id", "creationDate"),
+    summary_fields=(),  # a bucket is its name
+    key_field="name",
+    item_get=False,
+    create_put=True,
+    renames=False,
+    substitute_names=True,
+    delete_guard="--allow-bucket-deletes",
+    delete_note=" (and every object in it)",
+)
+
+
 _ZAMBDA_FIELDS = (
     "name",
     "runtime",
@@ -337,7 +404,7 @@ ZAMBDA = Kind(
 )
 
 # The write order: create/update/rename in this order, delete in reverse.
-KINDS: tuple[Kind, ...] = (ROLE, APPLICATION, M2M, ZAMBDA)
+KINDS: tuple[Kind, ...] = (ROLE, APPLICATION, M2M, SECRET, BUCKET, ZAMBDA)
 BY_KEY = {kind.key: kind for kind in KINDS}
 BY_NAME = {kind.name: kind for kind in KINDS}
 # Fields no kind may set from a file: the API's own, and secrets (never managed).
@@ -371,7 +438,7 @@ def check_objects(data: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], str, b
             seen.add(word)
     for kind in KINDS:
         objects = data.get(kind.key)
-        if isinstance(objects, Mapping):
+        if isinstance(objects, Mapping) and kind.renames:  # else the schema refuses it
             problems += _rename_problems(kind, objects)
             if kind.role_fields:
                 problems += _null_role_problems(kind, objects)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.kinds import KINDS, ROLE, Kind
+from reconciler.secretvalues import SecretValue, Source, secret_action
 
 CREATE, UPDATE, RENAME, DELETE = "create", "update", "rename", "delete"
 
@@ -139,11 +140,37 @@ def match(
 
 def objects_to_read(matching: Matching) -> list[str]:
     """Ids of the live objects whose managed fields the list does not carry (one GET each)."""
+    if not matching.kind.item_get:
+        return []
     return [
         str(m.live["id"])
         for m in matching.matches
         if m.live is not None and m.error is None and matching.kind.needs_get(m.managed)
     ]
+
+
+def live_clients(
+    m2m: Matching | None, listed: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, str], frozenset[str]]:
+    """The live M2M clients a secret's value may come from: name -> id (a declared
+    client by its name after the plan, renamed or not), and the names two live clients
+    share (which name no one client)."""
+    by_name: dict[str, list[str]] = {}
+    for item in listed:
+        by_name.setdefault(str(item.get("name")), []).append(str(item.get("id")))
+    for m in m2m.matches if m2m else ():
+        if m.live is not None and m.error is None:
+            by_name[m.name] = [str(m.live["id"])]
+    clients = {name: ids[0] for name, ids in by_name.items() if len(ids) == 1}
+    return clients, frozenset(name for name, ids in by_name.items() if len(ids) > 1)
+
+
+def clients_named(desired: Mapping[str, Any], kind: Kind) -> dict[str, Source]:
+    """The M2M clients a concealed kind's values come from: {secret name: its source}."""
+    if not kind.concealed:
+        return {}
+    found = {name: Source.of(fields) for name, fields in desired_objects(desired, kind).items()}
+    return {name: s for name, s in found.items() if s is not None and s.client is not None}
 
 
 # --- role references ---------------------------------------------------------------------
@@ -230,6 +257,24 @@ def role_index(roles: Matching | None, live_roles: Sequence[Mapping] | None) -> 
 Problem = tuple[Any, ...]  # (object name, message, *the path of the field it is about)
 
 
+@dataclass(frozen=True)
+class KnownValues:
+    """What a plan knows about the values of a concealed kind's objects (secrets): the
+    desired values it has and the live ones it could read, by name (never shown), and
+    about the M2M clients they may come from."""
+
+    desired: Mapping[str, SecretValue] = field(default_factory=dict)
+    live: Mapping[str, SecretValue] = field(default_factory=dict)
+    rotate: frozenset[str] = frozenset()  # clients whose rotation was asked for (--rotate)
+    new_clients: frozenset[str] = frozenset()  # M2M clients this plan creates
+    live_clients: Mapping[str, str] = field(default_factory=dict)  # name -> id (one each)
+    shared_names: frozenset[str] = frozenset()  # names two live M2M clients have
+    me: str | None = None  # the id of the M2M client the run authenticates as, if known
+
+
+PlannedKind = tuple[list[dict[str, Any]], list[str], list[str], list[Problem]]
+
+
 def plan_kind(
     matching: Matching,
     details: Mapping[str, Mapping[str, Any]],
@@ -238,15 +283,19 @@ def plan_kind(
     prune: bool,
     me: str | None = None,
     local: Mapping[str, Mapping[str, Any]] | None = None,
-) -> tuple[list[dict[str, Any]], list[str], list[str], list[Problem]]:
+    values: KnownValues | None = None,
+) -> PlannedKind:
     """(object changes as dicts, names not managed, names kept, problems) for one kind;
     a problem is (object name, message, *the path below the object it is about).
 
     `details` holds the GET answers by id; `me` is the calling M2M client's id, which
     prune never deletes. `local` holds, by object name, what plan read beside the file
-    for a pseudo-field (a function's `code` and `zip`), or the `error` reading it met.
+    for a pseudo-field (a function's `code` and `zip`), or the `error` reading it met;
+    `values` what the plan knows of a concealed kind's values (secrets).
     """
     kind = matching.kind
+    if kind.concealed:
+        return plan_values(matching, values or KnownValues(), prune=prune)
     local = local or {}
     changes: list[dict[str, Any]] = []
     problems: list[Problem] = []
@@ -285,6 +334,19 @@ def plan_kind(
         if not m.renamed_from:
             before.pop("name"), after.pop("name")
         changes.append(_object_change(kind, m.name, live, action, before, after, read))
+    return _with_unclaimed(matching, changes, problems, prune=prune, me=me)
+
+
+def _with_unclaimed(
+    matching: Matching,
+    changes: list[dict[str, Any]],
+    problems: list[Problem],
+    *,
+    prune: bool,
+    me: str | None,
+) -> PlannedKind:
+    """The live objects the file does not name: deleted with prune (but the calling
+    client, kept), else listed as not managed."""
     not_managed, kept = [], []
     for item in matching.unclaimed:
         name = str(item.get("name"))
@@ -293,8 +355,68 @@ def plan_kind(
         elif me is not None and str(item.get("id")) == me:
             kept.append(name)
         else:
-            changes.append(_object_change(kind, name, item, DELETE, {}, {}))
+            changes.append(_object_change(matching.kind, name, item, DELETE, {}, {}))
     return changes, not_managed, kept, problems
+
+
+def plan_values(matching: Matching, known: KnownValues, *, prune: bool) -> PlannedKind:
+    """One concealed kind (secrets): each declared object's action from what the plan
+    knows of its value (`secretvalues.secret_action`); its entry carries `valueSource`,
+    never a value or a hash of one, and no field changes."""
+    kind = matching.kind
+    changes: list[dict[str, Any]] = []
+    problems: list[Problem] = []
+    for m in matching.matches:
+        source = Source.of(m.fields)
+        if m.error or source is None:
+            problems.append((m.name, m.error or f"{kind.name} {m.name!r}: no value source"))
+            continue
+        why = _client_problem(kind, m.name, source, known)
+        if why:
+            problems.append((m.name, why))
+            continue
+        new_client = source.client in known.new_clients
+        rotate = source.client in known.rotate
+        action = secret_action(
+            source,
+            m.live is not None,
+            known.desired.get(m.name),
+            known.live.get(m.name),
+            new_client=new_client,
+            rotate=rotate,
+        )
+        if action == CREATE and source.rotates and not new_client and not rotate:
+            problems.append(
+                (
+                    m.name,
+                    f"{kind.name} {m.name!r}: its value is a new secret of M2M client "
+                    f"{source.client!r}, which exists: rotating it breaks every other holder "
+                    "of its current secret, so it is rotated only on request: --rotate "
+                    f"PROJECT_ID:{m.name}",
+                )
+            )
+            continue
+        if action is not None:
+            change = _object_change(kind, m.name, m.live, action, {}, {})
+            changes.append({**change, "valueSource": source.text})
+    return _with_unclaimed(matching, changes, problems, prune=prune, me=None)
+
+
+def _client_problem(kind: Kind, name: str, source: Source, known: KnownValues) -> str | None:
+    """Why the M2M client a value comes from cannot give it, or None."""
+    client = source.client
+    if client is None:
+        return None
+    what = f"{kind.name} {name!r}: valueFrom.m2mClient {client!r}"
+    if client in known.shared_names:
+        return f"{what}: two live M2M clients have that name; rename one by hand first"
+    if client not in known.new_clients and client not in known.live_clients:
+        named = ", ".join(sorted(known.live_clients)) or "(none)"
+        return f"{what} is neither declared in m2mClients nor live (M2M clients: {named})"
+    rotating = source.rotates and client in known.rotate
+    if rotating and known.me is not None and known.live_clients.get(client) == known.me:
+        return f"{what} is the client this run authenticates as: it is never rotated"
+    return None
 
 
 def _resolved(
@@ -373,7 +495,7 @@ def _object_change(
     change = {
         "kind": kind.name,
         "name": name,
-        "id": None if live is None else str(live["id"]),
+        "id": None if live is None else str(live[kind.key_field]),
         "action": action,
         "changes": changes,
         "body": body_of(kind, changes),
@@ -381,6 +503,8 @@ def _object_change(
     }
     if kind.plan_extras is not None:
         change.update(kind.plan_extras(changes, local or {}))
+    for key in kind.plan_keys:  # every entry of the kind holds them (null: nothing to say)
+        change.setdefault(key, None)
     return change
 
 

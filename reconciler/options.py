@@ -106,3 +106,12 @@ fleet_options = stack(
         help="Only shard I of N (1-based), split by sha256 of the Project id.",
     ),
 )
+
+rotate_option = click.option(
+    "--rotate",
+    multiple=True,
+    metavar="PROJECT_ID:SECRET_NAME",
+    help="Rotate the existing M2M client whose clientSecret this secret holds, and store "
+    "its new secret in every secret naming it; repeatable. Breaks every other holder of "
+    "the old secret. Never the client the run authenticates as.",
+)

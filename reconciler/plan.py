@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from reconciler import __version__, objects
-from reconciler.kinds import BY_KEY, BY_NAME
+from reconciler.kinds import BY_KEY, BY_NAME, M2M
 from reconciler.objects import sha256_of
+from reconciler.secretvalues import SecretValue
 
 FORMAT_VERSION = 3
 
@@ -42,6 +43,10 @@ ROLE_FIELDS = {
 IMMUTABLE_KEYS = ("fhirVersion",)
 
 UNCHANGED, CHANGED, ERROR = "unchanged", "changed", "error"
+COMPARE = "compare"
+VALUE_SOURCE = "valueSource"  # a secret's plan-file key: where its value comes from
+# Terraform's words for what happens to objects (a `compare` is not counted).
+OBJECT_COUNTS = {"create": "add", "update": "change", "rename": "change", "delete": "destroy"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,10 @@ class ObjectChange:
     `changes` hold the file's view (roles as {id, name}, an id not yet known as a ref);
     `body` holds exactly what the write sends, derived from them. `source` is where the
     object is declared ("FILE:LINE" of its name; for a delete, of the `prune` entry).
+    A secret (a concealed kind) has no field changes and an empty body: its
+    `valueSource` (one of `extras`, :attr:`value_source`) says where its value comes from
+    (`literal`, `env RECONCILER_SECRET_X`, `m2m NAME clientId`), and its action may be
+    `compare` (it exists; its value is compared, and written if it differs, at apply).
     """
 
     kind: str
@@ -87,7 +96,8 @@ class ObjectChange:
     body: Mapping[str, Any] = field(default_factory=dict)
     live_fingerprint: str | None = None
     source: str | None = None
-    # The plan-file keys its kind adds (`Kind.plan_keys`: a function's `zip`).
+    # The plan-file keys its kind adds (`Kind.plan_keys`: a function's `zip`, a
+    # secret's `valueSource`).
     extras: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -122,6 +132,16 @@ class ObjectChange:
         return next((c for c in self.changes if c.field == field_name), None)
 
     @property
+    def value_source(self) -> str | None:
+        """Where a secret's value comes from (its `valueSource`), or None."""
+        return self.extras.get(VALUE_SOURCE)
+
+    @property
+    def changes_anything(self) -> bool:
+        """Whether it is a change (a `compare` is not: its value may already be right)."""
+        return self.action != COMPARE
+
+    @property
     def renamed_from(self) -> str | None:
         if self.action != "rename":
             return None
@@ -152,6 +172,18 @@ class ProjectPlan:
         cls, file: str, project_id: str, error: str, auth: Mapping[str, str] | None = None
     ) -> ProjectPlan:
         return cls(file=file, project_id=project_id, status=ERROR, auth=auth, error=error)
+
+    @property
+    def compares(self) -> tuple[ObjectChange, ...]:
+        """The secrets whose value apply compares (and writes if it differs)."""
+        return tuple(change for change in self.objects if not change.changes_anything)
+
+    @property
+    def has_work(self) -> bool:
+        """Whether apply has anything to do here: changes, or values to compare. A
+        Project whose only entries are compares is `unchanged` (nothing is known to
+        differ), yet apply compares them and sets back a value changed by hand."""
+        return self.status == CHANGED or (self.status == UNCHANGED and bool(self.objects))
 
     def to_dict(self) -> dict:
         return {
@@ -218,11 +250,16 @@ class Plan:
     def object_summary(self) -> dict[str, int]:
         """Objects as Terraform counts them: to add, to change (updates, renames), to destroy."""
         counts = {"add": 0, "change": 0, "destroy": 0}
-        words = {"create": "add", "update": "change", "rename": "change", "delete": "destroy"}
         for project in self.projects:
             for change in project.objects:
-                counts[words[change.action]] += 1
+                if change.action in OBJECT_COUNTS:
+                    counts[OBJECT_COUNTS[change.action]] += 1
         return counts
+
+    @property
+    def compared(self) -> int:
+        """How many secret values apply compares (not counted as changes)."""
+        return sum(len(project.compares) for project in self.projects)
 
     @property
     def manages_objects(self) -> bool:
@@ -231,6 +268,11 @@ class Plan:
     @property
     def changed(self) -> list[ProjectPlan]:
         return [p for p in self.projects if p.status == CHANGED]
+
+    @property
+    def to_apply(self) -> list[ProjectPlan]:
+        """The Projects apply works on: the changed ones and those with values to compare."""
+        return [p for p in self.projects if p.has_work]
 
     @property
     def errors(self) -> list[ProjectPlan]:
@@ -373,6 +415,11 @@ class LiveObjects:
     roles: Sequence[Mapping[str, Any]] | None = None
     me: str | None = None
     local: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    # Secrets: the desired values the plan has and the live ones it read (never shown),
+    # and the M2M clients whose rotation was asked for (--rotate), by name.
+    values: Mapping[str, SecretValue] = field(default_factory=dict)
+    live_values: Mapping[str, SecretValue] = field(default_factory=dict)
+    rotate: frozenset[str] = frozenset()
 
 
 def diff(
@@ -462,6 +509,7 @@ def diff(
     object_changes: list[ObjectChange] = []
     not_managed: list[tuple[str, str]] = []
     kept: list[tuple[str, str]] = []
+    values = _known_values(matchings.get(M2M.name), live_objects)
     for kind in kinds:
         planned, unnamed, keep, kind_problems = objects.plan_kind(
             matchings[kind.name],
@@ -469,6 +517,7 @@ def diff(
             index,
             prune=kind.key in prune,
             me=live_objects.me if kind.name == "m2m" else None,
+            values=values,
             local=live_objects.local.get(kind.name),
         )
         for object_name, message, *below in kind_problems:
@@ -493,8 +542,9 @@ def diff(
     )
     if problems:
         return ProjectPlan(status=ERROR, error="; ".join(problems), **common)
+    changing = changes or any(change.changes_anything for change in object_changes)
     return ProjectPlan(
-        status=CHANGED if changes or object_changes else UNCHANGED,
+        status=CHANGED if changing else UNCHANGED,
         changes=changes,
         patch=patch,
         objects=tuple(_in_write_order(object_changes)),
@@ -506,6 +556,22 @@ def diff(
 
 def _no_source(*keys: Any) -> None:
     return None
+
+
+def _known_values(m2m: objects.Matching | None, live: LiveObjects) -> objects.KnownValues:
+    """What the secrets' planning knows: the values read, and the M2M clients their
+    values may come from (live ones by name, the ones this plan creates)."""
+    clients, shared = objects.live_clients(m2m, live.lists.get(M2M.name, ()))
+    new = {m.name for m in m2m.matches if m.live is None and m.error is None} if m2m else set()
+    return objects.KnownValues(
+        desired=live.values,
+        live=live.live_values,
+        rotate=live.rotate,
+        new_clients=frozenset(new),
+        live_clients=clients,
+        shared_names=shared,
+        me=live.me,
+    )
 
 
 def _with_sources(

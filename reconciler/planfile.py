@@ -33,15 +33,18 @@ from reconciler.kinds import BY_KEY, BY_NAME, ROLE, Kind
 from reconciler.objects import body_of, is_ref
 from reconciler.plan import (
     CHANGED,
+    COMPARE,
     ERROR,
     FORMAT_VERSION,
     IMMUTABLE_KEYS,
     MANAGED_KEYS,
+    OBJECT_COUNTS,
     ROLE_FIELDS,
     UNCHANGED,
     Plan,
     checksum,
 )
+from reconciler.secretvalues import Source
 
 TOP_LEVEL_KEYS = (
     "formatVersion",
@@ -73,6 +76,10 @@ PROJECT_KEYS = (
 )
 OBJECT_KEYS = ("kind", "name", "id", "action", "changes", "body", "liveFingerprint")
 ACTIONS = ("create", "update", "rename", "delete")
+# A concealed kind's (a secret's) entries: where its value comes from, never a value; its
+# action may be `compare` (value compared at apply), and it changes no field.
+VALUE_SOURCE = "valueSource"
+CONCEALED_ACTIONS = ("create", "update", "compare", "delete")
 CHANGE_KEYS = ("field", "before", "after")
 # Where a desired value is written ("FILE:LINE" or null): on every change and object of a
 # plan this version writes; a plan made before it has none.
@@ -226,11 +233,11 @@ def _check_document(doc: Mapping[str, Any]) -> None:
             f"summary {describe_json(summary)} does not count the projects "
             f"({describe_json(counted)})"
         )
-    words = {"create": "add", "update": "change", "rename": "change", "delete": "destroy"}
     objects_counted = {"add": 0, "change": 0, "destroy": 0}
     for project in projects:
         for change in project["objects"]:
-            objects_counted[words[change["action"]]] += 1
+            if change["action"] in OBJECT_COUNTS:
+                objects_counted[OBJECT_COUNTS[change["action"]]] += 1
     if doc["objectSummary"] != objects_counted:
         raise ShapeError(
             f"objectSummary {describe_json(doc['objectSummary'])} does not count the objects "
@@ -285,9 +292,13 @@ def _check_project(project: Mapping[str, Any], where: str) -> None:
                 raise ShapeError(f"{at}.kind: {describe_json(item['kind'])} is not a kind")
             expect(item["name"], str, f"{at}.name")
     objects = expect_list_of_objects(project["objects"], f"{where}.objects")
-    if status != CHANGED and (changes or patch or objects):
+    changing = [o for o in objects if not isinstance(o, dict) or o.get("action") != COMPARE]
+    compares = len(objects) - len(changing)
+    if status != CHANGED and (changes or patch or changing):
         raise ShapeError(f"{where}: a Project that is {status} has no changes and no patch")
-    if status == CHANGED and not changes and not objects:
+    if status == ERROR and compares:
+        raise ShapeError(f"{where}: a Project that is error compares no value")
+    if status == CHANGED and not changes and not changing:
         raise ShapeError(f"{where}: a changed Project has at least one change")
     created_roles = set()
     seen: set[tuple[str, str]] = set()
@@ -324,17 +335,30 @@ def _check_object(change: Mapping[str, Any], where: str, prune: list[str]) -> No
     name = expect(change["name"], str, f"{where}.name")
     if not name.strip():
         raise ShapeError(f"{where}.name: an object's name must not be empty")
+    _expect_object_name(kind, name, f"{where}.name")
     action = change["action"]
-    if action not in ACTIONS:
-        raise ShapeError(f"{where}.action: {describe_json(action)} is not one of {ACTIONS}")
+    actions = CONCEALED_ACTIONS if kind.concealed else ACTIONS
+    if action not in actions or (action == "rename" and not kind.renames):
+        allowed = tuple(a for a in actions if a != "rename" or kind.renames)
+        raise ShapeError(
+            f"{where}.action: {describe_json(action)} is not one of {allowed} for a {kind.name}"
+        )
     if action == "create":
         if change["id"] is not None or change["liveFingerprint"] is not None:
             raise ShapeError(f"{where}: a create has no id and no liveFingerprint")
     else:
-        _expect_file_rules({"id": expect(change["id"], str, f"{where}.id")}, where)
+        object_id = expect(change["id"], str, f"{where}.id")
+        if kind.key_field == "name":  # addressed by its name: the id is the name
+            if object_id != name:
+                raise ShapeError(f"{where}.id: a {kind.name} is addressed by its name")
+        else:
+            _expect_file_rules({"id": object_id}, where)
         _expect_sha256(change["liveFingerprint"], f"{where}.liveFingerprint")
     if action == "delete" and kind.key not in prune:
         raise ShapeError(f"{where}: deletes a {kind.name} though prune does not list {kind.key}")
+    if kind.concealed:
+        _check_concealed(change, where)
+        return
     changes = expect_list_of_objects(change["changes"], f"{where}.changes")
     fields = []
     for index, field_change in enumerate(changes):
@@ -365,6 +389,35 @@ def _check_object(change: Mapping[str, Any], where: str, prune: list[str]) -> No
         why = kind.plan_problem(change)
         if why:
             raise ShapeError(f"{where}: {why}")
+
+
+def _check_concealed(change: Mapping[str, Any], where: str) -> None:
+    """A secret's entry: no field changes and an empty body (its value is never in a
+    plan), and where the value comes from (null for a delete)."""
+    if change["changes"] != [] or change["body"] != {}:
+        raise ShapeError(f"{where}: a secret's entry changes no field and has an empty body")
+    if change["action"] == "delete":
+        if change[VALUE_SOURCE] is not None:
+            raise ShapeError(f"{where}: a delete's {VALUE_SOURCE} is null")
+        return
+    try:
+        Source.parse(change[VALUE_SOURCE])
+    except ValueError as exc:
+        raise ShapeError(
+            f"{where}.{VALUE_SOURCE}: {describe_json(change[VALUE_SOURCE])}: {exc}"
+        ) from None
+
+
+def _expect_object_name(kind: Kind, name: str, where: str) -> None:
+    """A name the kind allows (a bucket's as S3 allows, a secret's of letters, digits,
+    `-` and `_`): a name becomes a path segment."""
+    found = [
+        f
+        for f in schema.check({"id": ANY_ID, kind.key: {name: None}})
+        if f.at_key and f.path == (kind.key, name)
+    ]
+    if found:
+        raise ShapeError(f"{where}: {found[0].message}")
 
 
 def _check_object_value(kind: Kind, field: str, value: Any, where: str) -> None:

@@ -163,7 +163,12 @@ def check(data: Mapping[str, Any], written: Mapping[Path, str] | None = None) ->
         return []  # the usual case, without importing jsonschema (quickschema.py)
     findings: list[Finding] = []
     seen: set[tuple[Path, str]] = set()
-    for error in validator().iter_errors(data):
+    errors = list(validator().iter_errors(data))
+    # A value of the wrong type: "exactly one of these keys" says nothing more about it.
+    mistyped = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
+    for error in errors:
+        if error.validator == "oneOf" and tuple(error.absolute_path) in mistyped:
+            continue
         for finding in _translate(error, written or {}):
             # pattern and format both check a UUID and say the same thing: say it once.
             if (finding.path, finding.message) not in seen:

@@ -15,7 +15,9 @@ written, a saved plan is checked against what it was made from:
    writes is read once, all at once within the run's request budget: `GET /project`,
    one `GET` per entry with an id (an object it updates, renames or deletes), the
    list of each kind it has an entry without an id in (a name it creates must still
-   be free), and the role list when role references must resolve. What moved since
+   be free) or of a kind with no GET of its fields (secrets, buckets: each entry by
+   name), the M2M list when a secret's value comes from a client, and the role list
+   when role references must resolve. What moved since
    the plan was made (its fingerprints, a name taken, an object gone, a reference
    that no longer resolves) makes it stale.
 3. **The planning code**: every entry of the plan — settings changes and object
@@ -48,7 +50,7 @@ from reconciler.client import ProjectApi, describe_json, resolve_credentials
 from reconciler.errors import ApiError, ConfigError, PlanFileError, ReconcilerError, RefusedError
 from reconciler.escape import plural, redact_values
 from reconciler.files import PROJECT_SUFFIXES, ProjectFile, load_projects
-from reconciler.kinds import BY_NAME, ROLE, Kind, policy_rules
+from reconciler.kinds import BY_NAME, M2M, ROLE, Kind, policy_rules
 from reconciler.objects import desired_objects, managed_kinds, object_fingerprint
 from reconciler.plan import (
     ERROR,
@@ -64,6 +66,7 @@ from reconciler.plan import (
     normalise_live,
 )
 from reconciler.schedule import Pool, Tasks
+from reconciler.secretvalues import Source
 
 # Compared everywhere but here: a hash of what plan read, checked as staleness instead.
 TIMING_KEYS = frozenset({"liveFingerprint"})
@@ -167,6 +170,7 @@ class _Check:
     project: ProjectPlan
     file: ProjectFile
     api: ProjectApi
+    rotate: frozenset[str] = frozenset()  # M2M clients whose rotation --rotate asks for
     credentials: Any = None
     tasks: Tasks | None = None
     live: dict[str, Any] | None = None
@@ -190,16 +194,23 @@ class _Check:
         return focus
 
     def reads(self) -> list[tuple[tuple, Any]]:
-        """The reads, keyed in plan order (a one-at-a-time run's order)."""
+        """The reads, keyed in plan order (a one-at-a-time run's order).
+
+        A kind with no GET of its fields (a secret's would answer its value; a bucket
+        has none) is read as its list, once: what the plan creates must be free, what
+        it changes or deletes still there as the plan saw it. Secrets whose values come
+        from M2M clients read the client list too (which clients exist live)."""
         reads: list[tuple[tuple, Any]] = [((0,), self._read_project)]
         listed: dict[str, set[str]] = {}  # kind name -> the names it creates
         for index, change in enumerate(self.project.objects):
-            if change.id is None:
+            if change.id is None or not BY_NAME[change.kind].item_get:
                 names = listed.setdefault(change.kind, set())
                 if change.action == "create":
                     names.add(change.name)
             else:
                 reads.append(((1, index), partial(self._read_object, change)))
+        if _clients_named(self.project) and M2M.name not in listed:
+            listed[M2M.name] = set()
         for index, (kind_name, names) in enumerate(listed.items()):
             reads.append(((2, index), partial(self._read_list, BY_NAME[kind_name], names)))
         if ROLE.name not in listed and _resolves_roles(self.file.data, self.focus):
@@ -260,6 +271,19 @@ class _Check:
         taken = sorted(creates & {str(item.get("name")) for item in items})
         if taken:
             raise _Stale(f"{kind.name} {', '.join(map(repr, taken))} exists now")
+        if kind.item_get:
+            return
+        # Its entries with an id (the object's name): still there, as the plan saw them.
+        live = {str(item.get(kind.key_field)): item for item in items}
+        for change in self.project.objects:
+            if change.kind != kind.name or change.id is None:
+                continue
+            found = live.get(str(change.id))
+            if found is None:
+                raise _Stale(f"{kind.name} {change.name!r} is gone")
+            changes = [c.to_dict() for c in change.changes]
+            if object_fingerprint(kind, changes, found) != change.live_fingerprint:
+                raise _Stale(f"{kind.name} {change.name!r}")
 
     def _read_roles(self) -> None:
         self.roles = self.api.list_objects(ROLE, self.project.project_id, self.credentials)
@@ -270,7 +294,8 @@ class _Check:
         """The plan of the objects the saved plan names (and the settings), computed
         again from the files and what was read, by the code `plan` runs."""
         focus = self.focus
-        lists = {}
+        # A list read for another kind's sake (the M2M clients secrets' values come from).
+        lists = {name: items for name, items in self.lists.items() if name not in focus}
         for kind_name in focus:
             items = list(self.lists.get(kind_name, ()))
             known = {str(item.get("id")) for item in items}
@@ -292,6 +317,7 @@ class _Check:
                 details=self.objects,
                 roles=self.lists.get(ROLE.name, self.roles),
                 local=self.local,
+                rotate=self.rotate,
             ),
             source=file.source,
             focus=focus,
@@ -377,15 +403,17 @@ def verify_saved_plan(
     *,
     copies: Any = None,
     roots: Any = None,
+    rotate: Collection[tuple[str, str]] = (),
 ) -> Plan:
-    """The plan to show and apply: each changed Project recomputed from its files and
-    what apply read live, once it holds exactly the saved entries. `copies` and `roots`
-    give what the planning code reads beside the files (a function's zip: the private
-    copy apply uploads, under each Project's repository root). A forged entry refuses
-    the whole apply (PlanFileError), so does a stale one (RefusedError); a Project that
-    cannot be read fails on its own (an error in the plan returned: nothing is written to
-    it), so the others still apply."""
-    changed = plan.changed
+    """The plan to show and apply: each Project apply works on (changed, or with secret
+    values to compare) recomputed from its files and what apply read live, once it holds
+    exactly the saved entries. `copies` and `roots` give what the planning code reads
+    beside the files (a function's zip: the private copy apply uploads, under each
+    Project's repository root); `rotate` the (Project id, secret name) pairs given to
+    --rotate. A forged entry refuses the whole apply (PlanFileError), so does a stale one
+    (RefusedError); a Project that cannot be read fails on its own (an error in the plan
+    returned: nothing is written to it), so the others still apply."""
+    changed = plan.to_apply
     done = threading.Event()
     remaining = [len(changed)]
     lock = threading.Lock()
@@ -398,7 +426,14 @@ def verify_saved_plan(
 
     checks = []
     for order, project in enumerate(changed):
-        check = _Check(project, files[project.project_id], api, copies=copies, roots=roots)
+        check = _Check(
+            project,
+            files[project.project_id],
+            api,
+            _rotating(project, rotate),
+            copies=copies,
+            roots=roots,
+        )
         check.tasks = Tasks(pool, order, checked, errors=ReconcilerError)
         checks.append(check)
         try:
@@ -443,6 +478,32 @@ def verify_saved_plan(
         for p in plan.projects
     )
     return replace(plan, projects=projects)
+
+
+def _clients_named(project: ProjectPlan) -> set[str]:
+    """The M2M clients the plan's secret entries take their values from."""
+    names = set()
+    for change in project.objects:
+        if change.value_source is not None:
+            try:
+                client = Source.parse(change.value_source).client
+            except ValueError:
+                continue  # the plan-file check says so
+            if client is not None:
+                names.add(client)
+    return names
+
+
+def _rotating(project: ProjectPlan, rotate: Collection[tuple[str, str]]) -> frozenset[str]:
+    """The M2M clients whose rotation --rotate asks for in this Project."""
+    asked = {name for project_id, name in rotate if project_id == project.project_id}
+    clients = set()
+    for change in project.objects:
+        if change.name in asked and change.value_source is not None:
+            source = Source.parse(change.value_source)
+            if source.rotates and source.client is not None:
+                clients.add(source.client)
+    return frozenset(clients)
 
 
 def _resolves_roles(desired: Mapping[str, Any], focus: Mapping[str, Collection[str]]) -> bool:

@@ -235,7 +235,14 @@ def test_export_writes_every_kind_and_plans_clean(repo, emu):
     result = run(["export", "--project-id", PID], emu)
     assert result.exit_code == 0, result.output
     doc = yaml.safe_load(result.stdout)
-    assert list(doc)[-4:] == ["roles", "applications", "m2mClients", "zambdas"]
+    assert list(doc)[-6:] == [
+        "roles",
+        "applications",
+        "m2mClients",
+        "secrets",
+        "buckets",
+        "zambdas",
+    ]
     assert doc["applications"]["Portal"]["allowedCallbackUrls"] == ["https://portal.example.com/cb"]
     assert doc["m2mClients"]["old-job"] == {"roles": ["Staff"]}
     assert "prune" not in doc and CI_SECRET not in result.stdout

@@ -27,10 +27,14 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
         "Compare: 7 differences (id, auth and vars aside).\n",
         "$ mkdir -p .dist/zips && python -m zipfile -c .dist/zips/notifications-updater.zip "
         "zambdas/notifications-updater/index.mjs\n",
-        "Plan: 3 to change, 0 unchanged, 0 errors. Objects: 9 to add, 1 to change, 1 to destroy.",
+        "Plan: 3 to change, 0 unchanged, 0 errors. Objects: 14 to add, 1 to change, 1 to destroy.",
         '    + zambda notifications-updater\n        + runtime: "nodejs22.x"\n',
         "        + executionRole: Zambdas Runner (created by this plan)\n        + code new → ",
         "    + zambda notifications-updater: created (code uploaded; status Active)\n",
+        "    + secret STRIPE_SECRET_KEY (env RECONCILER_SECRET_SANDBOX_STRIPE_SECRET_KEY)\n",
+        "    + secret ZAMBDAS_CLIENT_ID (m2m zambdas clientId)\n",
+        "    + secret ZAMBDAS_CLIENT_SECRET (m2m zambdas clientSecret, rotated at apply)\n",
+        "    + bucket fd9b1113-4bd2-4dad-8631-a95ba035dfda-visit-notes\n",
         "    ~ defaultPatientRole: Patient (",
         ") -> Self-registered Patient (created by this plan) (from base/clinic.yaml:7)\n",
         "    + role Self-registered Patient (from base/clinic.yaml:10)\n",
@@ -50,6 +54,7 @@ def test_demo_walks_every_step_and_exits_0(tmp_path, monkeypatch):
     ):
         assert line in out
     assert "demo-sandbox-secret" not in result.output
+    assert "sk_test_" not in result.output  # the secret value the demo sets
     assert "production-ci" not in result.output  # a client id is a credential too
     assert list(tmp_path.iterdir()) == []  # works from any folder and leaves nothing behind
 

@@ -131,6 +131,7 @@ def test_the_credential_sets_come_from_the_files_auth_blocks(tmp_path):
     assert applied["env"] == {
         "EXAMPLE_CLIENT_ID": "${{ secrets.EXAMPLE_CLIENT_ID }}",
         "EXAMPLE_CLIENT_SECRET": "${{ secrets.EXAMPLE_CLIENT_SECRET }}",
+        "RECONCILER_ALLOW_BUCKET_DELETES": "${{ inputs.allow-bucket-deletes }}",
     }
     env = {
         w: _load(tmp_path / ".github" / "workflows" / f"{w}.yml")["env"] for w in ("plan", "apply")
@@ -158,7 +159,12 @@ def test_init_ends_with_the_secrets_environment_and_policy_to_create(tmp_path):
         "IAM:GetRole",
         "IAM:ListAllRoles",
         "Project:GetProjectInfo",
+        "Z3:ListBuckets",
+        "Zambda:GetFunction",
+        "Zambda:ListAllFunctions",
+        "Zambda:ListAllSecrets",
     ]
+    assert "Zambda:GetSecret" not in actions  # plan credentials never read a secret's value
 
 
 def test_init_never_overwrites(tmp_path):

@@ -32,6 +32,15 @@ rule:
   - effect: Allow
     resource: IAM:M2MClient
     action: [App:ListAllM2MClients, App:GetM2MClient]
+  - effect: Allow
+    resource: Zambda:Secret
+    action: Zambda:ListAllSecrets
+  - effect: Allow
+    resource: Z3:BucketName
+    action: Z3:ListBuckets
+  - effect: Allow
+    resource: Zambda:Function
+    action: [Zambda:ListAllFunctions, Zambda:GetFunction]
 """
 READ_ONLY_POLICY: dict[str, Any] = yaml.safe_load(READ_ONLY_POLICY_YAML)
 

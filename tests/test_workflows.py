@@ -177,9 +177,18 @@ def test_the_pin_check_rejects_a_tag():
 
 def test_the_workflows_are_inits_templates_with_this_repositorys_credentials():
     from reconciler.demo import BUILD_COMMAND
-    from reconciler.init import LOCAL, ZambdaFiles, credential_names, project_files, render_workflow
+    from reconciler.init import (
+        LOCAL,
+        ZambdaFiles,
+        credential_names,
+        project_files,
+        render_workflow,
+        secret_variables,
+    )
 
     names = credential_names(project_files(ROOT / "projects"))
+    secrets = secret_variables(project_files(ROOT / "projects"))
+    assert secrets == ["RECONCILER_SECRET_SANDBOX_STRIPE_SECRET_KEY"]
     assert names == [
         "PRODUCTION_CLIENT_ID",
         "PRODUCTION_CLIENT_SECRET",
@@ -191,7 +200,9 @@ def test_the_workflows_are_inits_templates_with_this_repositorys_credentials():
     zambdas = ZambdaFiles.found_in(project_files(ROOT / "projects") + project_files(ROOT / "base"))
     assert zambdas == ZambdaFiles(("zambdas/notifications-updater/**",), (".dist/zips/*.zip",))
     for name in ("plan", "apply", "drift"):
-        expected = render_workflow(name, LOCAL, names, build=BUILD_COMMAND, zambdas=zambdas)
+        expected = render_workflow(
+            name, LOCAL, names, build=BUILD_COMMAND, zambdas=zambdas, secrets=secrets
+        )
         assert (WORKFLOWS / f"{name}.yml").read_text(encoding="utf-8") == expected, name
 
 
@@ -314,7 +325,18 @@ def test_apply_plans_guards_then_applies_that_artifact_in_production():
     # the event (never put into a command line).
     override = doc["on"]["workflow_dispatch"]["inputs"]["override"]
     assert (override["type"], override["default"]) == ("boolean", False)
-    assert "inputs." not in (WORKFLOWS / "apply.yml").read_text(encoding="utf-8")
+    # The other input (deleting buckets) reaches only the apply step, as an environment
+    # variable: never a command line.
+    allow = doc["on"]["workflow_dispatch"]["inputs"]["allow-bucket-deletes"]
+    assert (allow["type"], allow["default"]) == ("boolean", False)
+    text = (WORKFLOWS / "apply.yml").read_text(encoding="utf-8")
+    assert [line.strip() for line in text.splitlines() if "inputs." in line] == [
+        "RECONCILER_ALLOW_BUCKET_DELETES: ${{ inputs.allow-bucket-deletes }}"
+    ]
+    applying = next(s for s in _steps("apply.yml", "apply") if s.get("name") == "Apply that plan")
+    assert (
+        applying["env"]["RECONCILER_ALLOW_BUCKET_DELETES"] == "${{ inputs.allow-bucket-deletes }}"
+    )
 
     assert apply["needs"] == "plan" and apply["environment"] == "production"
     assert apply["if"] == "needs.plan.outputs.changes == 'true'"  # nothing to approve

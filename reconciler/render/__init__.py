@@ -24,6 +24,7 @@ from reconciler.render.markdown import (
 )
 from reconciler.render.outcomes import (
     APPLIED,
+    BLOCKED,
     FAILED,
     SKIPPED,
     UNKNOWN,
@@ -35,6 +36,7 @@ from reconciler.render.text import render_apply_text, render_text
 
 __all__ = [
     "APPLIED",
+    "BLOCKED",
     "APPLY_MARKER",
     "DRIFT_MARKER",
     "FAILED",

@@ -19,6 +19,7 @@ from reconciler.escape import plural
 from reconciler.kinds import BY_NAME, KINDS, Kind, policy_rules
 from reconciler.objects import is_ref
 from reconciler.plan import CHANGED, UNCHANGED, Change, ObjectChange, Plan, ProjectPlan
+from reconciler.secretvalues import Source
 
 
 class Value(str):
@@ -35,10 +36,11 @@ class Line:
     parts: Parts
 
 
-ACTION_MARKS = {"create": "+", "update": "~", "rename": "~", "delete": "-"}
+ACTION_MARKS = {"create": "+", "update": "~", "rename": "~", "delete": "-", "compare": "="}
 # Terraform's words for what happens to objects: `N to add, N to change, N to destroy`.
 TALLY = {"create": "add", "update": "change", "rename": "change", "delete": "destroy"}
 TALLY_WORDS = ("add", "change", "destroy")
+COMPARED = "compare"  # a secret's value compared at apply: counted apart, never a change
 SETTINGS = "settings"  # the row and section of a Project's own settings
 
 
@@ -114,14 +116,51 @@ def setting_line(change: Change, project_file: str, *, drift: bool = False, dept
     return Line(depth, "~", parts + source_parts(change, project_file))
 
 
-def title_parts(change: ObjectChange, project_file: str) -> Parts:
-    """The object's name, what it was renamed from, and where it is declared."""
+def title_parts(change: ObjectChange, project_file: str, *, value: bool = True) -> Parts:
+    """The object's name, what it was renamed from (a secret: where its value comes
+    from, never the value, unless `value` is False; a bucket's delete: that its objects
+    go too), and where it is declared."""
     parts: Parts = (Value(change.name),)
     if change.renamed_from is not None:
         parts += (" (renamed from ", Value(str(change.renamed_from)), ")")
+    kind = BY_NAME.get(change.kind)
+    if kind is not None and kind.concealed and value:
+        parts += value_source_parts(change)
+    if kind is not None and change.action == "delete":
+        parts += (kind.delete_note,) if kind.delete_note else ()
     if change.action not in ACTION_MARKS:
         parts += (f" ({change.action})",)
     return parts + source_parts(change, project_file)
+
+
+def value_source_parts(change: ObjectChange) -> Parts:
+    """A secret's line after its name: `(env RECONCILER_SECRET_X)` for a new one, `:
+    value changes (not shown)`, `: value compared at apply`; a client secret says that
+    the client's secret is rotated at apply."""
+    if change.action == COMPARED:
+        return (": value compared at apply",)
+    if change.value_source is None or change.action not in ("create", "update"):
+        return ()
+    rotated = ", rotated at apply" if _rotates(change.value_source) else ""
+    if change.action == "create":
+        return (" (", Value(change.value_source), f"{rotated})")
+    if rotated:
+        return (": value changes (not shown; ", Value(change.value_source), f"{rotated})")
+    return (": value changes (not shown)",)
+
+
+def value_source_text(change: ObjectChange) -> str | None:
+    """Where a new secret's value comes from, as a table cell says it."""
+    if change.value_source is None:
+        return None
+    return change.value_source + (", rotated at apply" if _rotates(change.value_source) else "")
+
+
+def _rotates(value_source: str) -> bool:
+    try:
+        return Source.parse(value_source).rotates
+    except ValueError:
+        return False
 
 
 def object_lines(change: ObjectChange, project_file: str, *, drift: bool = False) -> list[Line]:
@@ -202,16 +241,22 @@ def by_kind(changes: Iterable[Any]) -> list[tuple[str, list[Any]]]:
 
 
 def tally(changes: Iterable[ObjectChange]) -> dict[str, int]:
-    counts = dict.fromkeys(TALLY_WORDS, 0)
+    """Terraform's counts, and (apart) the values compared at apply."""
+    counts = dict.fromkeys((*TALLY_WORDS, COMPARED), 0)
     for change in changes:
         if change.action in TALLY:
             counts[TALLY[change.action]] += 1
+        elif change.action == COMPARED:
+            counts[COMPARED] += 1
     return counts
 
 
 def tally_phrase(counts: Mapping[str, int]) -> str:
-    """`200 to add, 1 to destroy` (the words with a count), or `no change`."""
+    """`200 to add, 1 to destroy` (the words with a count), then `3 compared at apply`,
+    or `no change`."""
     words = [f"{counts[word]} to {word}" for word in TALLY_WORDS if counts.get(word)]
+    if counts.get(COMPARED):
+        words.append(f"{counts[COMPARED]} compared at apply")
     return ", ".join(words) or "no change"
 
 
@@ -269,4 +314,7 @@ def object_counts(plan: Plan, *, drift: bool = False) -> str:
     counts = plan.object_summary
     if not plan.manages_objects or (drift and not any(counts.values())):
         return ""
-    return f"{counts['add']} to add, {counts['change']} to change, {counts['destroy']} to destroy"
+    text = f"{counts['add']} to add, {counts['change']} to change, {counts['destroy']} to destroy"
+    if plan.compared and not drift:
+        text += f", {plural(plan.compared, 'secret value')} compared at apply"
+    return text

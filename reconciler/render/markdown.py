@@ -28,6 +28,7 @@ from reconciler.plan import CHANGED, ERROR, UNCHANGED, Change, ObjectChange, Pla
 from reconciler.render.fit import Section, fit
 from reconciler.render.lines import (
     ACTION_MARKS,
+    COMPARED,
     SETTINGS,
     TALLY_WORDS,
     Line,
@@ -48,9 +49,11 @@ from reconciler.render.lines import (
     tally_phrase,
     title_parts,
     value_parts,
+    value_source_text,
 )
 from reconciler.render.outcomes import (
     APPLIED,
+    BLOCKED,
     FAILED,
     SKIPPED,
     UNKNOWN,
@@ -82,7 +85,15 @@ FULL_DRIFT = "The full report is in this workflow run's summary."
 
 _ICONS = {CHANGED: "🟡", UNCHANGED: "⚪", ERROR: "🔴"}
 _MARKS = {"+": "➕", "~": "✏️", "-": "➖", "=": "⚪"}
-_OUTCOME_ICONS = {APPLIED: "🟢", FAILED: "🔴", UNKNOWN: "🟠", SKIPPED: "⚪", UNCHANGED: "⚪"}
+_OUTCOME_ICONS = {
+    APPLIED: "🟢",
+    FAILED: "🔴",
+    UNKNOWN: "🟠",
+    SKIPPED: "⚪",
+    BLOCKED: "⛔",
+    UNCHANGED: "⚪",
+}
+VALUE_SOURCE = "valueSource"  # a secret's pseudo-field in a table of new secrets
 
 
 def _md(value: str) -> str:
@@ -108,7 +119,10 @@ def render_markdown(
     head = [DRIFT_MARKER if drift else PLAN_MARKER, heading, ""]
     if drift:
         head += ["Values read **live → file**: what the Project has now, what its file says.", ""]
-    shown = [p for p in ordered(plan.projects) if p.status != UNCHANGED]
+    # A Project with secret values to compare is shown (apply compares them), not drift.
+    shown = [
+        p for p in ordered(plan.projects) if p.status != UNCHANGED or (p.objects and not drift)
+    ]
     # Errors first: they need a reviewer's eye before anything else.
     shown.sort(key=lambda p: p.status != ERROR)
     rows = [row for project in shown for row in _count_rows(project)]
@@ -118,7 +132,7 @@ def render_markdown(
             "| --- | --- | --- | ---: | ---: | ---: |",
         ]
     sections = [section for project in shown for section in _project_sections(project, drift)]
-    unchanged = [p for p in ordered(plan.projects) if p.status == UNCHANGED]
+    unchanged = [p for p in ordered(plan.projects) if p.status == UNCHANGED and p not in shown]
     if unchanged:
         sections.append(_unchanged_section(unchanged, drift))
     footer = [
@@ -199,7 +213,11 @@ def _kind_section(
     summary = f"{kind_label(kind_name)}: {tally_phrase(tally(changes))}"
     creates = [c for c in changes if c.action == "create"]
     updates = [c for c in changes if c.action not in ("create", "delete")]
-    deletes = [f"- {_MARKS['-']} {_md(c.name)}" for c in changes if c.action == "delete"]
+    deletes = [
+        f"- {_MARKS['-']} {join(title_parts(c, project_file), _md)}"
+        for c in changes
+        if c.action == "delete"
+    ]
     if not creates and not updates:
         return Section([_details(summary, deletes)])
     full: list[str] = []
@@ -208,8 +226,12 @@ def _kind_section(
         full += [*_create_table(kind_for(kind_name), creates, project_file), ""]
         names += [f"**To add ({len(creates)}):** {_names(creates, project_file)}", ""]
     full += [_md_line(line) for c in updates for line in object_lines(c, project_file, drift=drift)]
-    if updates:
-        names += [f"**To change ({len(updates)}):** {_names(updates, project_file)}", ""]
+    changed = [c for c in updates if c.action != COMPARED]
+    if changed:
+        names += [f"**To change ({len(changed)}):** {_names(changed, project_file)}", ""]
+    if len(changed) < len(updates):
+        compared = [c for c in updates if c.action == COMPARED]
+        names += [f"**Compared at apply ({len(compared)}):** {_names(compared, project_file)}", ""]
     hidden = plural(len(creates) + len(updates), "more object")
     counted = [f"{hidden} to add or change: listed in the full plan.", ""]
     return Section(
@@ -235,12 +257,13 @@ def _create_table(
     """One row per object: its name, the kind's main fields, then any other field it
     sets; a field written in another file than its object says where."""
     main = kind.summary_fields if kind is not None else ()
-    fields = [{c.field: c for c in change.changes if c.field != "name"} for change in creates]
+    fields = [_row_fields(change) for change in creates]
     others = any(set(given) - set(main) for given in fields)
     header = ["Name", *main] + (["Other fields"] if others else [])
     rows = [_row(header), _row(["---"] * len(header))]
     for change, given in zip(creates, fields, strict=True):
-        cells = [join(title_parts(change, project_file), markdown)]
+        # A secret's source has its own column.
+        cells = [join(title_parts(change, project_file, value=False), markdown)]
         cells += [
             _field_cell(kind, change, given[name], project_file) if name in given else ""
             for name in main
@@ -255,6 +278,15 @@ def _create_table(
             )
         rows.append(_row(cells))
     return rows
+
+
+def _row_fields(change: ObjectChange) -> dict[str, Change]:
+    """A new object's fields for its row; a secret's `valueSource` (never its value)."""
+    given = {c.field: c for c in change.changes if c.field != "name"}
+    source = value_source_text(change)
+    if source is not None:
+        given[VALUE_SOURCE] = Change(VALUE_SOURCE, None, source, change.source)
+    return given
 
 
 def _field_cell(kind: Kind | None, change: ObjectChange, field: Change, project_file: str) -> str:
@@ -384,7 +416,7 @@ def _outcome_sections(outcome: Outcome) -> list[Section]:
     lines = [f"#### {icon} {_title(outcome, _md)} · {_md(outcome.file)} — {outcome.status}"]
     if outcome.error:
         lines += ["", markdown(outcome.error, MD_ERROR_LIMIT, table=False)]
-    failed = [r for r in outcome.objects if r.status in (FAILED, UNKNOWN)]
+    failed = [r for r in outcome.objects if r.status in (FAILED, UNKNOWN, BLOCKED)]
     if failed:
         lines.append("")
     lines += [

@@ -11,6 +11,9 @@ from reconciler.plan import UNCHANGED
 APPLIED, FAILED, SKIPPED = "applied", "failed", "skipped"
 # A write was in flight when the run was interrupted: it may or may not have been applied.
 UNKNOWN = "unknown"
+# A delete apply would not do without an option saying so (a bucket's: it destroys every
+# object in it); the Project's other writes are done.
+BLOCKED = "blocked"
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,7 @@ class ObjectOutcome:
     kind: str  # role | application | m2m
     name: str
     action: str
-    status: str  # applied | failed | skipped | unknown
+    status: str  # applied | failed | skipped | unknown | blocked
     error: str | None = None
     # What else apply knows about it, read from the API's answers: `code uploaded;
     # status Pending` (a Zambda function is reported as it is, never waited for).
@@ -36,7 +39,7 @@ class Outcome:
 
     file: str
     project_id: str
-    status: str  # applied | unchanged | failed | unknown | skipped
+    status: str  # applied | unchanged | failed | unknown | skipped | blocked
     error: str | None = None
     name: str | None = None
     objects: tuple[ObjectOutcome, ...] = ()
@@ -53,17 +56,18 @@ class Outcome:
 
 
 def apply_summary(outcomes: Sequence[Outcome]) -> dict[str, int]:
-    counts = {APPLIED: 0, UNCHANGED: 0, FAILED: 0, UNKNOWN: 0, SKIPPED: 0}
+    counts = {APPLIED: 0, UNCHANGED: 0, FAILED: 0, UNKNOWN: 0, SKIPPED: 0, BLOCKED: 0}
     for outcome in outcomes:
         counts[outcome.status] += 1
     return counts
 
 
 def apply_counts(outcomes: Sequence[Outcome]) -> str:
-    """`N applied, N unchanged, N failed`, then unknown and skipped when there are any."""
+    """`N applied, N unchanged, N failed`, then unknown, skipped and blocked when there
+    are any."""
     counts = apply_summary(outcomes)
     text = f"{counts[APPLIED]} applied, {counts[UNCHANGED]} unchanged, {counts[FAILED]} failed"
-    for status in (UNKNOWN, SKIPPED):
+    for status in (UNKNOWN, SKIPPED, BLOCKED):
         if counts[status]:
             text += f", {counts[status]} {status}"
     return text

@@ -32,6 +32,7 @@ from reconciler.render.lines import (
 )
 from reconciler.render.outcomes import (
     APPLIED,
+    BLOCKED,
     FAILED,
     SKIPPED,
     UNKNOWN,
@@ -63,9 +64,11 @@ def render_text(
         elif project.status == ERROR:
             fh.write(_header("!", project, colour))
             fh.write(_paint(f"{_INDENT}error: {term(project.error)}", "!", colour) + "\n\n")
-        elif verbose or leftover_lines(project):
+        elif verbose or leftover_lines(project) or (project.objects and not drift):
             line = f"= {join(project_title(project), term)}  {term(project.file)}: unchanged"
             fh.write(_paint(line, "=", colour) + "\n")
+            if not drift:  # secret values compared at apply
+                _objects(project, fh, colour, drift)
             _leftovers(project, fh, colour)
     line = f"{'Drift' if drift else 'Plan'}: {plan_counts(plan, drift=drift)}."
     objects = object_counts(plan, drift=drift)
@@ -83,6 +86,12 @@ def _changed_block(project: ProjectPlan, fh: TextIO, colour: bool, drift: bool) 
     fh.write(_header("~", project, colour))
     for change in project.changes:
         fh.write(_line(setting_line(change, project.file, drift=drift), 1, colour))
+    _objects(project, fh, colour, drift)
+    _leftovers(project, fh, colour)
+    fh.write("\n")
+
+
+def _objects(project: ProjectPlan, fh: TextIO, colour: bool, drift: bool) -> None:
     for kind_name, changes in by_kind(project.objects):
         # Where one kind ends and the next begins, in a plan of hundreds of objects.
         heading = f"{_INDENT}# {kind_label(kind_name)}: {tally_phrase(tally(changes))}"
@@ -90,8 +99,6 @@ def _changed_block(project: ProjectPlan, fh: TextIO, colour: bool, drift: bool) 
         for change in changes:
             for index, line in enumerate(object_lines(change, project.file, drift=drift)):
                 fh.write(_line(line, 1, colour, "" if index else f"{kind_word(change.kind)} "))
-    _leftovers(project, fh, colour)
-    fh.write("\n")
 
 
 def _leftovers(project: ProjectPlan, fh: TextIO, colour: bool) -> None:
@@ -106,9 +113,16 @@ _MARKS = {
     FAILED: ("!", "!"),
     UNKNOWN: ("?", "!"),
     SKIPPED: ("-", "="),
+    BLOCKED: ("!", "!"),
     UNCHANGED: ("=", "="),
 }
-DONE = {"create": "created", "update": "updated", "rename": "renamed", "delete": "deleted"}
+DONE = {
+    "create": "created",
+    "update": "updated",
+    "rename": "renamed",
+    "delete": "deleted",
+    "compare": "compared: the value was right",
+}
 
 
 def render_apply_text(outcomes: Sequence[Outcome], fh: TextIO, *, colour: bool = False) -> None:
