@@ -121,10 +121,12 @@ class ReconcilerGroup(click.Group):
 @click.group(cls=ReconcilerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="reconciler")
 def cli() -> None:
-    """GitOps for Oystehr Projects: settings, roles, applications, M2M clients.
+    """GitOps for Oystehr Projects: the whole Project as YAML in Git.
 
-    One YAML file per Project under projects/, validated offline, planned
-    against the live API, applied as the smallest writes in dependency order.
+    Settings, roles, applications, M2M clients, secrets, buckets and Zambda
+    functions: one YAML file per Project under projects/ (sharing fragments
+    through include:), validated offline, planned against the live API, applied
+    as the smallest writes in dependency order.
 
     \b
       reconciler validate projects
