@@ -31,6 +31,7 @@ import struct
 import tempfile
 import threading
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,10 +106,11 @@ def code_hash(handle: BinaryIO, what: str) -> str:
                     f"{what} unpacks to {total / MB:,.1f} MB, over the "
                     f"{MAX_UNCOMPRESSED_BYTES // MB} MB a function's code may be (a zip bomb?)"
                 )
-            names = [entry.filename for entry in entries]
-            if len(set(names)) != len(names):
-                twice = sorted({n for n in names if names.count(n) > 1})[0]
-                raise ZipError(f"{what} holds two entries named {twice!r}")
+            twice = sorted(
+                name for name, n in Counter(e.filename for e in entries).items() if n > 1
+            )
+            if twice:
+                raise ZipError(f"{what} holds two entries named {twice[0]!r}")
             outer = hashlib.sha256()
             for entry in sorted(entries, key=lambda e: e.filename.encode("utf-8")):
                 inner = hashlib.sha256()
@@ -130,15 +132,34 @@ def code_hash(handle: BinaryIO, what: str) -> str:
 
 
 def _check_entry_count(handle: BinaryIO, what: str) -> None:
-    """Refuse a zip whose directory lists more than MAX_ENTRIES entries, from its end
-    record alone: zipfile would hold every entry of the directory in memory."""
+    """Refuse a zip of more than MAX_ENTRIES entries before zipfile reads its directory
+    (it would hold every entry in memory): as its end records declare them, and as its
+    directory holds them. zipfile reads every record of the directory's bytes whatever
+    the count says, so a directory of millions of records behind an end record saying
+    "1" is counted too (from the directory's signatures, a chunk at a time)."""
+    declared = _declared_entries(handle)
+    if declared > MAX_ENTRIES:
+        raise ZipError(
+            f"{what} lists {declared:,} entries, over the {MAX_ENTRIES:,} a function's zip may hold"
+        )
+    if _directory_records(handle) > MAX_ENTRIES:
+        raise ZipError(
+            f"{what} holds more than {MAX_ENTRIES:,} entries in its directory (its end record "
+            f"says {declared:,}), over the {MAX_ENTRIES:,} a function's zip may hold"
+        )
+    handle.seek(0)
+
+
+def _declared_entries(handle: BinaryIO) -> int:
+    """The entry count the end records give (0 when there are none: zipfile says what is
+    wrong)."""
     size = handle.seek(0, io.SEEK_END)
     tail_start = max(0, size - (22 + 65535))
     handle.seek(tail_start)
     tail = handle.read()
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) - at < 22:
-        return  # zipfile says what is wrong
+        return 0
     (count,) = struct.unpack("<H", tail[at + 10 : at + 12])
     if count == 0xFFFF and at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07":
         (offset,) = struct.unpack("<Q", tail[at - 12 : at - 4])
@@ -147,11 +168,43 @@ def _check_entry_count(handle: BinaryIO, what: str) -> None:
             record = handle.read(40)
             if record[:4] == b"PK\x06\x06":
                 (count,) = struct.unpack("<Q", record[32:40])
-    if count > MAX_ENTRIES:
-        raise ZipError(
-            f"{what} lists {count:,} entries, over the {MAX_ENTRIES:,} a function's zip may hold"
-        )
+    return count
+
+
+_CENTRAL_RECORD = b"PK\x01\x02"
+
+
+def _directory_records(handle: BinaryIO) -> int:
+    """How many records the central directory zipfile will read holds (at most one more
+    than MAX_ENTRIES is counted): the signatures in the bytes it reads, found with
+    zipfile's own reading of the end records. 0 when zipfile will refuse the zip."""
+    end_record = getattr(zipfile, "_EndRecData", None)
+    if end_record is None:  # a Python without it: the declared count stands alone
+        return 0
     handle.seek(0)
+    try:
+        end = end_record(handle)
+    except (OSError, zipfile.BadZipFile, struct.error):
+        return 0
+    if not end:
+        return 0
+    size = end[zipfile._ECD_SIZE]
+    start = end[zipfile._ECD_LOCATION] - size  # where zipfile starts reading, as it does
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+        start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    if start < 0 or size <= 0:
+        return 0
+    handle.seek(start)
+    found, left, carry = 0, size, b""
+    while left > 0 and found <= MAX_ENTRIES:
+        chunk = handle.read(min(_CHUNK, left))
+        if not chunk:
+            break
+        left -= len(chunk)
+        window = carry + chunk  # a signature across two chunks is counted once
+        found += window.count(_CENTRAL_RECORD)
+        carry = window[-(len(_CENTRAL_RECORD) - 1) :]
+    return found
 
 
 def _open_regular(root: str, relative: str) -> int:
