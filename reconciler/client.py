@@ -417,7 +417,7 @@ class ProjectApi:
         if 300 <= status < 400:
             raise ApiError(f"{shown} answered {status}: redirects are not followed", status=status)
         if status >= 300:
-            doc = _json_or_none(response)
+            doc = _error_json(response)
             said = doc.get("message") if isinstance(doc, dict) else None
             detail = f": {redact(said)}" if isinstance(said, str) else ""
             raise ApiError(f"{shown} answered {status}{detail}", status=status)
@@ -606,7 +606,10 @@ class ProjectApi:
         status = response.status_code
         if 300 <= status < 400:
             raise ApiError(f"{what} answered {status}: redirects are not followed", status=status)
-        doc = _json_or_none(response)
+        try:
+            doc = _json_or_none(response)
+        except UnusableJson as exc:
+            raise UnusableJson(f"{what} answered {status} with JSON {exc}") from None
         if status >= 400:
             error = AuthError if status in (401, 403) else ApiError
             if isinstance(doc, dict) and isinstance(doc.get("message"), str):
@@ -653,7 +656,7 @@ class ProjectApi:
         return "; is the API URL right? (--api-url)"
 
     def _message(self, response: Answer) -> str:
-        doc = _json_or_none(response)
+        doc = _error_json(response)
         if isinstance(doc, dict) and isinstance(doc.get("message"), str):
             return redact(doc["message"])
         return f"{response.status_code} with {self._content(response)}"
@@ -762,11 +765,59 @@ def _objects(value: Any, what: str, key: str = "id") -> list[dict]:
     return value
 
 
+# An answer nested deeper than this is refused (ours are a few levels deep): past it the
+# code that compares and shows values would recurse until Python gives up.
+MAX_ANSWER_DEPTH = 64
+_LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class UnusableJson(ShapeError):
+    """An answer in JSON that no code past the client may see: nested deeper than
+    MAX_ANSWER_DEPTH, or holding a string that is not Unicode (a lone surrogate)."""
+
+
 def _json_or_none(response: Answer) -> Any:
+    """The answer's JSON; None when it is not JSON (a number of thousands of digits
+    included); UnusableJson for JSON the run must not carry on with."""
+    raw = response.content
     try:
-        return json.loads(response.content)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = json.loads(raw)
+    except RecursionError:
+        raise UnusableJson(f"nested deeper than {MAX_ANSWER_DEPTH} levels") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, int digits over the limit
         return None
+    if raw.count(b"[") + raw.count(b"{") > MAX_ANSWER_DEPTH and _deeper_than(doc, MAX_ANSWER_DEPTH):
+        raise UnusableJson(f"nested deeper than {MAX_ANSWER_DEPTH} levels")
+    if _LONE_SURROGATE_ESCAPE.search(raw):  # "\\ud83d\\ude00" is fine; a lone half is not
+        try:
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise UnusableJson("holding a string that is not Unicode (a lone surrogate)") from None
+    return doc
+
+
+def _error_json(response: Answer) -> Any:
+    """An error answer's JSON, for its message: None when it is not usable JSON."""
+    try:
+        return _json_or_none(response)
+    except UnusableJson:
+        return None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels in a parsed value (one
+    level at a time, never recursing)."""
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below = []
+        for item in level:
+            if isinstance(item, (dict, list)):
+                below.extend(item.values() if isinstance(item, dict) else item)
+        level = [item for item in below if isinstance(item, (dict, list))]
+    return False
 
 
 def _request_id() -> str:

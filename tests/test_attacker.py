@@ -10,9 +10,13 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
+from hostile import HostileServer, Request, json_response, project_doc, project_files, response
 
+from reconciler.cli import cli
 from reconciler.zips import MAX_ENTRIES, ZipError, read_code
 
 # -- zips: a directory that lies about its size ----------------------------------------
@@ -82,3 +86,78 @@ def test_the_counting_reads_the_directory_zipfile_reads(tmp_path):
     )
     with pytest.raises(ZipError, match=r"holds more than 100,000 entries in its directory"):
         read_code(str(tmp_path), "prefixed.zip")
+
+
+# -- a hostile server: answers no code past the client may see -------------------------
+
+TOKEN = "attacker-test-token-5b1e9c"
+
+
+def _invoke(repo: Path, args: list[str], server: HostileServer, **env: str | None) -> Result:
+    base: dict[str, str | None] = {
+        "OYSTEHR_PROJECT_API_URL": server.api_url,
+        "OYSTEHR_AUTH_URL": server.auth_url,
+        "OYSTEHR_ACCESS_TOKEN": TOKEN,
+        "OYSTEHR_CLIENT_ID": None,
+        "OYSTEHR_CLIENT_SECRET": None,
+        "GITHUB_STEP_SUMMARY": str(repo / "summary.md"),
+        "NO_COLOR": None,
+    }
+    return CliRunner().invoke(cli, args, env=base | env, catch_exceptions=False)
+
+
+ROLES_FILE = """\
+roles:
+  Reader:
+    accessPolicy: {rule: [{resource: "FHIR:Patient", action: "FHIR:Read", effect: Allow}]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        # Past the JSON decoder's recursion: a RecursionError ended the whole run.
+        ("[" * 5000 + "]" * 5000, "answered 200 with JSON nested deeper than 64 levels"),
+        # Within the decoder's reach, but the code that compares and shows values
+        # recursed until Python gave up: the whole run ended too.
+        (
+            '[{"id": "r1", "name": "Reader", "accessPolicy": {"rule": [{"resource": '
+            '"FHIR:Patient", "action": "FHIR:Read", "effect": "Allow", "condition": '
+            + "[" * 500
+            + "]" * 500
+            + "}]}}]",
+            "answered 200 with JSON nested deeper than 64 levels",
+        ),
+        # A lone surrogate: valid JSON, not Unicode; printing it ended the run.
+        (
+            '[{"id": "r1", "name": "Reader\\ud800"}]',
+            "answered 200 with JSON holding a string that is not Unicode (a lone surrogate)",
+        ),
+        # 5,000 digits: Python refuses to make that integer (a ValueError, not JSON's).
+        ("[" + "1" * 5000 + "]", "answered 200 with a application/json page, not JSON"),
+    ],
+    ids=["5,000 deep", "500 deep", "a lone surrogate", "5,000 digits"],
+)
+def test_an_answer_no_code_may_see_is_that_projects_error(repo, body, reason):
+    hostile, fine = project_files(repo, 2, ROLES_FILE)
+
+    def reply(request: Request) -> bytes:
+        project = request.headers["x-oystehr-project-id"]
+        if request.path == "/v1/project":
+            return json_response(200, project_doc(project))
+        if request.path == "/v1/iam/role" and project == hostile:
+            return response(200, body)
+        if request.path == "/v1/iam/role":
+            return json_response(200, [])
+        return json_response(404, {"message": "not found", "code": 404})
+
+    with HostileServer(reply) as server:
+        result = _invoke(repo, ["plan"], server)
+        api = server.api_url
+    assert result.exit_code == 1, result.output
+    assert f"    error: GET {api}/iam/role {reason}" in result.stdout
+    assert "+ role Reader" in result.stdout  # the other Project is planned
+    assert result.stdout.endswith(
+        "Plan: 1 to change, 0 unchanged, 1 error. Objects: 1 to add, 0 to change, 0 to destroy.\n"
+    )
+    assert "unexpected" not in result.output and TOKEN not in result.output
