@@ -276,15 +276,17 @@ class ProjectApi:
         """One page of a kind's list and the cursor of the next (None: the last page; an
         unpaged list is one page). `Pages` bounds the whole."""
         what = f"GET {self.api_url}{kind.list_path}"
+        # A concealed kind's answer (secrets) may hold values: no message quotes it.
+        quoted = not kind.concealed
         if not kind.paged:
             answer = self._call("GET", kind.list_path, project_id, credentials)
-            return _objects(answer, what, kind.key_field), None
+            return _objects(answer, what, kind.key_field, quoted=quoted), None
         query = f"?limit={PAGE_SIZE}"
         if cursor:
             query += f"&cursor={quote(cursor, safe='')}"
         page = self._call("GET", kind.list_path + query, project_id, credentials)
-        page = expect_object(page, what, required=("data",))
-        items = _objects(page["data"], f"{what}: data", kind.key_field)
+        page = expect_object(page, what, required=("data",), quoted=quoted)
+        items = _objects(page["data"], f"{what}: data", kind.key_field, quoted=quoted)
         metadata = expect(page.get("metadata") or {}, dict, f"{what}: metadata")
         cursor = expect(metadata.get("nextCursor"), (str, type(None)), f"{what}: nextCursor")
         return items, cursor or None
@@ -362,7 +364,13 @@ class ProjectApi:
         what = f"POST {self.api_url}{kind.create_path}"
         body = {"name": name, "value": value.reveal()}
         answer = self._call(
-            "POST", kind.create_path, project_id, credentials, body=body, retries=retries
+            "POST",
+            kind.create_path,
+            project_id,
+            credentials,
+            body=body,
+            retries=retries,
+            sent=value,
         )
         named = answer.get("name") if isinstance(answer, dict) else None
         del answer, body
@@ -439,9 +447,11 @@ class ProjectApi:
         body: Any = None,
         idempotent: bool = True,
         retries: int | None = None,
+        sent: SecretValue | None = None,
     ) -> Any:
         """One API call; a 401 with an M2M token fetches a fresh token once. `retries`
-        overrides --retries for this call."""
+        overrides --retries for this call; `sent`: a secret value the body carries, which
+        an error answer may echo (its message is then not shown)."""
         for fresh_token in (False, True):
             token = self._token(credentials, fresh=fresh_token)
             headers = {
@@ -461,7 +471,7 @@ class ProjectApi:
             expired = response.status_code == 401 and isinstance(credentials, ClientCredentials)
             if expired and not fresh_token:
                 continue
-            return self._decode(response, f"{method} {self.api_url}{path}")
+            return self._decode(response, f"{method} {self.api_url}{path}", sent=sent)
         raise AssertionError("unreachable")
 
     def _token(self, credentials: Credentials, *, fresh: bool = False) -> str:
@@ -600,7 +610,9 @@ class ProjectApi:
         log.debug("%s; retry %d of %d in %.2f s", why, attempt, retries, delay)
         self._sleep(delay)
 
-    def _decode(self, response: Answer, what: str, *, auth: bool = False) -> Any:
+    def _decode(
+        self, response: Answer, what: str, *, auth: bool = False, sent: SecretValue | None = None
+    ) -> Any:
         """The answer's JSON, or one line saying what went wrong: status, what was sent
         back (never an HTML page itself) and, where it helps, which URL to check."""
         status = response.status_code
@@ -612,8 +624,12 @@ class ProjectApi:
             raise UnusableJson(f"{what} answered {status} with JSON {exc}") from None
         if status >= 400:
             error = AuthError if status in (401, 403) else ApiError
-            if isinstance(doc, dict) and isinstance(doc.get("message"), str):
-                message = f"{what} answered {status}: {redact(doc['message'])}"
+            said = doc.get("message") if isinstance(doc, dict) else None
+            if isinstance(said, str) and sent is not None and sent.quoted_in(said):
+                # A server that echoes what it was sent would print the value.
+                message = f"{what} answered {status} (its message quotes the value: not shown)"
+            elif isinstance(said, str):
+                message = f"{what} answered {status}: {redact(said)}"
             else:
                 message = f"{what} answered {status} with {self._content(response)}"
             raise error(
@@ -709,13 +725,16 @@ _TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an inte
 _TYPE_NAMES |= {bool: "a boolean", float: "a number", type(None): "null"}
 
 
-def expect(value: Any, types: type | tuple[type, ...], what: str) -> Any:
-    """`value` when it is one of `types` (a boolean is never taken for an integer)."""
+def expect(value: Any, types: type | tuple[type, ...], what: str, *, quoted: bool = True) -> Any:
+    """`value` when it is one of `types` (a boolean is never taken for an integer). Not
+    `quoted`, a message names only the type of what it got (an answer that may hold
+    secret values)."""
     wanted = types if isinstance(types, tuple) else (types,)
     if isinstance(value, wanted) and not (isinstance(value, bool) and bool not in wanted):
         return value
     names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in wanted)
-    raise ShapeError(f"{what}: expected {names}, got {describe_json(value)}")
+    got = describe_json(value) if quoted else _TYPE_NAMES.get(type(value), "something else")
+    raise ShapeError(f"{what}: expected {names}, got {got}")
 
 
 def expect_object(
@@ -724,10 +743,11 @@ def expect_object(
     *,
     required: tuple[str, ...] = (),
     only: tuple[str, ...] | None = None,
+    quoted: bool = True,
 ) -> dict[str, Any]:
     """`value` when it is an object holding every `required` key (and, with `only`, no
     other key)."""
-    expect(value, dict, what)
+    expect(value, dict, what, quoted=quoted)
     if only is not None:
         unknown = [key for key in value if key not in only]
         if unknown:
@@ -738,10 +758,10 @@ def expect_object(
     return value
 
 
-def expect_list_of_objects(value: Any, what: str) -> list[dict[str, Any]]:
+def expect_list_of_objects(value: Any, what: str, *, quoted: bool = True) -> list[dict[str, Any]]:
     """`value` when it is a list whose every item is an object."""
-    for index, item in enumerate(expect(value, list, what)):
-        expect(item, dict, f"{what}[{index}]")
+    for index, item in enumerate(expect(value, list, what, quoted=quoted)):
+        expect(item, dict, f"{what}[{index}]", quoted=quoted)
     return value
 
 
@@ -751,17 +771,18 @@ def describe_json(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _object(value: Any, what: str, key: str = "id") -> dict:
+def _object(value: Any, what: str, key: str = "id", *, quoted: bool = True) -> dict:
     """An API object: a JSON object with a string id (or the field that addresses it)."""
-    expect(expect_object(value, what, required=(key,))[key], str, f"{what}.{key}")
+    found = expect_object(value, what, required=(key,), quoted=quoted)[key]
+    expect(found, str, f"{what}.{key}", quoted=quoted)
     return value
 
 
-def _objects(value: Any, what: str, key: str = "id") -> list[dict]:
+def _objects(value: Any, what: str, key: str = "id", *, quoted: bool = True) -> list[dict]:
     """An API list: objects each with a string id (or `key`) and a string name."""
-    for index, item in enumerate(expect_list_of_objects(value, what)):
-        _object(item, f"{what}[{index}]", key)
-        expect(item.get("name"), str, f"{what}[{index}].name")
+    for index, item in enumerate(expect_list_of_objects(value, what, quoted=quoted)):
+        _object(item, f"{what}[{index}]", key, quoted=quoted)
+        expect(item.get("name"), str, f"{what}[{index}].name", quoted=quoted)
     return value
 
 

@@ -40,6 +40,9 @@ COMPARE = "compare"
 # Values this long or longer join the run's redaction set as soon as they are read (the
 # rule credentials follow; shorter ones would garble every output they appear in).
 REDACTED_FROM_CHARS = 8
+# A message holding this many characters of a value in a row quotes it (a server's error
+# that echoes what it was sent, whole or cut short).
+QUOTED_CHARS = 4
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -63,6 +66,16 @@ class SecretValue:
         if len(self._text) >= REDACTED_FROM_CHARS:
             add_secrets([self._text])
         return self
+
+    def quoted_in(self, text: str) -> bool:
+        """Whether `text` quotes this value, whole or in part: any QUOTED_CHARS of it in a
+        row (all of it, when shorter). A message that does is never shown."""
+        value = self._text
+        if len(value) <= QUOTED_CHARS:
+            return bool(value) and value in text
+        return any(
+            value[at : at + QUOTED_CHARS] in text for at in range(len(value) - QUOTED_CHARS + 1)
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SecretValue):

@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from hostile import HostileServer, Request, json_response, project_doc, project_files, response
+from secrets_e2e import PID, env_for, leaks, run, seed, write_project
+from test_secret_drills import proxy
 
 from reconciler.cli import cli
+from reconciler.emulator import serve
 from reconciler.zips import MAX_ENTRIES, ZipError, read_code
 
 # -- zips: a directory that lies about its size ----------------------------------------
@@ -161,3 +164,73 @@ def test_an_answer_no_code_may_see_is_that_projects_error(repo, body, reason):
         "Plan: 1 to change, 0 unchanged, 1 error. Objects: 1 to add, 0 to change, 0 to destroy.\n"
     )
     assert "unexpected" not in result.output and TOKEN not in result.output
+
+
+# -- secret values: never in an error, whatever the server answers ----------------------
+
+SECRETS = {  # each secret's declaration, and the value it writes
+    "LITERAL": ("{value: literal-value-9f3e}", "literal-value-9f3e"),
+    "SHORT": ("{valueFrom: {env: SHORT}}", "shrt7ab"),
+    "CUT": ("{valueFrom: {env: CUT}}", "cut-value-long-4e8b1c"),
+    "RESERVED": ("{value: fine-value-2d7a}", "fine-value-2d7a"),
+}
+
+
+def test_a_server_echoing_a_secret_value_in_its_error_never_shows_it(repo):
+    # Literals and values under 8 characters are not in the redaction set, so a 400
+    # quoting the body it was sent printed them in the output, the JSON and the summary.
+    def tamper(request: Request) -> bytes | None:
+        if request.key != "POST /v1/secret":
+            return None
+        sent = request.json()
+        if sent["name"] == "RESERVED":  # a message that quotes no value stays whole
+            return json_response(400, {"message": "that name is reserved", "code": 4002})
+        if sent["name"] == "CUT":  # an echo cut short is an echo
+            return json_response(400, {"message": f"bad value '{sent['value'][:6]}…'"})
+        return json_response(400, {"message": f"value {sent['value']} is not allowed"})
+
+    outputs = []
+    with serve(seed()) as emu, proxy(emu, tamper) as server:
+        env = env_for(
+            server,
+            RECONCILER_SECRET_SHORT=SECRETS["SHORT"][1],
+            RECONCILER_SECRET_CUT=SECRETS["CUT"][1],
+            GITHUB_STEP_SUMMARY=str(repo / "summary.md"),
+        )
+        api = server.api_url
+        for name, (declaration, _) in SECRETS.items():
+            write_project(repo, f"id: {PID}\nsecrets:\n  {name}: {declaration}\n")
+            text = run(["apply", "--yes"], env)
+            as_json = run(["apply", "--yes", "--format", "json", "-v"], env)
+            assert text.exit_code == as_json.exit_code == 1
+            said = "that name is reserved" if name == "RESERVED" else None
+            shown = f": {said}" if said else " (its message quotes the value: not shown)"
+            assert f"    ! secret {name}: failed: POST {api}/secret answered 400{shown}\n" in (
+                text.stdout
+            )
+            outputs += [text.output, as_json.output, (repo / "summary.md").read_text()]
+    values = [value for _, value in SECRETS.values()] + [SECRETS["CUT"][1][:6]]
+    assert leaks(outputs, values) == []
+
+
+def test_a_secret_list_of_the_wrong_shape_is_not_quoted(repo):
+    # The list of secrets has names only; an answer of another shape (a proxy's, an API
+    # that changed) may hold values, and the message quoted its first 80 characters.
+    write_project(repo, f"id: {PID}\nsecrets:\n  A: {{value: a-literal-value}}\n")
+    answers = [
+        ({"data": [{"name": "A", "value": "LIVE-VALUE-1"}]}, ": expected a list, got an object"),
+        (["LIVE-VALUE-2"], "[0]: expected an object, got a string"),
+        ([{"name": {"value": "LIVE-VALUE-3"}}], "[0].name: expected a string, got an object"),
+    ]
+    for answer, said in answers:
+
+        def reply(request: Request, answer: object = answer) -> bytes:
+            if request.path == "/v1/secret":
+                return json_response(200, answer)
+            return json_response(200, project_doc(PID))
+
+        with HostileServer(reply) as server:
+            result = _invoke(repo, ["plan"], server)
+            api = server.api_url
+        assert f"    error: GET {api}/secret{said}\n" in result.stdout
+        assert "LIVE-VALUE" not in result.output
