@@ -153,13 +153,20 @@ class FakeGitHub:
         return number
 
     def approve(
-        self, number: int, login: str = "bob", *, commit: str | None = None, state: str = "APPROVED"
+        self,
+        number: int,
+        login: str = "bob",
+        *,
+        commit: str | None = None,
+        state: str = "APPROVED",
+        association: str = "COLLABORATOR",
     ) -> None:
         review = {
             "id": self.new_id(),
             "user": {"login": login, "type": "Bot" if login.endswith("[bot]") else "User"},
             "state": state,
             "commit_id": commit or self.pulls[number]["head"]["sha"],
+            "author_association": association,  # how GitHub says who reviewed
         }
         self.reviews.setdefault(number, []).append(review)
 

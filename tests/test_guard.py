@@ -346,7 +346,14 @@ def test_an_unapproved_pull_request_is_refused_naming_its_commit(emu, repo, fake
 
 @pytest.mark.parametrize(
     "approval",
-    ["by its author", "at an older commit", "then changes requested", "dismissed", "by a bot"],
+    [
+        "by its author",
+        "at an older commit",
+        "then changes requested",
+        "dismissed",
+        "by a bot",
+        "by an account outside the repository",
+    ],
 )
 def test_approvals_that_do_not_count(emu, repo, fake_github, approval):
     signup = ALPHA_FILE.replace("signupEnabled: false", "signupEnabled: true")
@@ -365,8 +372,11 @@ def test_approvals_that_do_not_count(emu, repo, fake_github, approval):
         fake_github.approve(number, "bob", state="CHANGES_REQUESTED")
     elif approval == "dismissed":
         fake_github.approve(number, "bob", state="DISMISSED")
-    else:  # a branch workflow's GITHUB_TOKEN may be allowed to approve pull requests
+    elif approval == "by a bot":  # a branch workflow's GITHUB_TOKEN may approve
         fake_github.approve(number, "github-actions[bot]")
+    else:  # on a public repository anyone may approve: the author's second account
+        fake_github.approve(number, "alice-alt", association="NONE")
+        fake_github.approve(number, "mallory", association="CONTRIBUTOR")
     code, lines, _ = guard(repo, plan(emu, repo))
     assert code == 1
     assert any(f"merges pull request #{number} by alice, which no one else" in x for x in lines)

@@ -56,6 +56,9 @@ BOOTSTRAP, APPROVALS, OVERRIDERS = (
 # be called main too).
 APPLY_EVENTS = ("push", "workflow_dispatch")
 
+# Whose review counts (the review's author_association): the repository's people.
+TRUSTED_ASSOCIATIONS = ("OWNER", "MEMBER", "COLLABORATOR")
+
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\[bot\])?")
 
@@ -279,7 +282,10 @@ def _merged_by(sha: str, pulls: Sequence[Pull], position: Mapping[str, int]) -> 
 
 def approvers(api: GitHubApi, repo: str, pull: Pull) -> tuple[str, ...]:
     """Who approved `pull` at its final head commit, its author and bots aside, each by
-    their latest review that approved, asked for changes or was dismissed."""
+    their latest review that approved, asked for changes or was dismissed. Only people
+    of the repository count (its owner, its organisation's members, its collaborators),
+    as for a protected branch: anyone may submit an approving review on a public
+    repository, the author's second account too."""
     latest: dict[str, tuple[str, str]] = {}
     for review in api.paginate(
         f"/repos/{repo}/pulls/{pull.number}/reviews", params={"per_page": 100}
@@ -296,6 +302,8 @@ def approvers(api: GitHubApi, repo: str, pull: Pull) -> tuple[str, ...]:
             continue
         if login.lower() == pull.author.lower() or _is_bot(user):
             continue
+        if review.get("author_association") not in TRUSTED_ASSOCIATIONS:
+            continue  # on a public repository any account may approve: a second account
         latest[login.lower()] = (state, str(review.get("commit_id") or ""))
     return tuple(
         sorted(
