@@ -14,12 +14,14 @@ Pure: no I/O.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from reconciler import zambdas
+from reconciler.errors import ShapeError
 
 if TYPE_CHECKING:
     from reconciler.plan import ObjectChange
@@ -140,6 +142,10 @@ class Kind:
     # The field of a live object that addresses it in `item_path`, and that a plan calls
     # its `id` (secrets and buckets are addressed by their name).
     key_field: str = "id"
+    # What a live key must look like before it goes into `item_path` (a regex, fully
+    # matched), and how a message says it: a name-keyed kind's documented characters.
+    key_pattern: str | None = None
+    key_rule: str = ""
     # Whether `GET item_path` answers the object's fields. A bucket has no such GET; a
     # secret's answers its value, which is read only as a value (`concealed`).
     item_get: bool = True
@@ -212,8 +218,26 @@ class Kind:
     # here what that decision may turn out to be, and nothing else.
     verify_saved: Callable[[ObjectChange, ObjectChange | None], ObjectChange] | None = None
 
+    def key_problem(self, key: Any) -> str | None:
+        """Why a live object's key (its id; a secret's or bucket's name) may not go into a
+        request path, or None: a dot-segment or nothing (which a server or proxy folds
+        into another path however it is encoded), or a name outside the characters the
+        API documents for the kind (`key_pattern`)."""
+        text = str(key)
+        if text in ("", ".", ".."):
+            return f"its {self.key_field} {text!r} cannot address it in a request path"
+        if self.key_pattern is not None and not re.fullmatch(self.key_pattern, text):
+            return (
+                f"its live name is not a {self.name} name the API allows ({self.key_rule}): "
+                "it is never put in a request path; rename or delete it by hand"
+            )
+        return None
+
     def path_of(self, object_id: str) -> str:
         # An id comes from the API or a plan file: never let it change the path.
+        why = self.key_problem(object_id)
+        if why:
+            raise ShapeError(f"{self.name} {str(object_id)!r}: {why}")
         return self.item_path.format(id=quote(str(object_id), safe=""))
 
     def normalise(self, field_name: str, value: Any) -> Any:
@@ -331,6 +355,8 @@ SECRET = Kind(
     # A new secret's row shows where its value comes from (never the value).
     summary_fields=("valueSource",),
     key_field="name",
+    key_pattern=r"[A-Za-z0-9_-]+",
+    key_rule="letters, digits, '-' and '_'",
     item_get=False,
     renames=False,
     conceal=conceal_secret,
@@ -351,6 +377,8 @@ BUCKET = Kind(
     read_only=("id", "creationDate"),
     summary_fields=(),  # a bucket is its name
     key_field="name",
+    key_pattern=r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
+    key_rule="3 to 63 of a-z, 0-9, '.' and '-'",
     item_get=False,
     create_put=True,
     renames=False,

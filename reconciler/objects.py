@@ -321,6 +321,10 @@ def plan_kind(
             after = {"name": m.name, **desired}
             changes.append(_object_change(kind, m.name, None, CREATE, {}, after, read))
             continue
+        why = kind.key_problem(m.live.get(kind.key_field))
+        if why:
+            problems.append((m.name, f"{kind.name} {m.name!r}: {why}"))
+            continue
         live = {**m.live, **details.get(str(m.live["id"]), {})}
         before: dict[str, Any] = {"name": live.get("name")}
         after = {"name": m.name}
@@ -354,6 +358,8 @@ def _with_unclaimed(
             not_managed.append(name)
         elif me is not None and str(item.get("id")) == me:
             kept.append(name)
+        elif why := matching.kind.key_problem(item.get(matching.kind.key_field)):
+            problems.append((name, f"{matching.kind.name} {name!r}: {why}"))
         else:
             changes.append(_object_change(matching.kind, name, item, DELETE, {}, {}))
     return changes, not_managed, kept, problems

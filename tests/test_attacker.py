@@ -269,3 +269,42 @@ def test_a_path_with_a_line_break_never_becomes_a_workflow_step(repo):
     for name in ("plan.yml", "apply.yml", "drift.yml"):
         text = (workflows / name).read_text()
         assert "Looks like ours" not in text and "other/**" not in text
+
+
+# -- a hostile live Project: names and ids that would become another path ----------------
+
+
+def test_a_live_name_or_id_that_would_be_another_path_is_never_one(repo):
+    # Secrets and buckets are addressed by name: prune sent DELETE /secret/..%2F..%2Fx
+    # (a proxy that decodes %2F sends it elsewhere) and DELETE /z3/bucket%0A-%20evil; an
+    # id ".." is a dot-segment however it is encoded (DELETE /iam/role/.. is /iam/).
+    write_project(
+        repo,
+        f"id: {PID}\nroles: {{}}\nsecrets: {{}}\nbuckets: {{}}\nprune: [roles, secrets, buckets]\n",
+    )
+
+    def reply(request: Request) -> bytes:
+        lists = {
+            "/v1/iam/role": [{"id": "..", "name": "Dots"}, {"id": "r-1", "name": "Gone"}],
+            "/v1/secret": [{"name": "../../x"}, {"name": "OLD"}],
+            "/v1/z3": [{"id": "b-1", "name": "bucket\n- evil"}],
+        }
+        if request.method == "GET" and request.path in lists:
+            return json_response(200, lists[request.path])
+        if request.method == "DELETE":
+            return response(204)
+        return json_response(200, project_doc(PID))
+
+    with HostileServer(reply) as server:
+        result = _invoke(repo, ["apply", "--yes", "--allow-bucket-deletes"], server)
+        deletes = [r.path for r in server.requests if r.method == "DELETE"]
+    assert result.exit_code == 1
+    assert deletes == []  # the Project's plan is an error: nothing of it is written
+    for problem in (
+        "role 'Dots': its id '..' cannot address it in a request path",
+        "secret '../../x': its live name is not a secret name the API allows (letters, "
+        "digits, '-' and '_'): it is never put in a request path; rename or delete it by hand",
+        "bucket 'bucket\\n- evil': its live name is not a bucket name the API allows (3 to "
+        "63 of a-z, 0-9, '.' and '-')",
+    ):
+        assert problem in result.stdout
