@@ -7,6 +7,7 @@ git repository, real zips).
 
 from __future__ import annotations
 
+import http.client
 import struct
 import subprocess
 import sys
@@ -308,3 +309,23 @@ def test_a_live_name_or_id_that_would_be_another_path_is_never_one(repo):
         "63 of a-z, 0-9, '.' and '-')",
     ):
         assert problem in result.stdout
+
+
+# -- the emulator's log: what any web page can make a browser request -----------------
+
+
+def test_a_request_path_cannot_drive_the_terminal_the_emulator_logs_to(seed_data, capsys):
+    # <img src="http://127.0.0.1:8000/%1b]52;c;...%07"> on any web page: the browser sends
+    # it, the Host check answers 421, and the log wrote the decoded path raw (OSC 52 sets
+    # the clipboard of many terminals; others clear the screen or retitle the window).
+    with serve(seed_data, quiet=False) as emu:
+        host, port = emu.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port))
+        conn.putrequest("GET", "/%1b]52;c;ZXZpbA==%07%1b[2J%0a::warning::x", skip_host=True)
+        conn.putheader("Host", "attacker.example")
+        conn.endheaders()
+        assert conn.getresponse().status == 421
+        conn.close()
+    logged = capsys.readouterr().err
+    assert "\x1b" not in logged and "\x07" not in logged
+    assert "GET /\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J\\n::warning::x 421" in logged

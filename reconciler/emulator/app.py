@@ -86,6 +86,7 @@ from reconciler.emulator.request import (
 )
 from reconciler.emulator.store import Access, Caller, Invalid, NotFound, Store
 from reconciler.emulator.zambdas import Denied
+from reconciler.escape import term
 
 DEFAULT_LIMIT = 100
 UPLOAD_PATH = "/_emulator/upload"
@@ -222,9 +223,10 @@ class EmulatorApp:
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
         if not self.quiet:
             # Method, path (never the query string, an upload's token hidden), status,
-            # time: nothing that could hold a token or a secret.
+            # time: nothing that could hold a token or a secret. Any web page can make a
+            # browser send a path here (<img src>): escaped, it cannot drive the terminal.
             ms = (time.perf_counter() - started) * 1000
-            sys.stderr.write(f"{method} {_logged(path)} {status} {ms:.1f}ms\n")
+            sys.stderr.write(f"{term(method)} {term(_logged(path))} {status} {ms:.1f}ms\n")
         return [payload]
 
     def _handle(self, environ: dict[str, Any], method: str, path: str) -> Response:
