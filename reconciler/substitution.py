@@ -53,6 +53,7 @@ class Rules:
 
     objects: frozenset[str] = frozenset()  # the file keys of the object kinds
     named: frozenset[str] = frozenset()  # kinds whose object names are substituted
+    concealed: frozenset[str] = frozenset()  # kinds whose `value` is never shown
 
     @classmethod
     def of(cls, kinds: Iterable[Any]) -> Rules:
@@ -60,7 +61,13 @@ class Rules:
         return cls(
             frozenset(kind.key for kind in kinds),
             frozenset(kind.key for kind in kinds if kind.substitute_names),
+            frozenset(kind.key for kind in kinds if kind.concealed),
         )
+
+    def quotes(self, path: Path) -> bool:
+        """Whether a message about the value at ``path`` may quote it: never a concealed
+        kind's ``value`` (a secret's literal is never shown, not even in a problem)."""
+        return not (len(path) == 3 and path[2] == "value" and path[0] in self.concealed)
 
     def in_value(self, path: Path) -> bool:
         if not path:
@@ -93,10 +100,10 @@ class Variables:
             return (value if isinstance(value, str) else ""), f"vars.{name}"
         return self.env.get(VARIABLE_PREFIX + name), VARIABLE_PREFIX + name
 
-    def expand(self, text: str) -> tuple[str, list[str], Reads]:
+    def expand(self, text: str, *, quoted: bool = True) -> tuple[str, list[str], Reads]:
         """``text`` with every reference replaced; the problems (unset variables,
-        malformed references); the (label, value) of each variable read (defaults are
-        not reads)."""
+        malformed references, quoting the reference unless not ``quoted``); the (label,
+        value) of each variable read (defaults are not reads)."""
         if "${" not in text:
             return text, [], []
         problems: list[str] = []
@@ -111,8 +118,8 @@ class Variables:
                 end = text.find("}", match.start())
                 shown = text[match.start() : end + 1] if end != -1 else text[match.start() :]
                 problems.append(
-                    f"invalid reference {quote(shown)}: write ${{NAME}} or "
-                    "${NAME:-default}, or $${ for a literal ${"
+                    f"invalid reference{f' {quote(shown)}' if quoted else ''}: write "
+                    "${NAME} or ${NAME:-default}, or $${ for a literal ${"
                 )
                 return found
             self.used.add(name)

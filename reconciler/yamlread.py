@@ -270,7 +270,8 @@ class Builder:
             if tag == _FLOAT:
                 return _to_float(text)
         except (KeyError, ValueError):
-            self._report(path, f"{schema.quote(text)} is not a valid {_short_tag(tag)}")
+            shown = schema.quote(text) if self.rules.quotes(path) else "the value"
+            self._report(path, f"{shown} is not a valid {_short_tag(tag)}")
             return None
         return self._bad_tag(node, path)
 
@@ -279,7 +280,7 @@ class Builder:
             if self.variables is None and "${" in text:
                 self.reported.add(path)  # unsubstituted: its type and form are unknown
             return text
-        value, problems, reads = self.variables.expand(text)
+        value, problems, reads = self.variables.expand(text, quoted=self.rules.quotes(path))
         if reads:
             self.substituted.append((path, value, reads))
         if value != text:

@@ -329,3 +329,32 @@ def test_a_request_path_cannot_drive_the_terminal_the_emulator_logs_to(seed_data
     logged = capsys.readouterr().err
     assert "\x1b" not in logged and "\x07" not in logged
     assert "GET /\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J\\n::warning::x 421" in logged
+
+
+def test_a_problem_in_a_secret_literal_never_quotes_it(repo):
+    # A malformed ${ in a literal, or an explicit tag it does not fit: the problem
+    # quoted the literal's text (from the ${ on, or whole).
+    (repo / "base").mkdir()
+    (repo / "base" / "shared.yaml").write_text(
+        'secrets:\n  FROM_BASE: {value: "x-${ SEKRIT-in-a-fragment-7c1d"}\n', encoding="utf-8"
+    )
+    write_project(
+        repo,
+        f"id: {PID}\ninclude: [../base/shared.yaml]\nsecrets:\n"
+        '  BROKEN: {value: "sk_${ SEKRIT-with-a-broken-reference-4f2a"}\n'
+        '  TAGGED: {value: !!int "SEKRIT-under-a-tag-9e3b"}\n'
+        'description: "${ shown: not a secret}"\n',
+    )
+    result = CliRunner().invoke(cli, ["validate"])
+    assert result.exit_code == 1
+    assert "SEKRIT" not in result.output
+    assert result.output.splitlines()[:4] == [
+        "base/shared.yaml:2:22: secrets.FROM_BASE.value: invalid reference: write ${NAME} or "
+        "${NAME:-default}, or $${ for a literal ${ (included from projects/clinic.yaml:2)",
+        "projects/clinic.yaml:4:19: secrets.BROKEN.value: invalid reference: write ${NAME} or "
+        "${NAME:-default}, or $${ for a literal ${",
+        "projects/clinic.yaml:5:19: the value is not a valid !!int",
+        # A setting's own text is no secret: its problem still quotes it.
+        "projects/clinic.yaml:6:14: description: invalid reference '${ shown: not a secret}': "
+        "write ${NAME} or ${NAME:-default}, or $${ for a literal ${",
+    ]
