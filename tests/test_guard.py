@@ -428,6 +428,32 @@ def test_a_direct_push_is_refused_after_waiting_for_the_link(emu, repo, fake_git
     assert len(fake_github.asked(f"/commits/{pushed}/pulls")) >= 2
 
 
+@pytest.mark.parametrize("then", ["a merge commit", "another pull request between"])
+def test_a_direct_push_is_no_part_of_a_rebase_merge_whatever_github_lists(
+    emu, repo, fake_github, then
+):
+    """A commit is taken as part of a rebase merge when GitHub lists a pull request for it
+    whose merge commit comes later. A commit pushed straight to main may be listed for a
+    pull request (it was on that pull request's branch first): it is part of that
+    pull request's rebase merge only when the merge is one (no merge commit) and every
+    commit between them is that pull request's too."""
+    pushed = repo.push(
+        {"projects/alpha.yaml": ALPHA_FILE.replace("signupEnabled: false", "signupEnabled: true")}
+    )
+    if then == "another pull request between":
+        repo.pull_request({"README.md": "unrelated\n"}, how="squash")
+    number, _ = repo.pull_request(
+        {"projects/beta.yaml": BETA_FILE}, how=("merge" if then == "a merge commit" else "squash")
+    )
+    fake_github.commit_pulls.setdefault(pushed, []).append(number)  # as GitHub may list it
+    code, lines, _ = guard(repo, plan(emu, repo))
+    assert code == 1, lines
+    assert (
+        f"  - commit {short(pushed)} is not the merge of a pull request into main (a direct "
+        "push?)" in lines
+    )
+
+
 def test_the_guard_waits_for_github_to_link_the_merge_commit(emu, repo, fake_github):
     _, merged = repo.pull_request(
         {"projects/alpha.yaml": ALPHA_FILE.replace("signupEnabled: false", "signupEnabled: true")},

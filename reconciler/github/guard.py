@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,8 +218,10 @@ def check_commits(
     approvals: bool = True,
     wait: float = PULLS_WAIT_SECONDS,
     sleep: Callable[[float], None] = time.sleep,
+    merges: Collection[str] = (),
 ) -> list[CommitCheck]:
     """Each commit (newest first) with its pull request, approvers and problem, if any.
+    `merges`: the commits among them with two parents (a rebase merge has none).
 
     GitHub links a pushed commit to its pull request a little after the push, so the
     commits not yet linked are asked again for up to `wait` seconds."""
@@ -236,7 +238,7 @@ def check_commits(
                 )
                 if (pull := Pull.of(item, repo, branch)) is not None
             ]
-            pull = _merged_by(sha, pulls, position)
+            pull = _merged_by(sha, pulls, position, merges)
             if pull is not None:
                 found[sha] = pull
         pending = [sha for sha in pending if sha not in found]
@@ -244,6 +246,7 @@ def check_commits(
         if not pending or remaining <= 0:
             break
         sleep(min(2.0, remaining))
+    _keep_whole_rebases(shas, found)
     reviews: dict[int, tuple[str, ...]] = {}
     checks = []
     for sha in shas:
@@ -267,17 +270,36 @@ def check_commits(
     return checks
 
 
-def _merged_by(sha: str, pulls: Sequence[Pull], position: Mapping[str, int]) -> Pull | None:
+def _merged_by(
+    sha: str, pulls: Sequence[Pull], position: Mapping[str, int], merges: Collection[str]
+) -> Pull | None:
     """The pull request `sha` merged: the one whose merge commit it is; or, for a commit
     of a rebase merge, the pull request listed for it whose merge commit (its last
-    commit) comes later in the same range."""
+    commit) comes later in the same range and is no true merge (a rebase merge's
+    commits each have one parent: a commit before a merge commit is no part of it)."""
     for pull in pulls:
         if pull.merge_commit_sha == sha:
             return pull
     for pull in pulls:
-        if position.get(pull.merge_commit_sha, len(position)) < position[sha]:
+        last = pull.merge_commit_sha
+        if position.get(last, len(position)) < position[sha] and last not in merges:
             return pull
     return None
+
+
+def _keep_whole_rebases(shas: Sequence[str], found: dict[str, Pull]) -> None:
+    """Drop a commit taken as part of a rebase merge unless every commit between it and
+    that merge's last commit belongs to the same pull request: a rebase merge puts its
+    commits on the branch one after another, so a commit pushed straight to the branch
+    before an unrelated one is not one of them, whatever GitHub lists for it."""
+    for index, sha in enumerate(shas):
+        pull = found.get(sha)
+        if pull is None or pull.merge_commit_sha == sha:
+            continue
+        last = shas.index(pull.merge_commit_sha)  # newer: earlier in the list
+        between = shas[last + 1 : index]
+        if any(found.get(other) is None or found[other].number != pull.number for other in between):
+            del found[sha]
 
 
 def approvers(api: GitHubApi, repo: str, pull: Pull) -> tuple[str, ...]:
@@ -453,6 +475,7 @@ class GuardRun:
 
     def _since(self, base: Base, entries: list[Entry]) -> Verdict:
         shas = self.repository.first_parent_commits(base.sha, self.head)
+        merges = self.repository.merge_commits(base.sha, self.head)
         try:
             checks = check_commits(
                 self.api,
@@ -462,6 +485,7 @@ class GuardRun:
                 approvals=self.settings.approvals,
                 wait=self.wait,
                 sleep=self.sleep,
+                merges=merges,
             )
         except ReconcilerError as exc:
             raise GuardLookupError(

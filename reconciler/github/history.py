@@ -85,6 +85,12 @@ class Repository:
         out = self.git("rev-list", "--first-parent", f"{base}..{head}", "--")
         return out.decode().split()
 
+    def merge_commits(self, base: str, head: str) -> set[str]:
+        """The commits of `git rev-list --first-parent base..head` that have more than one
+        parent (true merges, not squashes or rebased commits)."""
+        out = self.git("rev-list", "--first-parent", "--parents", f"{base}..{head}", "--")
+        return {line.split()[0] for line in out.decode().splitlines() if len(line.split()) > 2}
+
     def changed_paths(self, base: str, head: str) -> list[str]:
         """Every path that differs between the two commits (a rename: both paths)."""
         out = self.git("diff", "--name-only", "--no-renames", "-z", base, head, "--")
