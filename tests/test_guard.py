@@ -428,7 +428,9 @@ def test_a_direct_push_is_refused_after_waiting_for_the_link(emu, repo, fake_git
     assert len(fake_github.asked(f"/commits/{pushed}/pulls")) >= 2
 
 
-@pytest.mark.parametrize("then", ["a merge commit", "another pull request between"])
+@pytest.mark.parametrize(
+    "then", ["a merge commit", "another pull request between", "the push is a merge"]
+)
 def test_a_direct_push_is_no_part_of_a_rebase_merge_whatever_github_lists(
     emu, repo, fake_github, then
 ):
@@ -437,9 +439,17 @@ def test_a_direct_push_is_no_part_of_a_rebase_merge_whatever_github_lists(
     pull request (it was on that pull request's branch first): it is part of that
     pull request's rebase merge only when the merge is one (no merge commit) and every
     commit between them is that pull request's too."""
-    pushed = repo.push(
-        {"projects/alpha.yaml": ALPHA_FILE.replace("signupEnabled: false", "signupEnabled: true")}
-    )
+    signup = {
+        "projects/alpha.yaml": ALPHA_FILE.replace("signupEnabled: false", "signupEnabled: true")
+    }
+    if then == "the push is a merge":  # a side branch merged by hand and pushed
+        repo.git("switch", "-q", "-c", "side", "main")
+        repo.commit(signup)
+        repo.git("switch", "-q", "main")
+        repo.git("merge", "-q", "--no-ff", "-m", "merged by hand", "side")
+        pushed = fake_github.main = repo.head
+    else:
+        pushed = repo.push(signup)
     if then == "another pull request between":
         repo.pull_request({"README.md": "unrelated\n"}, how="squash")
     number, _ = repo.pull_request(

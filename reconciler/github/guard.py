@@ -280,6 +280,8 @@ def _merged_by(
     for pull in pulls:
         if pull.merge_commit_sha == sha:
             return pull
+    if sha in merges:
+        return None
     for pull in pulls:
         last = pull.merge_commit_sha
         if position.get(last, len(position)) < position[sha] and last not in merges:
