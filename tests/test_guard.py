@@ -490,6 +490,30 @@ def test_a_superseded_run_is_never_the_base(emu, repo, fake_github):
     assert lines[1].endswith(f": #{second}, #{first}.")
 
 
+def test_a_base_off_mains_own_history_is_refused(emu, repo, fake_github):
+    """A pull request's own commits are ancestors of main through its merge's second
+    parent. A run of apply.yml "on main" for one of them (a tag named main and a workflow
+    changed on the pull request's branch can make one) moved the base back to a commit
+    no apply applied: a later hand edit of a field that commit predates read as
+    explained, and its revert passed."""
+    described = ALPHA_FILE.replace("Alpha production", "Alpha, described")
+    number, merged = repo.pull_request({"README.md": "first\n"}, {"projects/alpha.yaml": described})
+    fake_github.record_apply(merged)
+    assert run(["apply", "--yes"], emu).exit_code == 0
+    before_it = repo.git("rev-parse", f"{fake_github.pulls[number]['head']['sha']}~1")
+    hand_edit(emu, ALPHA, {"description": "changed by hand"})
+    repo.pull_request({"README.md": "unrelated\n"})
+    fake_github.record_apply(before_it)  # "applied on main", newest
+    code, lines, _ = guard(repo, plan(emu, repo))
+    assert code == 1, lines
+    assert lines[0] == (
+        f"guard: refused: the last apply's commit {short(before_it)} (run "
+        f"{fake_github.runs[0]['id']}) is not one main pointed at (it is no first-parent "
+        f"ancestor of {short(repo.head)}): a run on main applies main's own commits, so that "
+        "run is not what it seems."
+    )
+
+
 def test_a_base_that_is_not_an_ancestor_is_refused(emu, repo, fake_github):
     repo.git("commit", "-q", "--amend", "-m", "initial, rewritten")  # a force-push of main
     fake_github.main = repo.head

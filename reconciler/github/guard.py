@@ -433,6 +433,9 @@ class GuardRun:
         if not self._descends_from(base):
             ask = f"Nothing was applied; {OVERRIDE_HINT}."
             return Verdict(False, [*notes, self._rewritten(base)], ask=ask)
+        if not self._on_branch(base):
+            ask = f"Nothing was applied; {OVERRIDE_HINT}."
+            return Verdict(False, [*notes, self._off_branch(base)], ask=ask)
         verdict = self._since(base, entries)
         verdict.lines[:0] = notes
         return verdict
@@ -468,6 +471,23 @@ class GuardRun:
                 )
             return False  # gone from the history: rewritten
         return self.repository.is_ancestor(base.sha, self.head)
+
+    def _on_branch(self, base: Base) -> bool:
+        """Whether the base is one of the commits the branch itself pointed at (its
+        first-parent history), as every run that applied on it was: a pull request's own
+        commits are ancestors too, through the second parent of its merge, and a run
+        that looks like it applied one (a tag named like the branch, a workflow changed
+        on a branch) would move the base to a commit no apply ever applied."""
+        shas = self.repository.first_parent_commits(base.sha, self.head)
+        return not shas or self.repository.commit(f"{shas[-1]}^1") == base.sha
+
+    def _off_branch(self, base: Base) -> str:
+        return (
+            f"refused: the last apply's commit {base.sha[:12]} (run {base.run_id}) is not one "
+            f"{self.branch} pointed at (it is no first-parent ancestor of {self.head[:12]}): "
+            f"a run on {self.branch} applies {self.branch}'s own commits, so that run is not "
+            "what it seems."
+        )
 
     def _rewritten(self, base: Base) -> str:
         return (
