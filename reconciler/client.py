@@ -59,6 +59,9 @@ PAGE_SIZE = 100
 # cursor never ends, or a list no Project really holds).
 MAX_PAGES = 1_000
 MAX_OBJECTS = 100_000
+# ... nor one whose pages hold more JSON values than this in all (a page of fat objects
+# behind a cursor that never ends grew a plan past 20 GB before the page bound).
+MAX_LIST_VALUES = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -278,18 +281,20 @@ class ProjectApi:
         what = f"GET {self.api_url}{kind.list_path}"
         # A concealed kind's answer (secrets) may hold values: no message quotes it.
         quoted = not kind.concealed
+        sizes: list[int] = []  # the answer's JSON values, which Pages bounds in all
         if not kind.paged:
-            answer = self._call("GET", kind.list_path, project_id, credentials)
-            return _objects(answer, what, kind.key_field, quoted=quoted), None
+            answer = self._call("GET", kind.list_path, project_id, credentials, sizes=sizes)
+            items = _objects(answer, what, kind.key_field, quoted=quoted)
+            return PageItems(items, sum(sizes)), None
         query = f"?limit={PAGE_SIZE}"
         if cursor:
             query += f"&cursor={quote(cursor, safe='')}"
-        page = self._call("GET", kind.list_path + query, project_id, credentials)
+        page = self._call("GET", kind.list_path + query, project_id, credentials, sizes=sizes)
         page = expect_object(page, what, required=("data",), quoted=quoted)
         items = _objects(page["data"], f"{what}: data", kind.key_field, quoted=quoted)
         metadata = expect(page.get("metadata") or {}, dict, f"{what}: metadata")
         cursor = expect(metadata.get("nextCursor"), (str, type(None)), f"{what}: nextCursor")
-        return items, cursor or None
+        return PageItems(items, sum(sizes)), cursor or None
 
     def get_object(
         self, kind: Kind, project_id: str, credentials: Credentials, object_id: str
@@ -448,10 +453,12 @@ class ProjectApi:
         idempotent: bool = True,
         retries: int | None = None,
         sent: SecretValue | None = None,
+        sizes: list[int] | None = None,
     ) -> Any:
         """One API call; a 401 with an M2M token fetches a fresh token once. `retries`
         overrides --retries for this call; `sent`: a secret value the body carries, which
-        an error answer may echo (its message is then not shown)."""
+        an error answer may echo (its message is then not shown); `sizes` gets the
+        answer's count of JSON values."""
         for fresh_token in (False, True):
             token = self._token(credentials, fresh=fresh_token)
             headers = {
@@ -471,6 +478,8 @@ class ProjectApi:
             expired = response.status_code == 401 and isinstance(credentials, ClientCredentials)
             if expired and not fresh_token:
                 continue
+            if sizes is not None:
+                sizes.append(json_values(response.content))
             return self._decode(response, f"{method} {self.api_url}{path}", sent=sent)
         raise AssertionError("unreachable")
 
@@ -789,6 +798,8 @@ def _objects(value: Any, what: str, key: str = "id", *, quoted: bool = True) -> 
 # An answer nested deeper than this is refused (ours are a few levels deep): past it the
 # code that compares and shows values would recurse until Python gives up.
 MAX_ANSWER_DEPTH = 64
+# ... or holding more values than this: 10 MB of `[],` would take 200 MB once parsed.
+MAX_ANSWER_VALUES = 1_000_000
 _LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
@@ -801,6 +812,8 @@ def _json_or_none(response: Answer) -> Any:
     """The answer's JSON; None when it is not JSON (a number of thousands of digits
     included); UnusableJson for JSON the run must not carry on with."""
     raw = response.content
+    if json_values(raw) > MAX_ANSWER_VALUES:  # before parsing: each costs memory once parsed
+        raise UnusableJson(f"holding more than {MAX_ANSWER_VALUES:,} values")
     try:
         doc = json.loads(raw)
     except RecursionError:
@@ -815,6 +828,20 @@ def _json_or_none(response: Answer) -> Any:
         except UnicodeEncodeError:
             raise UnusableJson("holding a string that is not Unicode (a lone surrogate)") from None
     return doc
+
+
+def json_values(raw: bytes) -> int:
+    """About how many values a JSON text holds (its commas and opening brackets, strings
+    not set apart: an overcount), in C: what parsing it would cost in memory."""
+    return raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+
+
+class PageItems(list):
+    """A page's objects, and how many JSON values its answer held (what Pages bounds)."""
+
+    def __init__(self, items: list[dict], values: int = 0) -> None:
+        super().__init__(items)
+        self.values = values
 
 
 def _error_json(response: Answer) -> Any:
@@ -899,15 +926,23 @@ class Pages:
         self.what = what
         self.items: list[dict] = []
         self.pages = 0
+        self.values = 0
         self._cursors: set[str] = set()
 
     def add(self, items: list[dict], cursor: str | None) -> bool:
-        """Take in a page; True when there is a next one to read (at `cursor`)."""
+        """Take in a page (its answer's values counted when it is `PageItems`); True when
+        there is a next one to read (at `cursor`)."""
         self.pages += 1
         self.items += items
+        self.values += getattr(items, "values", 0)
         if len(self.items) > MAX_OBJECTS:
             raise ShapeError(
                 f"{self.what}: more than {MAX_OBJECTS:,} objects; refusing to read further"
+            )
+        if self.values > MAX_LIST_VALUES:
+            raise ShapeError(
+                f"{self.what}: more than {MAX_LIST_VALUES:,} values in its pages; refusing to "
+                "read further"
             )
         if not cursor:
             return False

@@ -358,3 +358,35 @@ def test_a_problem_in_a_secret_literal_never_quotes_it(repo):
         "projects/clinic.yaml:6:14: description: invalid reference '${ shown: not a secret}': "
         "write ${NAME} or ${NAME:-default}, or $${ for a literal ${",
     ]
+
+
+def test_a_cursor_that_never_ends_over_fat_pages_is_bounded_by_what_they_hold(repo):
+    # One object per page, each holding half a megabyte of `[],`: the bounds on pages
+    # (1,000) and objects (100,000) were far off, and a plan passed 20 GB in 4 minutes.
+    hostile, fine = project_files(repo, 2, "m2mClients: {}\n")
+    fat = ",".join(["[]"] * (512 * 1024 // 3))
+
+    def reply(request: Request) -> bytes:
+        project = request.headers["x-oystehr-project-id"]
+        if request.path == "/v1/project":
+            return json_response(200, project_doc(project))
+        if project == fine:
+            return json_response(200, {"data": [], "metadata": {}})
+        page = sum(r.path == request.path for r in server.requests)
+        return response(
+            200,
+            f'{{"data": [{{"id": "m{page}", "name": "c{page}", "junk": [{fat}]}}], '
+            f'"metadata": {{"nextCursor": "c{page}"}}}}',
+        )
+
+    with HostileServer(reply) as server:
+        result = _invoke(repo, ["plan"], server)
+        pages = server.count("GET /v1/m2m/v2/list")
+        api = server.api_url
+    assert result.exit_code == 1
+    assert (
+        f"    error: GET {api}/m2m/v2/list: more than 4,000,000 values in its pages; refusing "
+        "to read further\n"
+    ) in result.stdout
+    assert pages < 20  # about 350,000 values a page, where 1,000 pages were read
+    assert result.stdout.endswith("Plan: 0 to change, 1 unchanged, 1 error.\n")
