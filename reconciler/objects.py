@@ -420,9 +420,7 @@ def _client_problem(kind: Kind, name: str, source: Source, known: KnownValues) -
     if client not in known.new_clients and client not in known.live_clients:
         named = ", ".join(sorted(known.live_clients)) or "(none)"
         hint = did_you_mean(client, sorted({*known.new_clients, *known.live_clients}))
-        return (
-            f"{what} is neither declared in m2mClients nor live{hint} (M2M clients: {named})"
-        )
+        return f"{what} is neither declared in m2mClients nor live{hint} (M2M clients: {named})"
     rotating = source.rotates and client in known.rotate
     if rotating and known.me is not None and known.live_clients.get(client) == known.me:
         return f"{what} is the client this run authenticates as: it is never rotated"
