@@ -210,8 +210,11 @@ def plan(paths, fmt, out, detailed_exitcode, **options) -> None:
 def drift(paths, fmt, **options) -> None:
     """Report Projects whose live settings or objects no longer match their files.
 
-    Exit 0 no drift, 2 drift, 1 any error (an error wins over drift; the
-    report still prints).
+    The plan's read-only comparison, read live -> file, for the settings and
+    the roles, applications, M2M clients, secrets, buckets and Zambda functions
+    the files manage. A secret whose value these credentials may not read is
+    not drift: the next apply compares it. Exit 0 no drift, 2 drift, 1 any
+    error (an error wins over drift; the report still prints).
 
     \b
       reconciler drift --format markdown > drift.md
