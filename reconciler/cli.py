@@ -46,7 +46,7 @@ LAZY_COMMANDS = {
     "init": (
         "reconciler.init",
         "init",
-        "Set up a settings repository: project files, schema, workflows, pre-commit.",
+        "Set up a settings repository: project files, schemas, workflows, pre-commit.",
     ),
 }
 
