@@ -423,8 +423,10 @@ class ProjectWriter:
                 status, message = UNKNOWN, IN_FLIGHT_MESSAGE.format(what="write")
             elif keys and all(k in state.finished for k in keys):
                 status, message, detail = self._finished_state(change)
-            elif failure is not None or self._error is not None:
+            elif failure is not None:
                 status, message = SKIPPED, "not started: an earlier write failed"
+            elif self._error is not None:
+                status, message = SKIPPED, "not started: the Project failed before any write"
             else:
                 status, message = SKIPPED, "not started: interrupted"
             if index in self.blocked:

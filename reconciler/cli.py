@@ -46,7 +46,7 @@ LAZY_COMMANDS = {
     "init": (
         "reconciler.init",
         "init",
-        "Set up a settings repository: project files, schema, workflows, pre-commit.",
+        "Set up a settings repository: project files, schemas, workflows, pre-commit.",
     ),
 }
 
@@ -210,8 +210,11 @@ def plan(paths, fmt, out, detailed_exitcode, **options) -> None:
 def drift(paths, fmt, **options) -> None:
     """Report Projects whose live settings or objects no longer match their files.
 
-    Exit 0 no drift, 2 drift, 1 any error (an error wins over drift; the
-    report still prints).
+    The plan's read-only comparison, read live -> file, for the settings and
+    the roles, applications, M2M clients, secrets, buckets and Zambda functions
+    the files manage. A secret whose value these credentials may not read is
+    not drift: the next apply compares it. Exit 0 no drift, 2 drift, 1 any
+    error (an error wins over drift; the report still prints).
 
     \b
       reconciler drift --format markdown > drift.md
@@ -297,16 +300,22 @@ def apply(paths, plan_file, yes, max_changes, fmt, allow_bucket_deletes, **optio
     "--include",
     default=None,
     metavar="WORDS",
-    help="Only these, comma-separated: settings,roles,applications,m2mClients (default: all).",
+    help=(
+        "Only these, comma-separated: settings,roles,applications,m2mClients,secrets,"
+        "buckets,zambdas (default: all)."
+    ),
 )
 @api_options
 def export(project_id, output, force, include, **options) -> None:
     """Write a project file from a live Project (bring it under management).
 
-    Settings, then every role (with its policy), application and M2M client
-    (with role names); never a secret, never prune. Uses OYSTEHR_ACCESS_TOKEN,
-    or OYSTEHR_CLIENT_ID + OYSTEHR_CLIENT_SECRET. Planning the exported file
-    shows no change.
+    Settings, then every role (with its policy), application, M2M client (with
+    role names), secret (as valueFrom: {env: SLUG_NAME}: a value is never read),
+    bucket and Zambda function (its configuration, not its code); never prune.
+    Uses OYSTEHR_ACCESS_TOKEN, or OYSTEHR_CLIENT_ID + OYSTEHR_CLIENT_SECRET.
+    Planning the exported file shows no change. Over the project file of the
+    same Project, --output keeps its leading comments and auth block; a file
+    with include is never overwritten.
 
     \b
       reconciler export --project-id fd9b1113-... --output projects/sandbox.yaml
@@ -319,11 +328,13 @@ def export(project_id, output, force, include, **options) -> None:
 
 @cli.command()
 def demo() -> None:
-    """Show the whole job on an embedded emulator: validate, plan, apply, drift.
+    """Show the whole job on an embedded emulator: validate to drift.
 
     Starts an emulator on a free port with bundled example Projects, copies
-    the example project files to a temporary folder and runs the real
-    commands against it. Touches nothing else; needs no account.
+    the example project files, their shared base and a Zambda function's
+    source to a temporary folder and runs the real commands there: validate,
+    render, compare, build the function's zip, plan, apply, drift, then drift
+    again after a change made by hand. Touches nothing else; needs no account.
 
     \b
       reconciler demo

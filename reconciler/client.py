@@ -107,7 +107,11 @@ def resolve_credentials(auth: Mapping[str, str] | None, env: Mapping[str, str]) 
         missing = [name for name in auth.values() if not env.get(name)]
         if missing:
             names = ", ".join(missing)
-            raise CredentialsError(f"auth names environment variable(s) that are not set: {names}")
+            raise CredentialsError(
+                f"auth names environment variable(s) that are not set: {names} (export the "
+                "Project's credentials under those names; in CI the workflows map them from "
+                "the secrets `reconciler init` lists)"
+            )
         check_credentials(auth.values(), env)
         if "accessTokenEnv" in auth:
             return AccessToken(env[auth["accessTokenEnv"]], source=auth["accessTokenEnv"])

@@ -134,7 +134,7 @@ def project_file_text(
         details, listed = objects[kind.name]
         doc[kind.key] = {
             _object_name(kind, item["name"], project_id): (
-                _object_fields(kind, item, roles, prefix) or None
+                _object_fields(kind, item, roles, prefix) or {}  # `{}`: it exists
             )
             for item in details
         }

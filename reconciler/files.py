@@ -390,7 +390,7 @@ def _build_project(
             f"vars.{BUILT_IN}: {BUILT_IN} is built in (this file's id) and cannot be redefined"
         )
         problems.append(project.problem(message, "vars", BUILT_IN, key=True))
-    if variables is not None:
+    if variables is not None and not problems:  # a fragment that did not read uses none
         for name in declared:
             if name not in variables.used and name != BUILT_IN:
                 message = (

@@ -4,7 +4,8 @@
     reconciler init --project-id ID --project-id ID2
     reconciler init --action my-org/reconciler@3d3c42e5aac5ba805825da76410c181273ba90b1
 
-Writes `projects/`, `schemas/project.schema.json`, the three workflows
+Writes `projects/` (an example, unless it holds project files already),
+`schemas/project.schema.json` and `schemas/fragment.schema.json`, the three workflows
 (`plan`, `apply`, `drift`) using the composite action remotely, and
 `.pre-commit-config.yaml`, both pinned to a commit (`@<sha> # vX.Y.Z`,
 `rev: <sha>  # frozen: vX.Y.Z`). An existing file is skipped and named, never
@@ -468,9 +469,13 @@ Next (in your repository's Settings on GitHub, or with the gh CLI as shown):
 def init(
     directory: Path, project_ids: tuple[str, ...], action_ref: str | None, build: str, **options
 ) -> None:
-    """Set up a settings repository: project files, schema, workflows, pre-commit.
+    """Set up a settings repository: project files, schemas, workflows, pre-commit.
 
-    Existing files are skipped and named, never overwritten. With --project-id
+    The workflows follow the project files already under projects/ (and base/):
+    the credential names of their auth blocks, the RECONCILER_SECRET_ variables
+    their secrets read, the sourceInputs of their functions. Without such files
+    it writes an example. Existing files are skipped and named, never
+    overwritten (to write the workflows again, delete them first). With --project-id
     (needs OYSTEHR_ACCESS_TOKEN, or OYSTEHR_CLIENT_ID + OYSTEHR_CLIENT_SECRET)
     each Project is exported as it is now, so the first plan shows no change.
     The workflows get the production API and auth URLs unless --api-url and
@@ -547,9 +552,10 @@ def _and(words: Sequence[str]) -> str:
 def _write_rest(
     scaffold: Scaffold, action: ActionRef, api_url: str, auth_url: str, build: str = ""
 ) -> ZambdaFiles:
-    from reconciler.schema import schema_text
+    from reconciler.schema import fragment_schema_text, schema_text
 
     scaffold.write("schemas/project.schema.json", schema_text())
+    scaffold.write("schemas/fragment.schema.json", fragment_schema_text())
     files = project_files(scaffold.root / "projects")
     names, secrets = credential_names(files), secret_variables(files)
     zambdas = ZambdaFiles.found_in(files + project_files(scaffold.root / "base"))
@@ -572,9 +578,12 @@ def _write_rest(
 def write_projects(
     scaffold: Scaffold, project_ids: Sequence[str], options: dict[str, Any]
 ) -> list[Path]:
-    """The example, or each Project's export with its `auth` block; the exports written."""
+    """The example (only where `projects/` holds no project file yet: the workflows
+    then follow the files there), or each Project's export with its `auth` block; the
+    exports written."""
     if not project_ids:
-        scaffold.write("projects/example.yaml", _template("example.yaml"))
+        if not project_files(scaffold.root / "projects"):
+            scaffold.write("projects/example.yaml", _template("example.yaml"))
         return []
     import os
 

@@ -263,13 +263,16 @@ class Kind:
 
 def conceal_secret(field_name: str, value: Any) -> str | None:
     """A secret's value as `render` shows it: where it comes from, never what it is —
-    `(not shown: literal)`, `(not shown: env NAME)`, `(not shown: m2m NAME FIELD)`."""
+    `(not shown: literal)`, `(not shown: env RECONCILER_SECRET_NAME)` (the variable
+    read, as plans name it), `(not shown: m2m NAME FIELD)`."""
+    from reconciler.secretvalues import ENV_PREFIX
+
     if field_name == "value":
         return "(not shown: literal)"
     if field_name != "valueFrom":
         return None
     if isinstance(value, Mapping) and "env" in value:
-        return f"(not shown: env {value['env']})"
+        return f"(not shown: env {ENV_PREFIX}{value['env']})"
     if isinstance(value, Mapping) and "m2mClient" in value:
         return f"(not shown: m2m {value['m2mClient']} {value.get('field')})"
     return "(not shown)"

@@ -233,10 +233,17 @@ class RoleIndex:
 
 def no_role_named(what: str, name: Any, names: Sequence[str]) -> ValueError:
     """The error for a role name that resolves nowhere: the closest name, then them all."""
-    close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
     available = ", ".join(names) or "(none)"
-    return ValueError(f"{what}: no role named {name!r} in this Project{hint} (roles: {available})")
+    return ValueError(
+        f"{what}: no role named {name!r} in this Project{did_you_mean(name, names)} "
+        f"(roles: {available})"
+    )
+
+
+def did_you_mean(name: Any, names: Iterable[str]) -> str:
+    """`; did you mean 'X'?` for the closest of `names` to a misspelt one, or ''."""
+    close = difflib.get_close_matches(str(name), list(names), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def role_index(roles: Matching | None, live_roles: Sequence[Mapping] | None) -> RoleIndex:
@@ -418,7 +425,8 @@ def _client_problem(kind: Kind, name: str, source: Source, known: KnownValues) -
         return f"{what}: two live M2M clients have that name; rename one by hand first"
     if client not in known.new_clients and client not in known.live_clients:
         named = ", ".join(sorted(known.live_clients)) or "(none)"
-        return f"{what} is neither declared in m2mClients nor live (M2M clients: {named})"
+        hint = did_you_mean(client, sorted({*known.new_clients, *known.live_clients}))
+        return f"{what} is neither declared in m2mClients nor live{hint} (M2M clients: {named})"
     rotating = source.rotates and client in known.rotate
     if rotating and known.me is not None and known.live_clients.get(client) == known.me:
         return f"{what} is the client this run authenticates as: it is never rotated"

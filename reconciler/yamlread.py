@@ -379,6 +379,8 @@ def _yaml_hint(error: yaml.MarkedYAMLError, lines: list[str]) -> str:
         if started < len(lines) and _NO_SPACE_AFTER_COLON.match(lines[started]):
             return _missing_space(started)
         return " (every key needs a colon and a space after it: key: value)"
+    if problem.startswith(("did not find expected key", "expected <block end>")):
+        return _MISALIGNED  # a key indented more or less than the keys beside it
     if not problem.startswith("mapping values are not allowed"):
         return ""
     above = next((n for n in range(mark.line - 1, -1, -1) if lines[n].strip()), None)
@@ -390,7 +392,10 @@ def _yaml_hint(error: yaml.MarkedYAMLError, lines: list[str]) -> str:
         if '"' in value or "\\" in value:
             return " (quote a value that holds ': ')"
         return f' (quote a value that holds ": ", like {key.strip()}: "{value}")'
-    return " (check this line's indentation: it must line up with the keys it belongs with)"
+    return _MISALIGNED
+
+
+_MISALIGNED = " (check this line's indentation: it must line up with the keys it belongs with)"
 
 
 # Characters YAML does not allow in a stream (YAML 1.1 section 5.1, as PyYAML enforces).

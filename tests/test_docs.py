@@ -53,3 +53,25 @@ def test_short_flags_are_the_same_everywhere(name, command):
 def test_every_command_that_talks_to_the_api_has_v_q_and_no_color(name):
     opts = {opt for param in _command(cli, name).params for opt in param.opts}
     assert {"-v", "--verbose", "-q", "--quiet", "--no-color", "--api-url", "--auth-url"} <= opts
+
+
+# How help texts name each kind (lower case, singular: "roles" contains "role").
+KIND_WORDS = {"m2m": "m2m client", "zambda": "zambda function"}
+
+
+@pytest.mark.parametrize("args", [[], ["apply"], ["export"], ["drift"]], ids=" ".join)
+def test_help_that_says_what_is_managed_names_every_kind(args):
+    from reconciler.kinds import KINDS
+
+    result = CliRunner().invoke(cli, [*args, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.lower().split())
+    for kind in KINDS:
+        assert KIND_WORDS.get(kind.name, kind.name) in text, (args, kind.name)
+
+
+def test_export_include_lists_every_word_it_takes():
+    from reconciler.export import INCLUDE_WORDS
+
+    result = CliRunner().invoke(cli, ["export", "--help"], terminal_width=200)
+    assert ",".join(INCLUDE_WORDS) in result.output

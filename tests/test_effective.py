@@ -234,7 +234,7 @@ def test_render_never_shows_a_secret_value():
     assert effective_document(DOC, KINDS) == {
         "secrets": {
             "AUTH0_SECRET": {"valueFrom": "(not shown: m2m Zambdas Admin clientSecret)"},
-            "STRIPE_KEY": {"valueFrom": "(not shown: env STAGING_STRIPE_KEY)"},
+            "STRIPE_KEY": {"valueFrom": "(not shown: env RECONCILER_SECRET_STAGING_STRIPE_KEY)"},
             "WEBSITE_URL": {"value": "(not shown: literal)"},
         }
     }

@@ -119,5 +119,7 @@ def test_the_auth_blocks_variables_must_be_set(repo, emu):
     result = run(["export", "--project-id", BETA, "-o", "projects/beta.yaml"], emu)
     assert result.exit_code == 1
     assert result.stderr == (
-        "Error: auth names environment variable(s) that are not set: BETA_ID, BETA_SECRET\n"
+        "Error: auth names environment variable(s) that are not set: BETA_ID, BETA_SECRET "
+        "(export the Project's credentials under those names; in CI the workflows map them "
+        "from the secrets `reconciler init` lists)\n"
     )

@@ -73,6 +73,12 @@ def test_a_misspelt_role_name_gets_a_did_you_mean_at_plan_time(repo, emu, body, 
             "2:22: invalid YAML: mapping values are not allowed in this context (quote a value "
             "that holds ': ')",
         ),
+        (  # a key indented deeper than the keys beside it, after a flow mapping
+            "id: x\nm2mClients:\n  Admin: {roles: [A]}\n   description: y\n",
+            "4:4: invalid YAML: did not find expected key (while parsing a block mapping that "
+            "started at line 3, column 3) (check this line's indentation: it must line up "
+            "with the keys it belongs with)",
+        ),
         (
             "id: x\ndescription: see https://example.com\n  name: y\n",
             "3:7: invalid YAML: mapping values are not allowed in this context (check this "

@@ -344,6 +344,15 @@ def test_an_unused_var_is_a_warning(repo):
     )
 
 
+def test_no_unused_var_warning_when_a_fragment_did_not_read(repo):
+    write(repo, "base/b.yaml", "description: ${USED}\n  name: x\n")
+    project(repo, "include: [../base/b.yaml]\nvars: {USED: x}\n")
+    result = validate()
+    assert result.exit_code == 1
+    assert result.stdout.startswith("base/b.yaml:2:7: invalid YAML: ")
+    assert "warning" not in result.output
+
+
 def test_no_substitution_in_include_id_vars_or_renamed_from(repo):
     write(repo, "base/${X}.yaml", "name: odd\n")
     project(

@@ -32,6 +32,7 @@ TREE = [
     ".github/workflows/plan.yml",
     ".pre-commit-config.yaml",
     "projects/example.yaml",
+    "schemas/fragment.schema.json",
     "schemas/project.schema.json",
 ]
 NO_CREDENTIALS = {
@@ -89,6 +90,7 @@ def test_init_writes_a_repository_that_validates_with_workflows_github_accepts(t
     assert result.output.startswith(
         "wrote   projects/example.yaml\n"
         "wrote   schemas/project.schema.json\n"
+        "wrote   schemas/fragment.schema.json\n"
         "wrote   .github/workflows/plan.yml\n"
     )
     done = _validate(tmp_path)
@@ -181,14 +183,17 @@ def test_init_never_overwrites(tmp_path):
     assert result.exit_code == 0, result.output
     for relative, text in mine.items():
         assert (tmp_path / relative).read_text(encoding="utf-8") == text
+    # A project file there already: no example is written beside it.
+    for relative in (".github/workflows/plan.yml", ".pre-commit-config.yaml"):
         assert f"skipped {relative} (exists; not overwritten)\n" in result.output
+    assert "projects/example.yaml" not in result.output
     assert "wrote   .github/workflows/apply.yml\n" in result.output
     assert _tree(tmp_path) == TREE
 
     before = {p: (tmp_path / p).read_bytes() for p in TREE}
     again = _init(str(tmp_path))
     assert again.exit_code == 0
-    assert "wrote" not in again.output and again.output.count("skipped ") == len(TREE)
+    assert "wrote" not in again.output and again.output.count("skipped ") == len(TREE) - 1
     assert {p: (tmp_path / p).read_bytes() for p in TREE} == before
 
 
@@ -452,6 +457,7 @@ def _written_order() -> list[str]:
     return [
         "projects/example.yaml",
         "schemas/project.schema.json",
+        "schemas/fragment.schema.json",
         ".github/workflows/plan.yml",
         ".github/workflows/apply.yml",
         ".github/workflows/drift.yml",

@@ -19,6 +19,9 @@ next, as a terminal would. SETUP is one or more words, comma-separated:
   (`reconciler demo` prints the commands it runs as `$ …` lines).
 - `not run: A, B`: lines starting with A or B are not run (`pip install …`, which
   the test environment has done already; `$EDITOR …`).
+- `continued`: the block goes on from the example before it, as a reader who ran
+  that one does: the earlier example's setup and commands are run first (their
+  output is not compared), in the same terminal.
 
 A block whose lines start with `$ ` is a transcript: each `$ ` line is a command
 (a trailing `\\` continues it), and the lines under it are what it prints, stdout and
@@ -85,7 +88,7 @@ def examples(text: str) -> list[Example]:
     for match in _MARKED.finditer(text):
         words, _, skipped = match["spec"].partition("not run:")
         setup = frozenset(w.strip() for w in words.split(",") if w.strip())
-        unknown = setup - {"offline", "emulator", "empty", "one command"}
+        unknown = setup - {"offline", "emulator", "empty", "one command", "continued"}
         assert not unknown, f"README.md:{text.count(chr(10), 0, match.start()) + 1}: {unknown}"
         not_run = tuple(s.strip() for s in skipped.split(",") if s.strip())
         line = text.count("\n", 0, match.start()) + 2  # the fence's line
@@ -251,6 +254,13 @@ def session(tmp_path: Path) -> Iterator[Session]:
 
 
 def _prepare(example: Example, session: Session) -> None:
+    if "continued" in example.setup:
+        index = EXAMPLES.index(example)
+        assert index > 0, f"README.md:{example.line}: `continued`, but no example before it"
+        before = EXAMPLES[index - 1]
+        _prepare(before, session)
+        _run(before, session, check=False)
+        return
     if "empty" not in example.setup:
         for name in COPIED:
             shutil.copytree(ROOT / name, session.folder / name)
@@ -331,6 +341,11 @@ def transcript(body: str, one_command: bool = False) -> list[tuple[str, list[str
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.id)
 def test_the_readme_example_runs_as_shown(example: Example, session: Session):
     _prepare(example, session)
+    _run(example, session, check=True)
+
+
+def _run(example: Example, session: Session, *, check: bool) -> None:
+    """Run an example's commands; with `check`, each as the README shows it."""
     if not any(line.startswith("$ ") for line in example.body.splitlines()):
         for command in example.body.splitlines():
             if not command.strip() or command.lstrip().startswith("#"):
@@ -338,7 +353,7 @@ def test_the_readme_example_runs_as_shown(example: Example, session: Session):
             if command.startswith(example.not_run):
                 continue
             code, output = session.run(command)
-            assert code == 0, f"README.md:{example.line}: {command}\n{output}"
+            assert code == 0 or not check, f"README.md:{example.line}: {command}\n{output}"
         return
     for command, shown in transcript(example.body, "one command" in example.setup):
         if command.startswith(example.not_run):
@@ -348,6 +363,8 @@ def test_the_readme_example_runs_as_shown(example: Example, session: Session):
             shown = shown[:1]
         else:
             output = session.run(command)[1]
+        if not check:
+            continue
         want, got = normalise("\n".join(shown)), normalise(session.as_in_readme(output))
         assert matches(want, got), (
             f"README.md:{example.line}: $ {command}\n"

@@ -202,6 +202,10 @@ def test_apply_without_the_env_value_is_that_projects_error_and_writes_nothing(r
             f"it writes, and {STRIPE_VARIABLE} (secret STRIPE_KEY) is not set. Nothing was "
             "written to this Project.\n"
         ) in result.stdout
+        # Each object: nothing was written (marked as unchanged, never as a delete).
+        assert (
+            "    = secret ENVIRONMENT: skipped: not started: the Project failed before any write\n"
+        ) in result.stdout
         assert writes(emu.stats()) == {}
     assert secret_value(emu, "STRIPE_KEY") == OLD_STRIPE
 
@@ -475,6 +479,18 @@ def test_a_client_named_nowhere_is_that_projects_error(repo, emu):
         "secret 'X': valueFrom.m2mClient 'Ghost' is neither declared in m2mClients nor live "
         "(M2M clients: Existing Admin, ci, plan reader)"
     ) in result.stdout
+    # A misspelt one (here one the file declares) gets the closest name.
+    write_project(
+        repo,
+        f"id: {PID}\nm2mClients:\n  Zambdas Admin: {{roles: [Admin]}}\nsecrets:\n"
+        "  X: {valueFrom: {m2mClient: Zambda Admin, field: clientId}}\n",
+    )
+    result = run(["plan"], env_for(emu))
+    assert result.exit_code == 1
+    assert (
+        "valueFrom.m2mClient 'Zambda Admin' is neither declared in m2mClients nor live; "
+        "did you mean 'Zambdas Admin'? (M2M clients: "
+    ) in result.stdout
 
 
 def test_export_writes_secrets_as_env_names_and_plans_clean_with_them_set(repo, emu):
@@ -485,7 +501,8 @@ def test_export_writes_secrets_as_env_names_and_plans_clean_with_them_set(repo, 
         name: {"valueFrom": {"env": f"CLINIC_STAGING_{name}"}}
         for name in ("OLD", "STRIPE_KEY", "WEBSITE_URL")
     }
-    assert doc["buckets"] == {"${PROJECT_ID}-old-scans": None}
+    assert doc["buckets"] == {"${PROJECT_ID}-old-scans": {}}
+    assert "\nbuckets:\n  ${PROJECT_ID}-old-scans: {}\n" in result.stdout  # as one writes it
     assert leaks([result.output], [OLD_STRIPE, OLD_URL, OLD_GONE]) == []
     assert "GET /v1/secret/OLD" not in emu.stats()  # a value is never read
     write_project(repo, result.stdout)

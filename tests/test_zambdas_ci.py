@@ -114,6 +114,11 @@ def test_init_builds_in_the_plan_jobs_only_and_watches_the_source_inputs(tmp_pat
     assert upload["with"]["path"] == "plan.json\n.dist/zips/*.zip\nbuild/zips/*.zip\n"
     assert upload["with"]["include-hidden-files"] is True
     assert "The project files name Zambda zips" not in result.output
+    # Its files are the repository's Projects: no example beside them, no example's
+    # credentials in the workflows; the fragment schema for base/ is there.
+    assert not (repo / "projects" / "example.yaml").exists()
+    assert "EXAMPLE_" not in (repo / ".github" / "workflows" / "plan.yml").read_text()
+    assert (repo / "schemas" / "fragment.schema.json").is_file()
 
 
 def test_init_without_build_says_where_the_build_command_goes(tmp_path):

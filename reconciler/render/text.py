@@ -112,7 +112,7 @@ _MARKS = {
     APPLIED: ("+", "+"),
     FAILED: ("!", "!"),
     UNKNOWN: ("?", "!"),
-    SKIPPED: ("-", "="),
+    SKIPPED: ("=", "="),  # nothing was written (never "-": that is a delete)
     BLOCKED: ("!", "!"),
     UNCHANGED: ("=", "="),
 }
