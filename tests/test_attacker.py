@@ -11,13 +11,13 @@ import http.client
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from hostile import HostileServer, Request, json_response, project_doc, project_files, response
 from secrets_e2e import PID, env_for, leaks, run, seed, write_project
 from test_secret_drills import proxy
+from test_trust_server import TOKEN, invoke
 
 from reconciler.cli import cli
 from reconciler.emulator import serve
@@ -94,22 +94,6 @@ def test_the_counting_reads_the_directory_zipfile_reads(tmp_path):
 
 # -- a hostile server: answers no code past the client may see -------------------------
 
-TOKEN = "attacker-test-token-5b1e9c"
-
-
-def _invoke(repo: Path, args: list[str], server: HostileServer, **env: str | None) -> Result:
-    base: dict[str, str | None] = {
-        "OYSTEHR_PROJECT_API_URL": server.api_url,
-        "OYSTEHR_AUTH_URL": server.auth_url,
-        "OYSTEHR_ACCESS_TOKEN": TOKEN,
-        "OYSTEHR_CLIENT_ID": None,
-        "OYSTEHR_CLIENT_SECRET": None,
-        "GITHUB_STEP_SUMMARY": str(repo / "summary.md"),
-        "NO_COLOR": None,
-    }
-    return CliRunner().invoke(cli, args, env=base | env, catch_exceptions=False)
-
-
 ROLES_FILE = """\
 roles:
   Reader:
@@ -156,7 +140,7 @@ def test_an_answer_no_code_may_see_is_that_projects_error(repo, body, reason):
         return json_response(404, {"message": "not found", "code": 404})
 
     with HostileServer(reply) as server:
-        result = _invoke(repo, ["plan"], server)
+        result = invoke(repo, ["plan"], server)
         api = server.api_url
     assert result.exit_code == 1, result.output
     assert f"    error: GET {api}/iam/role {reason}" in result.stdout
@@ -231,7 +215,7 @@ def test_a_secret_list_of_the_wrong_shape_is_not_quoted(repo):
             return json_response(200, project_doc(PID))
 
         with HostileServer(reply) as server:
-            result = _invoke(repo, ["plan"], server)
+            result = invoke(repo, ["plan"], server)
             api = server.api_url
         assert f"    error: GET {api}/secret{said}\n" in result.stdout
         assert "LIVE-VALUE" not in result.output
@@ -297,7 +281,7 @@ def test_a_live_name_or_id_that_would_be_another_path_is_never_one(repo):
         return json_response(200, project_doc(PID))
 
     with HostileServer(reply) as server:
-        result = _invoke(repo, ["apply", "--yes", "--allow-bucket-deletes"], server)
+        result = invoke(repo, ["apply", "--yes", "--allow-bucket-deletes"], server)
         deletes = [r.path for r in server.requests if r.method == "DELETE"]
     assert result.exit_code == 1
     assert deletes == []  # the Project's plan is an error: nothing of it is written
@@ -380,7 +364,7 @@ def test_a_cursor_that_never_ends_over_fat_pages_is_bounded_by_what_they_hold(re
         )
 
     with HostileServer(reply) as server:
-        result = _invoke(repo, ["plan"], server)
+        result = invoke(repo, ["plan"], server)
         pages = server.count("GET /v1/m2m/v2/list")
         api = server.api_url
     assert result.exit_code == 1
