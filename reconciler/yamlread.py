@@ -143,6 +143,17 @@ _SEQ = "tag:yaml.org,2002:seq"
 class _CoreResolver(BaseResolver):
     """Implicit types of the YAML 1.2 core schema (PyYAML only knows YAML 1.1's)."""
 
+    def resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
+        """BaseResolver.resolve without what this resolver never has (path resolvers,
+        resolvers for any first character): libyaml calls it for every node."""
+        if kind is ScalarNode:
+            if implicit[0]:
+                for tag, regexp in self.yaml_implicit_resolvers.get(value[:1], ()):
+                    if regexp.match(value):
+                        return tag
+            return _STR
+        return _SEQ if kind is SequenceNode else _MAP
+
 
 _CoreResolver.add_implicit_resolver(
     _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
@@ -237,14 +248,15 @@ class Builder:
             where = _mark(key_node)
             if names:
                 key = self._substituted(key, (*path, key), where)
+            at = (*path, key)
             if key in result:
-                first = self.key_locations[(*path, key)][0]
+                first = self.key_locations[at][0]
                 inside = f" in {schema.field_name(path)}" if path else ""
                 message = f"duplicate key '{key}'{inside}: already set at line {first}"
                 self.problems.append(Problem(self.path, *where, message))
                 continue
-            self.key_locations[(*path, key)] = where
-            result[key] = self.build(value_node, (*path, key))
+            self.key_locations[at] = where
+            result[key] = self.build(value_node, at)
         return result
 
     def _key(self, node: Node, path: Path) -> str | None:
@@ -284,9 +296,8 @@ class Builder:
             self.substituted.append((path, value, reads))
         if value != text:
             self.written[path] = text
-        field_prefix = f"{schema.field_name(path)}: " if path else ""
         for message in problems:
-            self._report(path, field_prefix + message)
+            self._report(path, f"{schema.field_name(path)}: {message}" if path else message)
         return value
 
     def _substituted(self, text: str, path: Path, where: Location) -> str:
@@ -332,7 +343,8 @@ def _short_tag(tag: str) -> str:
 
 
 def _mark(node: Node) -> Location:
-    return node.start_mark.line + 1, node.start_mark.column + 1
+    mark = node.start_mark
+    return mark.line + 1, mark.column + 1
 
 
 def nearest(locations: Mapping[Path, Any], keys: Path) -> tuple[Path, Any]:
