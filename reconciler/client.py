@@ -596,11 +596,15 @@ _TYPE_NAMES |= {bool: "a boolean", float: "a number", type(None): "null"}
 
 def expect(value: Any, types: type | tuple[type, ...], what: str) -> Any:
     """`value` when it is one of `types` (a boolean is never taken for an integer)."""
-    wanted = types if isinstance(types, tuple) else (types,)
-    if isinstance(value, wanted) and not (isinstance(value, bool) and bool not in wanted):
+    if isinstance(value, types) and (value.__class__ is not bool or _admits_bool(types)):
         return value
+    wanted = types if isinstance(types, tuple) else (types,)
     names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in wanted)
     raise ShapeError(f"{what}: expected {names}, got {describe_json(value)}")
+
+
+def _admits_bool(types: type | tuple[type, ...]) -> bool:
+    return types is bool or (isinstance(types, tuple) and bool in types)
 
 
 def expect_object(

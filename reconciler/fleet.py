@@ -22,7 +22,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from reconciler import objects
-from reconciler.client import ClientCredentials, Pages, ProjectApi, resolve_credentials
+from reconciler.client import (
+    ClientCredentials,
+    Credentials,
+    Pages,
+    ProjectApi,
+    resolve_credentials,
+)
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.files import ProjectFile
 from reconciler.kinds import M2M, ROLE, Kind
@@ -101,6 +107,7 @@ class Planner:
         self.progress = progress
         self.done = threading.Event()
         self._plans: dict[str, ProjectPlan] = {}
+        self._credentials: dict[tuple[tuple[str, str], ...], Credentials] = {}
         self._lock = threading.Lock()
         self._added = 0
         self._finished = 0
@@ -119,6 +126,14 @@ class Planner:
             self._closed = True
             if self._finished == self._added:
                 self.done.set()
+
+    def credentials(self, auth: Mapping[str, str] | None) -> Credentials:
+        """The credentials an auth block (or its absence) points at, looked up in the
+        environment once per run, not once per Project (a thousand Projects share one)."""
+        key = tuple(sorted((auth or {}).items()))
+        if key not in self._credentials:
+            self._credentials[key] = resolve_credentials(auth, self.env)
+        return self._credentials[key]
 
     def finished(self, project: ProjectFile, plan: ProjectPlan) -> None:
         with self._lock:
@@ -178,6 +193,7 @@ class ProjectReader:
         self.planner = planner
         self.api = planner.api
         self.desired = project.data
+        self.kinds = objects.managed_kinds(self.desired)
         self.tasks = Tasks(planner.pool, order, self._diff, errors=ReconcilerError)
         self.live: dict[str, Any] | None = None
         self.lists: dict[str, list[dict]] = {}
@@ -190,11 +206,11 @@ class ProjectReader:
     def start(self) -> None:
         project = self.project
         try:
-            self.credentials = resolve_credentials(project.auth, self.planner.env)
+            self.credentials = self.planner.credentials(project.auth)
         except ReconcilerError as exc:
             self.planner.finished(project, self._failed(str(exc)))
             return
-        kinds = objects.managed_kinds(self.desired)
+        kinds = self.kinds
         reads = [((0,), self._read_project)]
         for index, kind in enumerate(kinds):
             pages = Pages(f"GET {self.api.api_url}{kind.list_path}")
@@ -214,9 +230,7 @@ class ProjectReader:
         self.live = live
         from reconciler.plan import needs_role_lookup, normalise_live
 
-        if ROLE not in objects.managed_kinds(self.desired) and needs_role_lookup(
-            self.desired, normalise_live(live)
-        ):
+        if ROLE not in self.kinds and needs_role_lookup(self.desired, normalise_live(live)):
             with self._lock:
                 ask, self._role_list_asked = not self._role_list_asked, True
             if ask:

@@ -35,8 +35,11 @@ def is_ref(value: Any) -> bool:
 
 
 def sha256_of(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(_COMPACT.encode(value).encode()).hexdigest()
+
+
+# One encoder for every call (json.dumps with options builds a new one each time).
+_COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 # --- which reads a plan needs ------------------------------------------------------------

@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 
@@ -100,20 +100,28 @@ class Abandoned(WireError):
 
 
 class Answer:
-    """A response: status, headers (names in lower case), the whole body."""
+    """A response: status, headers (names in lower case, a repeated one's values joined
+    by commas: see :func:`header_fields`), the whole body."""
 
     __slots__ = ("status_code", "headers", "content", "reason")
 
     def __init__(
-        self, status: int, headers: Sequence[tuple[str, str]], content: bytes, reason: str = ""
+        self, status: int, headers: dict[str, str], content: bytes, reason: str = ""
     ) -> None:
         self.status_code = status
-        self.headers: dict[str, str] = {}
-        for name, value in headers:
-            key = name.lower()
-            self.headers[key] = f"{self.headers[key]}, {value}" if key in self.headers else value
+        self.headers = headers
         self.content = content
         self.reason = reason
+
+
+def header_fields(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Headers as (name, value) pairs -> {lower-case name: value}, as HTTP reads a
+    repeated header: its values joined by commas."""
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.lower()
+        fields[key] = f"{fields[key]}, {value}" if key in fields else value
+    return fields
 
 
 def proxies_configured() -> bool:
@@ -405,7 +413,7 @@ def _read_answer(reader: BinaryIO) -> tuple[Answer, bool]:
         if status != 100:  # 100 Continue: the real answer follows
             break
     answer = Answer(status, headers, b"", reason)
-    fields = answer.headers
+    fields = headers
     connection = fields.get("connection", "").lower()
     if version == "HTTP/1.1":
         keep_alive = "close" not in connection
@@ -445,26 +453,26 @@ def _status_line(line: bytes) -> tuple[str, int, str]:
     return version, int(code), reason.strip()
 
 
-def _header_lines(reader: BinaryIO) -> list[tuple[str, str]]:
+def _header_lines(reader: BinaryIO) -> dict[str, str]:
     """The answer's headers, up to the blank line that ends them."""
-    headers: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str]] = []
     while True:
         line = reader.readline(MAX_LINE + 1)
         if len(line) > MAX_LINE:
             raise RemoteProtocolError("an answer's header line is too long")
         if line in (b"\r\n", b"\n", b""):
-            return headers
+            return header_fields(pairs)
         text = line.decode("latin-1")
-        if text[0] in " \t" and headers:  # a folded line continues the header before it
-            name, value = headers[-1]
-            headers[-1] = (name, f"{value} {text.strip()}")
+        if text[0] in " \t" and pairs:  # a folded line continues the header before it
+            name, value = pairs[-1]
+            pairs[-1] = (name, f"{value} {text.strip()}")
             continue
         name, colon, value = text.partition(":")
-        if not colon or not _HEADER_NAME.fullmatch(name):
+        if not colon or not name or name[0] in " \t":
             raise RemoteProtocolError(f"not a header line: {text.strip()[:80]!r}")
-        if len(headers) >= MAX_HEADERS:
+        if len(pairs) >= MAX_HEADERS:
             raise RemoteProtocolError(f"the answer has more than {MAX_HEADERS} headers")
-        headers.append((name, value.strip()))
+        pairs.append((name, value.strip()))
 
 
 def _content_length(value: str) -> int:
