@@ -10,7 +10,6 @@ import ipaddress
 import json
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -483,6 +482,8 @@ class ProjectApi:
             return response
 
     def _backoff(self, attempt: int, why: str) -> None:
+        import random  # here, not at the top: most runs never retry
+
         # Full jitter: a fleet retrying in lockstep would hit the API in waves.
         delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
         log.debug("%s; retry %d of %d in %.2f s", why, attempt, self.retries, delay)

@@ -14,7 +14,6 @@ one-read-at-a-time run would meet first.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,6 +55,8 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def shard_of(project_id: str, count: int) -> int:
     """The 1-based shard a Project id falls in: int(sha256(id), 16) % N + 1."""
+    import hashlib  # here, not at the top: start-up (--shard is rare)
+
     return int(hashlib.sha256(project_id.encode()).hexdigest(), 16) % count + 1
 
 
@@ -300,5 +301,7 @@ def warm_up() -> None:
     """Import what comes after the reads (the differ, the renderers) while the first
     answers are awaited: the main thread is idle then, and the run's last answer is
     followed only by the diff and the output."""
+    import hashlib  # noqa: F401  (the plan's fingerprints)
+
     import reconciler.plan
     import reconciler.render  # noqa: F401

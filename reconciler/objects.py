@@ -14,7 +14,6 @@ role the plan creates has no id yet and is written ``{"ref": {"kind": "role",
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,8 @@ def is_ref(value: Any) -> bool:
 
 
 def sha256_of(value: Any) -> str:
+    import hashlib  # here, not at the top: a plan's reads need not wait for it (warm_up)
+
     return "sha256:" + hashlib.sha256(_COMPACT.encode(value).encode()).hexdigest()
 
 

@@ -341,8 +341,11 @@ class Wire:
         self, origin: Origin, timeout: float | None, connect_timeout: float | None
     ) -> Connection:
         scheme, host, port = origin
+        # An ASCII host as bytes: a str would be encoded with the idna codec, whose import
+        # (with stringprep and unicodedata) costs more than connecting to this machine.
+        address = host.encode() if host.isascii() else host
         try:
-            sock = socket.create_connection((host, port), timeout=connect_timeout)
+            sock = socket.create_connection((address, port), timeout=connect_timeout)
         except TimeoutError as exc:
             raise ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
         except OSError as exc:
