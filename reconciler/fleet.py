@@ -289,6 +289,9 @@ class ProjectReader:
             except ReconcilerError as exc:
                 plan = self._failed(str(exc))
         self.planner.finished(project, plan)
+        # The tasks hold this reader (their on_idle): without that cycle, what it read is
+        # freed now, not by the cyclic collector, which a command runs without (cli.main).
+        del self.tasks
 
     def _failed(self, message: str) -> ProjectPlan:
         from reconciler.plan import ProjectPlan
