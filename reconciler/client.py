@@ -128,6 +128,12 @@ def resolve_credentials(auth: Mapping[str, str] | None, env: Mapping[str, str]) 
     )
 
 
+def auth_key(auth: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """An auth block as a key: the Projects naming the same variables (or none) share
+    their credentials, which a run resolves and checks once, not once per Project."""
+    return tuple(sorted((auth or {}).items()))
+
+
 def check_url(url: str, what: str) -> str:
     """`url` when it is https:// (or http:// to this machine) without user:pass@."""
     shown = without_userinfo(url)

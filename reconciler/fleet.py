@@ -26,6 +26,7 @@ from reconciler.client import (
     Credentials,
     Pages,
     ProjectApi,
+    auth_key,
     resolve_credentials,
 )
 from reconciler.errors import ConfigError, ReconcilerError
@@ -131,7 +132,7 @@ class Planner:
     def credentials(self, auth: Mapping[str, str] | None) -> Credentials:
         """The credentials an auth block (or its absence) points at, looked up in the
         environment once per run, not once per Project (a thousand Projects share one)."""
-        key = tuple(sorted((auth or {}).items()))
+        key = auth_key(auth)
         if key not in self._credentials:
             self._credentials[key] = resolve_credentials(auth, self.env)
         return self._credentials[key]
