@@ -142,6 +142,11 @@ class Kind:
         """A field's value as it compares: policies as sets of rules, role lists as id sets."""
         return self.normalisers.get(field_name, _identity)(value)
 
+    def same(self, field_name: str, a: Any, b: Any) -> bool:
+        """Whether two values of a field compare equal. Equal values are, without
+        normalising them (an answer usually holds what was sent)."""
+        return a == b or self.normalise(field_name, a) == self.normalise(field_name, b)
+
     def needs_get(self, managed: Iterable[str]) -> bool:
         """Whether comparing these managed fields needs the object itself, not just the list."""
         return any(name not in self.list_fields for name in managed)

@@ -298,6 +298,8 @@ def _live_value(kind: Kind, name: str, value: Any) -> Any:
 
 
 def _same(kind: Kind, name: str, live: Any, desired: Any) -> bool:
+    if live == desired:  # equal values are, without normalising them
+        return True
     a, b = kind.normalise(name, live), kind.normalise(name, desired)
     if a == b:
         return True
