@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import logging
 import os
 import re
 import threading
@@ -30,6 +29,7 @@ from reconciler.errors import (
 )
 from reconciler.escape import add_secrets, plural, redact, without_userinfo
 from reconciler.kinds import Kind
+from reconciler.logs import debug
 from reconciler.schedule import Budget, Interrupted
 from reconciler.urls import AUDIENCE, DEFAULT_API_URL, DEFAULT_AUTH_URL
 from reconciler.wire import Abandoned as Cut
@@ -43,9 +43,6 @@ from reconciler.wire import (
     WireError,
     proxies_configured,
 )
-
-log = logging.getLogger(__name__)
-
 
 RETRYABLE_STATUS = frozenset({408, 500, 502, 503, 504})
 MAX_RATE_LIMITED_IN_A_ROW = 10
@@ -463,7 +460,8 @@ class ProjectApi:
                 continue
             except WireError as exc:
                 raise TransportError(f"{method} {url}: {self._redact(str(exc))}") from None
-            log.debug(
+            debug(
+                __name__,
                 "%s %s -> %s in %.0f ms (request %s)",
                 method,
                 url,
@@ -492,7 +490,7 @@ class ProjectApi:
 
         # Full jitter: a fleet retrying in lockstep would hit the API in waves.
         delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
-        log.debug("%s; retry %d of %d in %.2f s", why, attempt, self.retries, delay)
+        debug(__name__, "%s; retry %d of %d in %.2f s", why, attempt, self.retries, delay)
         self._sleep(delay)
 
     def _decode(self, response: Answer, what: str, *, auth: bool = False) -> Any:

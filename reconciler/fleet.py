@@ -14,7 +14,6 @@ one-read-at-a-time run would meet first.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
@@ -36,8 +35,6 @@ from reconciler.schedule import Pool, Tasks
 
 if TYPE_CHECKING:
     from reconciler.plan import Plan, ProjectPlan
-
-log = logging.getLogger(__name__)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
