@@ -154,6 +154,13 @@ class _CoreResolver(BaseResolver):
             return _STR
         return _SEQ if kind is SequenceNode else _MAP
 
+    # Path resolvers (tags by position) are never used: nothing to track per node.
+    def descend_resolver(self, current_node: Node | None, current_index: Any) -> None:
+        pass
+
+    def ascend_resolver(self) -> None:
+        pass
+
 
 _CoreResolver.add_implicit_resolver(
     _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
@@ -222,21 +229,22 @@ class Builder:
         self._seen: set[int] = set()
 
     def build(self, node: Node, path: Path) -> Any:
-        if id(node) in self._seen:
+        seen = id(node)
+        if seen in self._seen:
             # compose() hands back the anchored node itself for every *alias, so its
             # mark is the anchor's: point at the key that holds the alias instead.
             self.locations[path] = self.key_locations.get(path, _mark(node))
             self._report(path, "aliases (*name) are not supported in project files: write it out")
             return None
         self.locations[path] = _mark(node)
-        self._seen.add(id(node))
+        self._seen.add(seen)
+        if isinstance(node, ScalarNode):  # most nodes
+            return self._scalar(node, path)
         if isinstance(node, MappingNode):
             return self._mapping(node, path) if node.tag == _MAP else self._bad_tag(node, path)
-        if isinstance(node, SequenceNode):
-            if node.tag != _SEQ:
-                return self._bad_tag(node, path)
-            return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
-        return self._scalar(node, path)
+        if node.tag != _SEQ:  # a SequenceNode, the third kind
+            return self._bad_tag(node, path)
+        return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
 
     def _mapping(self, node: MappingNode, path: Path) -> dict:
         result: dict[str, Any] = {}
@@ -287,8 +295,10 @@ class Builder:
         return self._bad_tag(node, path)
 
     def _string(self, text: str, path: Path) -> str:
+        if "${" not in text:
+            return text  # nothing to substitute: most strings
         if self.variables is None or not self.rules.in_value(path):
-            if self.variables is None and "${" in text:
+            if self.variables is None:
                 self.reported.add(path)  # unsubstituted: its type and form are unknown
             return text
         value, problems, reads = self.variables.expand(text)
