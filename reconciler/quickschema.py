@@ -231,14 +231,6 @@ def _pattern_check(value: str, schema: Mapping) -> Check:
     return lambda instance: not isinstance(instance, str) or search(instance) is not None
 
 
-def _min_length(value: int, schema: Mapping) -> Check:
-    return lambda instance: not isinstance(instance, str) or len(instance) >= value
-
-
-def _max_length(value: int, schema: Mapping) -> Check:
-    return lambda instance: not isinstance(instance, str) or len(instance) <= value
-
-
 def _items(value: Any, schema: Mapping) -> Check:
     if "prefixItems" in schema:
         return _unknown("prefixItems")
@@ -254,14 +246,6 @@ def _items(value: Any, schema: Mapping) -> Check:
     return check
 
 
-def _min_items(value: int, schema: Mapping) -> Check:
-    return lambda instance: not isinstance(instance, list) or len(instance) >= value
-
-
-def _max_items(value: int, schema: Mapping) -> Check:
-    return lambda instance: not isinstance(instance, list) or len(instance) <= value
-
-
 def _unique_items(value: bool, schema: Mapping) -> Check:
     def check(instance: Any) -> bool:
         if not value or not isinstance(instance, list):
@@ -269,14 +253,6 @@ def _unique_items(value: bool, schema: Mapping) -> Check:
         return not any(_equal(a, b) for i, a in enumerate(instance) for b in instance[i + 1 :])
 
     return check
-
-
-def _min_properties(value: int, schema: Mapping) -> Check:
-    return lambda instance: not isinstance(instance, dict) or len(instance) >= value
-
-
-def _max_properties(value: int, schema: Mapping) -> Check:
-    return lambda instance: not isinstance(instance, dict) or len(instance) <= value
 
 
 def _enum(value: list, schema: Mapping) -> Check:
@@ -339,20 +315,32 @@ def _format(value: str, schema: Mapping) -> Check:
     return _FORMATS.get(value) or _unknown(value)
 
 
+def _size(kind: type, at_least: bool) -> Callable[[int, Mapping], Check]:
+    """minLength, maxItems, minProperties…: a bound on the size of a string, list or
+    object (values of other types pass)."""
+
+    def make(value: int, schema: Mapping) -> Check:
+        if at_least:
+            return lambda instance: not isinstance(instance, kind) or len(instance) >= value
+        return lambda instance: not isinstance(instance, kind) or len(instance) <= value
+
+    return make
+
+
 _KEYWORDS: dict[str, Callable[[Any, Mapping], Check]] = {
     "type": _type,
     "properties": _properties,
     "additionalProperties": _additional,
     "required": _required,
     "pattern": _pattern_check,
-    "minLength": _min_length,
-    "maxLength": _max_length,
+    "minLength": _size(str, at_least=True),
+    "maxLength": _size(str, at_least=False),
     "items": _items,
-    "minItems": _min_items,
-    "maxItems": _max_items,
+    "minItems": _size(list, at_least=True),
+    "maxItems": _size(list, at_least=False),
     "uniqueItems": _unique_items,
-    "minProperties": _min_properties,
-    "maxProperties": _max_properties,
+    "minProperties": _size(dict, at_least=True),
+    "maxProperties": _size(dict, at_least=False),
     "enum": _enum,
     "const": _const,
     "anyOf": _any_of,
