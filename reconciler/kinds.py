@@ -42,11 +42,16 @@ def normalise_policy(policy: Any) -> dict[str, Any]:
         normal = dict(rule)
         for key in ("resource", "action"):
             if key in normal:
-                normal[key] = sorted(as_list(normal[key]), key=str)
+                normal[key] = _sorted(as_list(normal[key]), str)
         if "condition" in normal:
-            normal["condition"] = sorted(as_list(normal["condition"]), key=_canonical)
+            normal["condition"] = _sorted(as_list(normal["condition"]), _canonical)
         rules.append(normal)
-    return {"rule": sorted(rules, key=_canonical)}
+    return {"rule": _sorted(rules, _canonical)}
+
+
+def _sorted(values: list[Any], key: Callable[[Any], Any]) -> list[Any]:
+    # A list of one is in order: no key to compute (a rule's JSON, for most policies).
+    return sorted(values, key=key) if len(values) > 1 else values
 
 
 def policy_rules(policy: Any) -> list[str]:
