@@ -301,8 +301,9 @@ def display_path(path: str, cwd: str | None = None) -> str:
     """``path`` relative to the current folder when it is under it, else as given."""
     cwd = cwd or os.getcwd()
     absolute = os.path.abspath(path)
-    if absolute.startswith(cwd.rstrip(os.sep) + os.sep):
-        return os.path.relpath(absolute, cwd)
+    under = cwd.rstrip(os.sep) + os.sep
+    if absolute.startswith(under):
+        return absolute[len(under) :]  # what os.path.relpath says, without its work
     return os.path.normpath(path)
 
 
