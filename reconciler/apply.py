@@ -535,7 +535,7 @@ class ProjectWriter:
         missed = [
             name
             for name, value in body.items()
-            if kind.normalise(name, answer.get(name)) != kind.normalise(name, value)
+            if not kind.same(name, answer.get(name), value)
             and not (name == "name" and answer.get(name) is None)
         ]
         if missed and not _fields_absent(answer, missed):

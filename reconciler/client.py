@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import logging
 import os
-import random
 import re
 import threading
 import time
@@ -31,6 +29,7 @@ from reconciler.errors import (
 )
 from reconciler.escape import add_secrets, plural, redact, without_userinfo
 from reconciler.kinds import Kind
+from reconciler.logs import debug
 from reconciler.schedule import Budget, Interrupted
 from reconciler.secretvalues import SecretValue
 from reconciler.urls import AUDIENCE, DEFAULT_API_URL, DEFAULT_AUTH_URL
@@ -45,9 +44,6 @@ from reconciler.wire import (
     WireError,
     proxies_configured,
 )
-
-log = logging.getLogger(__name__)
-
 
 RETRYABLE_STATUS = frozenset({408, 500, 502, 503, 504})
 MAX_RATE_LIMITED_IN_A_ROW = 10
@@ -135,6 +131,12 @@ def resolve_credentials(auth: Mapping[str, str] | None, env: Mapping[str, str]) 
         "no credentials: set OYSTEHR_ACCESS_TOKEN, or OYSTEHR_CLIENT_ID and "
         "OYSTEHR_CLIENT_SECRET, or name variables in the file's auth block"
     )
+
+
+def auth_key(auth: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """An auth block as a key: the Projects naming the same variables (or none) share
+    their credentials, which a run resolves and checks once, not once per Project."""
+    return tuple(sorted((auth or {}).items()))
 
 
 def check_url(url: str, what: str) -> str:
@@ -594,7 +596,8 @@ class ProjectApi:
                 continue
             except WireError as exc:
                 raise TransportError(f"{method_url}: {self._redact(str(exc))}") from None
-            log.debug(
+            debug(
+                __name__,
                 "%s -> %s in %.0f ms (request %s)",
                 method_url,
                 response.status_code,
@@ -618,9 +621,11 @@ class ProjectApi:
             return response
 
     def _backoff(self, attempt: int, retries: int, why: str) -> None:
+        import random  # here, not at the top: most runs never retry
+
         # Full jitter: a fleet retrying in lockstep would hit the API in waves.
         delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
-        log.debug("%s; retry %d of %d in %.2f s", why, attempt, retries, delay)
+        debug(__name__, "%s; retry %d of %d in %.2f s", why, attempt, retries, delay)
         self._sleep(delay)
 
     def _decode(
@@ -742,12 +747,16 @@ def expect(value: Any, types: type | tuple[type, ...], what: str, *, quoted: boo
     """`value` when it is one of `types` (a boolean is never taken for an integer). Not
     `quoted`, a message names only the type of what it got (an answer that may hold
     secret values)."""
-    wanted = types if isinstance(types, tuple) else (types,)
-    if isinstance(value, wanted) and not (isinstance(value, bool) and bool not in wanted):
+    if isinstance(value, types) and (value.__class__ is not bool or _admits_bool(types)):
         return value
+    wanted = types if isinstance(types, tuple) else (types,)
     names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in wanted)
     got = describe_json(value) if quoted else _TYPE_NAMES.get(type(value), "something else")
     raise ShapeError(f"{what}: expected {names}, got {got}")
+
+
+def _admits_bool(types: type | tuple[type, ...]) -> bool:
+    return types is bool or (isinstance(types, tuple) and bool in types)
 
 
 def expect_object(

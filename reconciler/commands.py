@@ -145,17 +145,21 @@ class Run:
     def read_plan(self, paths: Sequence[str], fmt: str = "text", copies: Any = None) -> Plan:
         """Plan while loading: a Project's reads start as soon as its file is valid.
         `copies` (an apply's): the zips plan hashes are kept as what apply uploads."""
+        from reconciler.client import auth_key
         from reconciler.fleet import Planner
 
         planner = None
         refused: list[Exception] = []
+        ready: set[tuple] = set()  # the auth blocks whose credentials are checked
 
         def start(project) -> None:
             nonlocal planner
             if refused:
                 return
             try:
-                self.credentials_ready([project.auth])
+                if auth_key(project.auth) not in ready:
+                    self.credentials_ready([project.auth])
+                    ready.add(auth_key(project.auth))
                 if planner is None:
                     planner = Planner(
                         self.api(),

@@ -67,7 +67,11 @@ def has_controls(text: str) -> bool:
 def term(value: Any) -> str:
     """``value`` as text that is safe on one line of a terminal or CI log: credentials
     redacted, controls visible, no workflow command."""
-    text = _UNSAFE.sub(_visible, redact(value if isinstance(value, str) else str(value)))
+    text = redact(value if isinstance(value, str) else str(value))
+    if not (text.isascii() and text.isprintable()):  # printable ASCII holds nothing unsafe
+        text = _UNSAFE.sub(_visible, text)
+    if text.lstrip()[:1] not in (":", "#"):  # no workflow command to break
+        return text
     return _WORKFLOW_COMMAND.sub(lambda m: f"{m[1]}\\x{ord(m[2]):02x}", text)
 
 

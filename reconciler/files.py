@@ -262,9 +262,8 @@ def _find(paths: Sequence[str], cwd: str) -> tuple[list[tuple[str, str]], list[P
     found: dict[str, tuple[str, str]] = {}  # real path -> (shown, path)
     problems: list[Problem] = []
 
-    def add(path: str, root: str, root_name: str) -> None:
-        real = os.path.realpath(path)
-        if not real.startswith(os.path.realpath(root).rstrip(os.sep) + os.sep):
+    def add(path: str, real: str, real_root: str, root_name: str) -> None:
+        if not real.startswith(real_root.rstrip(os.sep) + os.sep):
             # A link out of the folder (to /etc/shadow, say): never read, never echoed.
             message = f"refused: a link to a file outside {root_name}; a project file lives in it"
             problems.append(Problem(display_path(path, cwd), 1, 1, message))
@@ -279,13 +278,22 @@ def _find(paths: Sequence[str], cwd: str) -> tuple[list[tuple[str, str]], list[P
         if not os.path.lexists(raw):
             raise ConfigError(f"no such file or directory: {raw}{_start_here(paths)}")
         if not os.path.isdir(raw):
-            add(raw, os.path.dirname(os.path.abspath(raw)), "its folder")
+            folder = os.path.realpath(os.path.dirname(os.path.abspath(raw)))
+            add(raw, os.path.realpath(raw), folder, "its folder")
             continue
+        # The real path of each folder once, not of each file (a stat per part of the
+        # path: most of finding 1,000 files): a file that is not a link is really
+        # where its folder really is.
+        shown, real_root = display_path(raw, cwd), os.path.realpath(raw)
         for folder, subfolders, names in os.walk(raw, onerror=unreadable):
             subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            real_folder = os.path.realpath(folder)
             for name in sorted(names):
                 if name.endswith(PROJECT_SUFFIXES):
-                    add(os.path.join(folder, name), raw, display_path(raw, cwd))
+                    path = os.path.join(folder, name)
+                    link = os.path.islink(path)
+                    real = os.path.realpath(path) if link else os.path.join(real_folder, name)
+                    add(path, real, real_root, shown)
 
     if not found and not problems:
         raise ConfigError(f"no project files found in: {', '.join(paths)}{_start_here(paths)}")
@@ -306,8 +314,9 @@ def display_path(path: str, cwd: str | None = None) -> str:
     """``path`` relative to the current folder when it is under it, else as given."""
     cwd = cwd or os.getcwd()
     absolute = os.path.abspath(path)
-    if absolute.startswith(cwd.rstrip(os.sep) + os.sep):
-        return os.path.relpath(absolute, cwd)
+    under = cwd.rstrip(os.sep) + os.sep
+    if absolute.startswith(under):
+        return absolute[len(under) :]  # what os.path.relpath says, without its work
     return os.path.normpath(path)
 
 

@@ -14,8 +14,6 @@ one-read-at-a-time run would meet first.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
@@ -28,18 +26,18 @@ from reconciler.client import (
     Credentials,
     Pages,
     ProjectApi,
+    auth_key,
     resolve_credentials,
 )
 from reconciler.errors import AuthError, ConfigError, ReconcilerError
 from reconciler.files import ProjectFile
 from reconciler.kinds import KINDS, M2M, ROLE, Kind
+from reconciler.logs import debug
 from reconciler.schedule import Pool, Tasks
 from reconciler.secretvalues import CLIENT_ID, ENV, LITERAL, SecretValue, Source, from_env, literal
 
 if TYPE_CHECKING:
     from reconciler.plan import Plan, ProjectPlan
-
-log = logging.getLogger(__name__)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -58,6 +56,8 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def shard_of(project_id: str, count: int) -> int:
     """The 1-based shard a Project id falls in: int(sha256(id), 16) % N + 1."""
+    import hashlib  # here, not at the top: start-up (--shard is rare)
+
     return int(hashlib.sha256(project_id.encode()).hexdigest(), 16) % count + 1
 
 
@@ -115,7 +115,8 @@ class ValueReads:
                     if exc.status != 403:
                         raise
                     self._allowed[who] = False
-                    log.debug("these credentials may not read secret values: compared at apply")
+                    why = "these credentials may not read secret values: compared at apply"
+                    debug(__name__, why)
                     return None
                 self._allowed[who] = True
                 return value
@@ -166,6 +167,7 @@ class Planner:
         self.value_reads = ValueReads()
         self.done = threading.Event()
         self._plans: dict[str, ProjectPlan] = {}
+        self._credentials: dict[tuple[tuple[str, str], ...], Credentials] = {}
         self._lock = threading.Lock()
         self._added = 0
         self._finished = 0
@@ -184,6 +186,14 @@ class Planner:
             self._closed = True
             if self._finished == self._added:
                 self.done.set()
+
+    def credentials(self, auth: Mapping[str, str] | None) -> Credentials:
+        """The credentials an auth block (or its absence) points at, looked up in the
+        environment once per run, not once per Project (a thousand Projects share one)."""
+        key = auth_key(auth)
+        if key not in self._credentials:
+            self._credentials[key] = resolve_credentials(auth, self.env)
+        return self._credentials[key]
 
     def finished(self, project: ProjectFile, plan: ProjectPlan) -> None:
         with self._lock:
@@ -253,6 +263,7 @@ class ProjectReader:
         self.planner = planner
         self.api = planner.api
         self.desired = project.data
+        self.kinds = objects.managed_kinds(self.desired)
         self.tasks = Tasks(planner.pool, order, self._diff, errors=ReconcilerError)
         self.live: dict[str, Any] | None = None
         self.lists: dict[str, list[dict]] = {}
@@ -280,11 +291,11 @@ class ProjectReader:
     def start(self) -> None:
         project = self.project
         try:
-            self.credentials = resolve_credentials(project.auth, self.planner.env)
+            self.credentials = self.planner.credentials(project.auth)
         except ReconcilerError as exc:
             self.planner.finished(project, self._failed(str(exc)))
             return
-        kinds = objects.managed_kinds(self.desired)
+        kinds = self.kinds
         reads = [((0,), self._read_project)]
         listed = list(kinds)
         if self.client_sources and M2M not in kinds:
@@ -320,9 +331,7 @@ class ProjectReader:
         self.live = live
         from reconciler.plan import needs_role_lookup, normalise_live
 
-        if ROLE not in objects.managed_kinds(self.desired) and needs_role_lookup(
-            self.desired, normalise_live(live)
-        ):
+        if ROLE not in self.kinds and needs_role_lookup(self.desired, normalise_live(live)):
             with self._lock:
                 ask, self._role_list_asked = not self._role_list_asked, True
             if ask:
@@ -458,6 +467,9 @@ class ProjectReader:
             except ReconcilerError as exc:
                 plan = self._failed(str(exc))
         self.planner.finished(project, plan)
+        # The tasks hold this reader (their on_idle): without that cycle, what it read is
+        # freed now, not by the cyclic collector, which a command runs without (cli.main).
+        del self.tasks
 
     def _own_client(self) -> str | None:
         """The id of a client read here that is the one the run authenticates as."""
@@ -479,5 +491,7 @@ def warm_up() -> None:
     """Import what comes after the reads (the differ, the renderers) while the first
     answers are awaited: the main thread is idle then, and the run's last answer is
     followed only by the diff and the output."""
+    import hashlib  # noqa: F401  (the plan's fingerprints)
+
     import reconciler.plan
     import reconciler.render  # noqa: F401

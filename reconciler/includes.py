@@ -27,7 +27,6 @@ merged document is reported at the line that holds its text.
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +111,8 @@ class RepositoryRoots:
 def find_root(start: str) -> str:
     """The repository holding ``start``: git's top level; outside git, the parent of the
     ``projects/`` folder ``start`` is or lies in; else ``start``'s own folder."""
+    import subprocess  # here, not at the top: most runs include no fragment
+
     absolute = os.path.abspath(start)
     folder = absolute if os.path.isdir(absolute) else os.path.dirname(absolute)
     try:

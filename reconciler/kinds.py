@@ -49,11 +49,16 @@ def normalise_policy(policy: Any) -> dict[str, Any]:
         normal = dict(rule)
         for key in ("resource", "action"):
             if key in normal:
-                normal[key] = sorted(as_list(normal[key]), key=str)
+                normal[key] = _sorted(as_list(normal[key]), str)
         if "condition" in normal:
-            normal["condition"] = sorted(as_list(normal["condition"]), key=_canonical)
+            normal["condition"] = _sorted(as_list(normal["condition"]), _canonical)
         rules.append(normal)
-    return {"rule": sorted(rules, key=_canonical)}
+    return {"rule": _sorted(rules, _canonical)}
+
+
+def _sorted(values: list[Any], key: Callable[[Any], Any]) -> list[Any]:
+    # A list of one is in order: no key to compute (a rule's JSON, for most policies).
+    return sorted(values, key=key) if len(values) > 1 else values
 
 
 def policy_rules(policy: Any) -> list[str]:
@@ -75,7 +80,12 @@ def _rule_line(rule: Any) -> str:
 
 
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(", ", ": "), ensure_ascii=False)
+    return _CANONICAL.encode(value)
+
+
+# One encoder for every call: json.dumps with options builds a new one each time, which
+# costs more than encoding a rule (a big plan sorts thousands of them).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(", ", ": "), ensure_ascii=False)
 
 
 def _identity(value: Any) -> Any:
@@ -243,6 +253,11 @@ class Kind:
     def normalise(self, field_name: str, value: Any) -> Any:
         """A field's value as it compares: policies as sets of rules, role lists as id sets."""
         return self.normalisers.get(field_name, _identity)(value)
+
+    def same(self, field_name: str, a: Any, b: Any) -> bool:
+        """Whether two values of a field compare equal. Equal values are, without
+        normalising them (an answer usually holds what was sent)."""
+        return a == b or self.normalise(field_name, a) == self.normalise(field_name, b)
 
     def needs_get(self, managed: Iterable[str]) -> bool:
         """Whether comparing these managed fields needs the object itself, not just the list."""

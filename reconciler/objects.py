@@ -14,8 +14,6 @@ role the plan creates has no id yet and is written ``{"ref": {"kind": "role",
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,8 +35,13 @@ def is_ref(value: Any) -> bool:
 
 
 def sha256_of(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    import hashlib  # here, not at the top: a plan's reads need not wait for it (warm_up)
+
+    return "sha256:" + hashlib.sha256(_COMPACT.encode(value).encode()).hexdigest()
+
+
+# One encoder for every call (json.dumps with options builds a new one each time).
+_COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 # --- which reads a plan needs ------------------------------------------------------------
@@ -242,6 +245,8 @@ def no_role_named(what: str, name: Any, names: Sequence[str]) -> ValueError:
 
 def did_you_mean(name: Any, names: Iterable[str]) -> str:
     """`; did you mean 'X'?` for the closest of `names` to a misspelt one, or ''."""
+    import difflib  # here, not at the top: only a misspelt name needs it
+
     close = difflib.get_close_matches(str(name), list(names), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -480,6 +485,8 @@ def _live_value(
 
 
 def _same(kind: Kind, name: str, live: Any, desired: Any) -> bool:
+    if live == desired:  # equal values are, without normalising them
+        return True
     a, b = kind.normalise(name, live), kind.normalise(name, desired)
     if a == b:
         return True

@@ -606,6 +606,8 @@ def _setting_differs(key: str, live: Any, wanted: Any) -> bool:
 def _in_write_order(changes: Sequence[ObjectChange]) -> list[ObjectChange]:
     """Creates, updates and renames in kind order; deletes last, in reverse kind order;
     by name within a kind (the order is the same whatever order the reads came in)."""
+    if not changes:
+        return []
     from reconciler.kinds import KINDS
 
     order = [kind.name for kind in KINDS]

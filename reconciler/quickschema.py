@@ -18,8 +18,7 @@ mutated documents. Pure: no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from functools import cache
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # Keywords that never make a document invalid.
@@ -45,31 +44,81 @@ class _Unknown(Exception):
     """A keyword or format this module does not check."""
 
 
+Check = Callable[[Any], bool]
+
+
 def conforms(schema: Any, instance: Any) -> bool | None:
     """True when `instance` is valid against `schema` (references already inlined),
     False when it is not, None when only jsonschema can tell."""
     try:
-        return _valid(schema, instance)
+        return _compiled(schema)(instance)
     except _Unknown:
         return None
 
 
-def _valid(schema: Any, instance: Any) -> bool:
+# Each schema is turned once into nested checks (a function per schema node, its
+# keywords' values bound in), so a document is not checked by walking the schema's
+# dicts again for every value of every file: a third of reading a big file did that.
+_COMPILED: dict[int, tuple[Any, Check]] = {}
+
+
+def _compiled(schema: Any) -> Check:
+    known = _COMPILED.get(id(schema))
+    if known is None or known[0] is not schema:
+        known = _COMPILED[id(schema)] = (schema, _compile(schema))
+    return known[1]
+
+
+def _compile(schema: Any) -> Check:
+    """The check of one schema node. A keyword it does not know fails only when a value
+    reaches it (as before: the rest of the schema still answers)."""
     if schema is True:
-        return True
+        return _always
     if schema is False:
-        return False
+        return _never
     if not isinstance(schema, Mapping):
-        raise _Unknown(schema)
-    for keyword, value in schema.items():
-        if keyword in _ANNOTATIONS or keyword.startswith("x-"):
-            continue
-        check = _KEYWORDS.get(keyword)
-        if check is None:
-            raise _Unknown(keyword)
-        if not check(value, instance, schema):
-            return False
+        return _unknown(schema)
+    checks = [
+        _KEYWORDS.get(keyword, _unknown_keyword)(value, schema)
+        for keyword, value in schema.items()
+        if keyword not in _ANNOTATIONS and not keyword.startswith("x-")
+    ]
+    return checks[0] if len(checks) == 1 else _every(checks)
+
+
+def _every(checks: list[Check]) -> Check:
+    """A check that passes when each of `checks` does.
+
+    Here and below, loops rather than all() over a generator: these run for every value
+    of every file, and building a generator costs more than most checks do (loops halve
+    the time of the big benchmark file's check)."""
+
+    def check(instance: Any) -> bool:
+        for one in checks:  # noqa: SIM110
+            if not one(instance):
+                return False
+        return True
+
+    return check
+
+
+def _always(instance: Any) -> bool:
     return True
+
+
+def _never(instance: Any) -> bool:
+    return False
+
+
+def _unknown(what: Any) -> Check:
+    def check(instance: Any) -> bool:
+        raise _Unknown(what)
+
+    return check
+
+
+def _unknown_keyword(value: Any, schema: Mapping) -> Check:
+    return _unknown(value)
 
 
 def _is_type(instance: Any, name: str) -> bool:
@@ -105,11 +154,6 @@ def _equal(a: Any, b: Any) -> bool:
     return a == b
 
 
-@cache
-def _pattern(text: str) -> re.Pattern[str]:
-    return re.compile(text)
-
-
 def _uuid(instance: Any) -> bool:
     """jsonschema's check (``UUID(instance)`` parses, hyphens where they belong), with
     uuid.UUID's parsing written out: importing uuid costs more than this whole module."""
@@ -127,150 +171,194 @@ def _uuid(instance: Any) -> bool:
 
 _FORMATS = {"uuid": _uuid}
 
+# The types a Python class tells apart alone (not "integer" and "number", which a
+# boolean is not, and which "integer" also counts 1.0 as).
+_CLASSES: dict[str, type] = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "null": type(None),
+}
 
-def _type(value: Any, instance: Any, schema: Mapping) -> bool:
+
+def _type(value: Any, schema: Mapping) -> Check:
     names = value if isinstance(value, list) else [value]
-    return any(_is_type(instance, name) for name in names)
+    if all(name in _CLASSES for name in names):
+        classes = tuple(_CLASSES[name] for name in names)
+        return lambda instance: isinstance(instance, classes)
+    return lambda instance: any(_is_type(instance, name) for name in names)
 
 
-def _properties(value: Mapping, instance: Any, schema: Mapping) -> bool:
-    if not isinstance(instance, dict):
+def _properties(value: Mapping, schema: Mapping) -> Check:
+    subs = {key: _compile(sub) for key, sub in value.items()}
+
+    def check(instance: Any) -> bool:
+        if isinstance(instance, dict):
+            for key, item in instance.items():
+                if key in subs and not subs[key](item):
+                    return False
         return True
-    return all(_valid(sub, instance[key]) for key, sub in value.items() if key in instance)
+
+    return check
 
 
-def _additional(value: Any, instance: Any, schema: Mapping) -> bool:
-    if not isinstance(instance, dict):
-        return True
+def _additional(value: Any, schema: Mapping) -> Check:
     if "patternProperties" in schema:
-        raise _Unknown("patternProperties")
-    known = schema.get("properties", {})
-    return all(_valid(value, item) for key, item in instance.items() if key not in known)
+        unknown = _unknown("patternProperties")
+        return lambda instance: not isinstance(instance, dict) or unknown(instance)
+    known = frozenset(schema.get("properties", {}))
+    if value is False:  # the usual case: no key but those named
+        return lambda instance: not isinstance(instance, dict) or known.issuperset(instance)
+    sub = _compile(value)
+
+    def check(instance: Any) -> bool:
+        if isinstance(instance, dict):
+            for key, item in instance.items():
+                if key not in known and not sub(item):
+                    return False
+        return True
+
+    return check
 
 
-def _required(value: list, instance: Any, schema: Mapping) -> bool:
-    return not isinstance(instance, dict) or all(key in instance for key in value)
+def _required(value: list, schema: Mapping) -> Check:
+    return lambda instance: not isinstance(instance, dict) or all(k in instance for k in value)
 
 
-def _pattern_check(value: str, instance: Any, schema: Mapping) -> bool:
-    return not isinstance(instance, str) or _pattern(value).search(instance) is not None
+def _pattern_check(value: str, schema: Mapping) -> Check:
+    search = re.compile(value).search
+    return lambda instance: not isinstance(instance, str) or search(instance) is not None
 
 
-def _min_length(value: int, instance: Any, schema: Mapping) -> bool:
-    return not isinstance(instance, str) or len(instance) >= value
+def _bound(at_least: bool) -> Callable[[float, Mapping], Check]:
+    """minimum and maximum: a bound on a number's value (values of other types,
+    booleans included, pass)."""
 
+    def make(value: float, schema: Mapping) -> Check:
+        if at_least:
+            return lambda instance: not _is_number(instance) or instance >= value
+        return lambda instance: not _is_number(instance) or instance <= value
 
-def _max_length(value: int, instance: Any, schema: Mapping) -> bool:
-    return not isinstance(instance, str) or len(instance) <= value
-
-
-def _minimum(value: float, instance: Any, schema: Mapping) -> bool:
-    return not _is_number(instance) or instance >= value
-
-
-def _maximum(value: float, instance: Any, schema: Mapping) -> bool:
-    return not _is_number(instance) or instance <= value
+    return make
 
 
 def _is_number(instance: Any) -> bool:
     return isinstance(instance, (int, float)) and not isinstance(instance, bool)
 
 
-def _items(value: Any, instance: Any, schema: Mapping) -> bool:
+def _items(value: Any, schema: Mapping) -> Check:
     if "prefixItems" in schema:
-        raise _Unknown("prefixItems")
-    return not isinstance(instance, list) or all(_valid(value, item) for item in instance)
+        return _unknown("prefixItems")
+    sub = _compile(value)
 
-
-def _min_items(value: int, instance: Any, schema: Mapping) -> bool:
-    return not isinstance(instance, list) or len(instance) >= value
-
-
-def _max_items(value: int, instance: Any, schema: Mapping) -> bool:
-    return not isinstance(instance, list) or len(instance) <= value
-
-
-def _unique_items(value: bool, instance: Any, schema: Mapping) -> bool:
-    if not value or not isinstance(instance, list):
+    def check(instance: Any) -> bool:
+        if isinstance(instance, list):
+            for item in instance:
+                if not sub(item):
+                    return False
         return True
-    return not any(_equal(a, b) for i, a in enumerate(instance) for b in instance[i + 1 :])
+
+    return check
 
 
-def _min_properties(value: int, instance: Any, schema: Mapping) -> bool:
-    return not isinstance(instance, dict) or len(instance) >= value
+def _unique_items(value: bool, schema: Mapping) -> Check:
+    def check(instance: Any) -> bool:
+        if not value or not isinstance(instance, list):
+            return True
+        return not any(_equal(a, b) for i, a in enumerate(instance) for b in instance[i + 1 :])
+
+    return check
 
 
-def _max_properties(value: int, instance: Any, schema: Mapping) -> bool:
-    return not isinstance(instance, dict) or len(instance) <= value
+def _enum(value: list, schema: Mapping) -> Check:
+    if all(isinstance(choice, str) for choice in value):  # only a string equals a string
+        choices = frozenset(value)
+        return lambda instance: isinstance(instance, str) and instance in choices
+    return lambda instance: any(_equal(choice, instance) for choice in value)
 
 
-def _enum(value: list, instance: Any, schema: Mapping) -> bool:
-    return any(_equal(choice, instance) for choice in value)
+def _const(value: Any, schema: Mapping) -> Check:
+    return lambda instance: _equal(value, instance)
 
 
-def _const(value: Any, instance: Any, schema: Mapping) -> bool:
-    return _equal(value, instance)
+def _any_of(value: list, schema: Mapping) -> Check:
+    subs = [_compile(sub) for sub in value]
+    return lambda instance: any(sub(instance) for sub in subs)
 
 
-def _any_of(value: list, instance: Any, schema: Mapping) -> bool:
-    return any(_valid(sub, instance) for sub in value)
+def _all_of(value: list, schema: Mapping) -> Check:
+    subs = [_compile(sub) for sub in value]
+    return lambda instance: all(sub(instance) for sub in subs)
 
 
-def _all_of(value: list, instance: Any, schema: Mapping) -> bool:
-    return all(_valid(sub, instance) for sub in value)
+def _one_of(value: list, schema: Mapping) -> Check:
+    subs = [_compile(sub) for sub in value]
+    return lambda instance: sum(1 for sub in subs if sub(instance)) == 1
 
 
-def _one_of(value: list, instance: Any, schema: Mapping) -> bool:
-    return sum(1 for sub in value if _valid(sub, instance)) == 1
+def _not(value: Any, schema: Mapping) -> Check:
+    sub = _compile(value)
+    return lambda instance: not sub(instance)
 
 
-def _not(value: Any, instance: Any, schema: Mapping) -> bool:
-    return not _valid(value, instance)
+def _dependent_required(value: Mapping, schema: Mapping) -> Check:
+    def check(instance: Any) -> bool:
+        if not isinstance(instance, dict):
+            return True
+        return all(
+            all(needed in instance for needed in needs)
+            for key, needs in value.items()
+            if key in instance
+        )
+
+    return check
 
 
-def _dependent_required(value: Mapping, instance: Any, schema: Mapping) -> bool:
-    if not isinstance(instance, dict):
-        return True
-    return all(
-        all(needed in instance for needed in needs)
-        for key, needs in value.items()
-        if key in instance
+def _dependent_schemas(value: Mapping, schema: Mapping) -> Check:
+    subs = [(key, _compile(sub)) for key, sub in value.items()]
+    return lambda instance: (
+        not isinstance(instance, dict) or all(sub(instance) for key, sub in subs if key in instance)
     )
 
 
-def _dependent_schemas(value: Mapping, instance: Any, schema: Mapping) -> bool:
-    if not isinstance(instance, dict):
-        return True
-    return all(_valid(sub, instance) for key, sub in value.items() if key in instance)
+def _property_names(value: Any, schema: Mapping) -> Check:
+    sub = _compile(value)
+    return lambda instance: not isinstance(instance, dict) or all(sub(key) for key in instance)
 
 
-def _property_names(value: Any, instance: Any, schema: Mapping) -> bool:
-    return not isinstance(instance, dict) or all(_valid(value, key) for key in instance)
+def _format(value: str, schema: Mapping) -> Check:
+    return _FORMATS.get(value) or _unknown(value)
 
 
-def _format(value: str, instance: Any, schema: Mapping) -> bool:
-    check = _FORMATS.get(value)
-    if check is None:
-        raise _Unknown(value)
-    return check(instance)
+def _size(kind: type, at_least: bool) -> Callable[[int, Mapping], Check]:
+    """minLength, maxItems, minProperties…: a bound on the size of a string, list or
+    object (values of other types pass)."""
+
+    def make(value: int, schema: Mapping) -> Check:
+        if at_least:
+            return lambda instance: not isinstance(instance, kind) or len(instance) >= value
+        return lambda instance: not isinstance(instance, kind) or len(instance) <= value
+
+    return make
 
 
-_KEYWORDS = {
+_KEYWORDS: dict[str, Callable[[Any, Mapping], Check]] = {
     "type": _type,
     "properties": _properties,
     "additionalProperties": _additional,
     "required": _required,
     "pattern": _pattern_check,
-    "minLength": _min_length,
-    "maxLength": _max_length,
-    "minimum": _minimum,
-    "maximum": _maximum,
+    "minLength": _size(str, at_least=True),
+    "maxLength": _size(str, at_least=False),
+    "minimum": _bound(at_least=True),
+    "maximum": _bound(at_least=False),
     "items": _items,
-    "minItems": _min_items,
-    "maxItems": _max_items,
+    "minItems": _size(list, at_least=True),
+    "maxItems": _size(list, at_least=False),
     "uniqueItems": _unique_items,
-    "minProperties": _min_properties,
-    "maxProperties": _max_properties,
+    "minProperties": _size(dict, at_least=True),
+    "maxProperties": _size(dict, at_least=False),
     "enum": _enum,
     "const": _const,
     "anyOf": _any_of,

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import sys
 import threading
 import time
@@ -42,7 +41,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger(__name__)
+from reconciler.logs import debug
 
 MAX_RETRY_AFTER = 30.0
 DEFAULT_RETRY_AFTER = 1.0  # a 429 that does not say how long
@@ -181,7 +180,7 @@ class Budget:
                         if self.limit > 1:
                             self.limit = max(1, self.limit // 2)
                             self.lowest = min(self.lowest, self.limit)
-                            log.debug("429: request limit now %d", self.limit)
+                            debug(__name__, "429: request limit now %d", self.limit)
             elif status is not None and status < 500 and slot.generation == self._generation:
                 # Only answers to requests sent under the current limit speak for it.
                 if self._window < self.limit:
@@ -331,7 +330,7 @@ class Pool:
             raise self.error
         if done.is_set():
             return True
-        log.debug("abandoning the work in flight")
+        debug(__name__, "abandoning the work in flight")
         if abandon:
             abandon()
         return False

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from reconciler import wire
-from reconciler.wire import MAX_BODY, Answer
+from reconciler.wire import MAX_BODY, Answer, header_fields
 
 __all__ = [
     "MAX_BODY",
@@ -225,7 +225,7 @@ class HttpxSender:
             raise
         return Answer(
             response.status_code,
-            response.headers.multi_items(),
+            header_fields(response.headers.multi_items()),
             response.content,
             response.reason_phrase,
         )

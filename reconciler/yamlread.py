@@ -143,6 +143,24 @@ _SEQ = "tag:yaml.org,2002:seq"
 class _CoreResolver(BaseResolver):
     """Implicit types of the YAML 1.2 core schema (PyYAML only knows YAML 1.1's)."""
 
+    def resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
+        """BaseResolver.resolve without what this resolver never has (path resolvers,
+        resolvers for any first character): libyaml calls it for every node."""
+        if kind is ScalarNode:
+            if implicit[0]:
+                for tag, regexp in self.yaml_implicit_resolvers.get(value[:1], ()):
+                    if regexp.match(value):
+                        return tag
+            return _STR
+        return _SEQ if kind is SequenceNode else _MAP
+
+    # Path resolvers (tags by position) are never used: nothing to track per node.
+    def descend_resolver(self, current_node: Node | None, current_index: Any) -> None:
+        pass
+
+    def ascend_resolver(self) -> None:
+        pass
+
 
 _CoreResolver.add_implicit_resolver(
     _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
@@ -211,21 +229,22 @@ class Builder:
         self._seen: set[int] = set()
 
     def build(self, node: Node, path: Path) -> Any:
-        if id(node) in self._seen:
+        seen = id(node)
+        if seen in self._seen:
             # compose() hands back the anchored node itself for every *alias, so its
             # mark is the anchor's: point at the key that holds the alias instead.
             self.locations[path] = self.key_locations.get(path, _mark(node))
             self._report(path, "aliases (*name) are not supported in project files: write it out")
             return None
         self.locations[path] = _mark(node)
-        self._seen.add(id(node))
+        self._seen.add(seen)
+        if isinstance(node, ScalarNode):  # most nodes
+            return self._scalar(node, path)
         if isinstance(node, MappingNode):
             return self._mapping(node, path) if node.tag == _MAP else self._bad_tag(node, path)
-        if isinstance(node, SequenceNode):
-            if node.tag != _SEQ:
-                return self._bad_tag(node, path)
-            return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
-        return self._scalar(node, path)
+        if node.tag != _SEQ:  # a SequenceNode, the third kind
+            return self._bad_tag(node, path)
+        return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
 
     def _mapping(self, node: MappingNode, path: Path) -> dict:
         result: dict[str, Any] = {}
@@ -237,14 +256,15 @@ class Builder:
             where = _mark(key_node)
             if names:
                 key = self._substituted(key, (*path, key), where)
+            at = (*path, key)
             if key in result:
-                first = self.key_locations[(*path, key)][0]
+                first = self.key_locations[at][0]
                 inside = f" in {schema.field_name(path)}" if path else ""
                 message = f"duplicate key '{key}'{inside}: already set at line {first}"
                 self.problems.append(Problem(self.path, *where, message))
                 continue
-            self.key_locations[(*path, key)] = where
-            result[key] = self.build(value_node, (*path, key))
+            self.key_locations[at] = where
+            result[key] = self.build(value_node, at)
         return result
 
     def _key(self, node: Node, path: Path) -> str | None:
@@ -276,8 +296,10 @@ class Builder:
         return self._bad_tag(node, path)
 
     def _string(self, text: str, path: Path) -> str:
+        if "${" not in text:
+            return text  # nothing to substitute: most strings
         if self.variables is None or not self.rules.in_value(path):
-            if self.variables is None and "${" in text:
+            if self.variables is None:
                 self.reported.add(path)  # unsubstituted: its type and form are unknown
             return text
         value, problems, reads = self.variables.expand(text, quoted=self.rules.quotes(path))
@@ -285,9 +307,8 @@ class Builder:
             self.substituted.append((path, value, reads))
         if value != text:
             self.written[path] = text
-        field_prefix = f"{schema.field_name(path)}: " if path else ""
         for message in problems:
-            self._report(path, field_prefix + message)
+            self._report(path, f"{schema.field_name(path)}: {message}" if path else message)
         return value
 
     def _substituted(self, text: str, path: Path, where: Location) -> str:
@@ -333,7 +354,8 @@ def _short_tag(tag: str) -> str:
 
 
 def _mark(node: Node) -> Location:
-    return node.start_mark.line + 1, node.start_mark.column + 1
+    mark = node.start_mark
+    return mark.line + 1, mark.column + 1
 
 
 def nearest(locations: Mapping[Path, Any], keys: Path) -> tuple[Path, Any]:
