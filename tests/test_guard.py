@@ -709,7 +709,7 @@ def test_a_variable_value_is_explained_by_a_workflow_change(emu, repo, fake_gith
         # Without the workflow change, the same value is a revert of a hand edit.
         repo.git("reset", "-q", "--hard", "HEAD~1")
         repo.pull_request({"README.md": "unrelated\n"})
-        code, lines, _ = guard(repo, planned, **env)
+        code, lines, _ = guard(repo, plan(emu, repo), **env)
         assert code == 1
         assert lines[-2].endswith('-> "Alpha, renamed" (not changed in the files)')
 
@@ -769,6 +769,32 @@ def test_a_checkout_that_is_not_the_runs_commit_is_refused(emu, repo, fake_githu
             "abababababab: the guard checks what was checked out"
         ],
     )
+
+
+def test_a_plan_not_made_at_the_checked_out_commit_is_refused(emu, repo, fake_github):
+    # A plan from an earlier commit: the guard would explain it with files it was not made
+    # from (apply --plan refuses it too, later; the guard says so first).
+    hand_edit(emu, ALPHA, {"description": "changed by hand"})
+    planned = plan(emu, repo)
+    made = repo.head
+    repo.pull_request({"README.md": "settings, again\n"})
+    code, lines, _ = guard(repo, planned)
+    assert (code, lines) == (
+        1,
+        [
+            f"Error: {planned}: the plan was made at commit {short(made)}, and this checkout "
+            f"is at {short(repo.head)}: the guard explains a plan made at the commit it "
+            "checks; plan again here"
+        ],
+    )
+    # Nor from files that differ from any commit (a plan that records a filesHash).
+    (repo.root / "projects" / "alpha.yaml").write_text(ALPHA_FILE + "# edited\n")
+    code, lines, _ = guard(repo, plan(emu, repo))
+    assert code == 1 and lines[0].endswith(
+        "the plan was made from files not committed unchanged at HEAD (it records a "
+        f"filesHash), and this checkout is at {short(repo.head)}: the guard explains a plan "
+        "made at the commit it checks; plan again here"
+    ), lines
 
 
 @pytest.mark.parametrize(

@@ -426,6 +426,24 @@ def test_a_file_changed_since_the_commit_is_refused(checkout, emu):
     assert emu.stats() == {}
 
 
+def test_apply_reads_only_the_files_of_the_projects_it_changes(checkout, emu):
+    # Sandbox in sync: the plan changes production only. A committed plan's apply loads the
+    # changed Projects' files alone, so sandbox's file, unreadable now, is never read.
+    write(checkout, "projects/sandbox.yaml", f"id: {SANDBOX}\ndescription: Sandbox\n")
+    git(checkout, "commit", "-q", "-am", "Sandbox as it is")
+    doc = planned(checkout, emu)
+    assert [p["status"] for p in doc["projects"]] == ["changed", "unchanged"]
+    write(checkout, "projects/sandbox.yaml", "id: [\n")
+    result = run(["apply", "--plan", "plan.json", "--yes"], emu)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith(
+        f"+ PRODUCTION ({PROD})  projects/production.yaml: applied\n"
+        "    ~ role Admin: updated\n"
+        "    - m2m tmp-test-client: deleted\n"
+        "Apply: 1 applied, 1 unchanged, 0 failed.\n"
+    ), result.stdout
+
+
 def test_a_plan_of_uncommitted_files_applied_after_they_changed_is_refused(checkout, emu):
     write(checkout, "projects/sandbox.yaml", SANDBOX_FILE.replace("reviewed", "draft"))
     assert planned(checkout, emu)["commit"] is None

@@ -308,6 +308,16 @@ def guard(
                 f"this checkout is at {head[:12]}, not at the run's commit {sha[:12]}: "
                 "the guard checks what was checked out"
             )
+        if the_plan.commit != head:
+            made = (
+                f"at commit {the_plan.commit[:12]}"
+                if the_plan.commit
+                else "from files not committed unchanged at HEAD (it records a filesHash)"
+            )
+            raise ConfigError(
+                f"{plan_file}: the plan was made {made}, and this checkout is at {head[:12]}: "
+                "the guard explains a plan made at the commit it checks; plan again here"
+            )
         with api_from_env(os.environ) as api:
             run = GuardRun(
                 api=api,
