@@ -17,8 +17,8 @@ before the next one is read, so a caller may hand it on as soon as it is valid.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler import kinds, schema
@@ -204,6 +204,7 @@ def load_projects(
     cwd = os.path.abspath(relative_to) if relative_to else os.getcwd()
     found, problems = _find(paths, cwd)
     folders = [path for path in paths if os.path.isdir(path)]
+    named = {display_path(path, cwd) for path in paths if path not in folders}
     reader = Reader(root, start=paths[0] if paths else ".", projects=folders)
     includes = Includes(reader, lambda path: display_path(path, cwd))
     loaded: list[ProjectFile] = []
@@ -218,7 +219,7 @@ def load_projects(
                 on_valid(project)
         if file_problems:
             failed.add(shown)
-            problems.extend(file_problems)
+            problems.extend(_fragment_hint(problem, shown, named) for problem in file_problems)
 
     credentials = _credentials(loaded, env)
     secret_problems = _secret_env_problems(loaded, env)
@@ -245,6 +246,22 @@ def load_projects(
         warnings=sorted({w for project in loaded for w in project.warnings}),
         fragments=dict(includes.fragments),
         root=reader.root if includes.fragments else None,
+    )
+
+
+MISSING_ID = "missing required key 'id'"
+
+
+def _fragment_hint(problem: Problem, shown: str, named: Collection[str]) -> Problem:
+    """A file named directly, outside any `projects` folder, that has no `id` is likely a
+    fragment (`base/common.yaml`): say how fragments are checked."""
+    folders = os.path.dirname(os.path.abspath(shown)).split(os.sep)
+    if problem.message != MISSING_ID or shown not in named or "projects" in folders:
+        return problem
+    return replace(
+        problem,
+        message=f"{MISSING_ID} (a fragment? fragments are checked through the project "
+        "files that include them: `reconciler validate`)",
     )
 
 

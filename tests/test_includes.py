@@ -195,6 +195,20 @@ def test_a_project_is_never_a_fragment(repo):
     )
 
 
+def test_a_fragment_named_directly_is_told_how_fragments_are_checked(repo):
+    write(repo, "base/common.yaml", "signupEnabled: true\n")
+    project(repo, "include: [../base/common.yaml]\n")
+    hint = (
+        "missing required key 'id' (a fragment? fragments are checked through the project "
+        "files that include them: `reconciler validate`)"
+    )
+    assert validate("base/common.yaml").stdout == f"base/common.yaml:1:1: {hint}\n"
+    assert validate("./base/common.yaml", "projects").stdout == f"base/common.yaml:1:1: {hint}\n"
+    # A file under projects/ is a project file that lacks its id: no such hint.
+    write(repo, "projects/b.yaml", "name: b\n")
+    assert validate().stdout == "projects/b.yaml:1:1: missing required key 'id'\n"
+
+
 @pytest.mark.parametrize(
     ("key", "value", "why"),
     [
