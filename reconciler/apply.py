@@ -30,7 +30,8 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from reconciler.client import ClientCredentials, ProjectApi, resolve_credentials, same_url
+from reconciler.client import ProjectApi
+from reconciler.credentials import ClientCredentials, resolve_credentials
 from reconciler.errors import (
     ApiError,
     ReconcilerError,
@@ -71,6 +72,7 @@ from reconciler.secretvalues import (
     credential_named,
     from_env,
 )
+from reconciler.urls import same_url
 from reconciler.zambdas import CODE, ZIP, file_name, show_code
 from reconciler.zips import PrivateCopies, ZipError
 

@@ -1,28 +1,42 @@
-"""The Oystehr Project API: credentials, tokens, headers, retries, errors.
+"""The Oystehr Project API: requests, tokens, headers, retries, errors.
 
 Everything that leaves this module as an exception is one of ours (errors.py),
-its message free of tokens and client secrets.
+its message free of tokens and client secrets. The credentials it is given are
+credentials.py's, the checks on what the server answers answers.py's, and the
+checks on URLs urls.py's.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from reconciler import __version__
+from reconciler.answers import (
+    NotJson,
+    PageItems,
+    Pages,
+    UnusableJson,
+    error_json,
+    expect,
+    expect_api_object,
+    expect_api_objects,
+    expect_list_of_objects,
+    expect_object,
+    expect_project,
+    json_or_none,
+    json_values,
+)
+from reconciler.credentials import AccessToken, ClientCredentials, Credentials
 from reconciler.errors import (
     ApiError,
     AuthError,
     ConfigError,
-    CredentialsError,
     ShapeError,
     TransportError,
     UncertainWriteError,
@@ -32,7 +46,16 @@ from reconciler.kinds import Kind
 from reconciler.logs import debug
 from reconciler.schedule import Budget, Interrupted
 from reconciler.secretvalues import SecretValue
-from reconciler.urls import AUDIENCE, DEFAULT_API_URL, DEFAULT_AUTH_URL
+from reconciler.urls import (
+    AUDIENCE,
+    DEFAULT_API_URL,
+    DEFAULT_AUTH_URL,
+    check_upload_url,
+    check_url,
+    hide_signed_url,
+    origin_of,
+    same_url,
+)
 from reconciler.wire import Abandoned as Cut
 from reconciler.wire import (
     Answer,
@@ -51,131 +74,6 @@ BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
 USER_AGENT = f"reconciler/{__version__}"
 PAGE_SIZE = 100
-# A kind's list longer than this is an error, never an endless read (a server whose
-# cursor never ends, or a list no Project really holds).
-MAX_PAGES = 1_000
-MAX_OBJECTS = 100_000
-# ... nor one whose pages hold more JSON values than this in all (a page of fat objects
-# behind a cursor that never ends grew a plan past 20 GB before the page bound).
-MAX_LIST_VALUES = 4_000_000
-
-
-@dataclass(frozen=True)
-class AccessToken:
-    """A bearer token given directly (a Developer token, or one minted elsewhere)."""
-
-    token: str = field(repr=False)
-    source: str = "OYSTEHR_ACCESS_TOKEN"
-
-
-@dataclass(frozen=True)
-class ClientCredentials:
-    """An M2M client: exchanged for a token once per (auth URL, client id) per run."""
-
-    client_id: str = field(repr=False)
-    client_secret: str = field(repr=False)
-    source: str = "OYSTEHR_CLIENT_ID"  # the variable holding the id: messages name it
-
-
-Credentials = AccessToken | ClientCredentials
-
-GLOBAL_CREDENTIALS = ("OYSTEHR_ACCESS_TOKEN", "OYSTEHR_CLIENT_ID", "OYSTEHR_CLIENT_SECRET")
-_UNSAFE_IN_CREDENTIAL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
-
-
-def check_credentials(names: Iterable[str], env: Mapping[str, str]) -> None:
-    """Refuse, naming the variable (never its value), a credential holding whitespace or
-    a control character: a pasted newline would otherwise travel into a header."""
-    bad = [name for name in names if _UNSAFE_IN_CREDENTIAL.search(env.get(name) or "")]
-    if bad:
-        raise ConfigError(
-            f"{', '.join(bad)} {'holds' if len(bad) == 1 else 'hold'} whitespace or a control "
-            "character (a pasted newline?); set the value alone"
-        )
-
-
-def resolve_credentials(auth: Mapping[str, str] | None, env: Mapping[str, str]) -> Credentials:
-    """The credentials a Project's file points at; a name the file gives must be set.
-
-    Without an `auth` block: OYSTEHR_ACCESS_TOKEN, else OYSTEHR_CLIENT_ID + OYSTEHR_CLIENT_SECRET.
-    """
-    if auth:
-        missing = [name for name in auth.values() if not env.get(name)]
-        if missing:
-            names = ", ".join(missing)
-            raise CredentialsError(
-                f"auth names environment variable(s) that are not set: {names} (export the "
-                "Project's credentials under those names; in CI the workflows map them from "
-                "the secrets `reconciler init` lists)"
-            )
-        check_credentials(auth.values(), env)
-        if "accessTokenEnv" in auth:
-            return AccessToken(env[auth["accessTokenEnv"]], source=auth["accessTokenEnv"])
-        return ClientCredentials(
-            env[auth["clientIdEnv"]], env[auth["clientSecretEnv"]], source=auth["clientIdEnv"]
-        )
-    check_credentials(GLOBAL_CREDENTIALS, env)
-    if env.get("OYSTEHR_ACCESS_TOKEN"):
-        return AccessToken(env["OYSTEHR_ACCESS_TOKEN"])
-    client_id, secret = env.get("OYSTEHR_CLIENT_ID"), env.get("OYSTEHR_CLIENT_SECRET")
-    if client_id and secret:
-        return ClientCredentials(client_id, secret)
-    if client_id or secret:
-        have, lack = (
-            ("OYSTEHR_CLIENT_ID", "OYSTEHR_CLIENT_SECRET")
-            if client_id
-            else ("OYSTEHR_CLIENT_SECRET", "OYSTEHR_CLIENT_ID")
-        )
-        raise CredentialsError(f"{have} is set but {lack} is not: an M2M client needs both")
-    raise CredentialsError(
-        "no credentials: set OYSTEHR_ACCESS_TOKEN, or OYSTEHR_CLIENT_ID and "
-        "OYSTEHR_CLIENT_SECRET, or name variables in the file's auth block"
-    )
-
-
-def auth_key(auth: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
-    """An auth block as a key: the Projects naming the same variables (or none) share
-    their credentials, which a run resolves and checks once, not once per Project."""
-    return tuple(sorted((auth or {}).items()))
-
-
-def check_url(url: str, what: str) -> str:
-    """`url` when it is https:// (or http:// to this machine) without user:pass@."""
-    shown = without_userinfo(url)
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        parts, host = None, None
-    if parts is None or parts.scheme not in ("http", "https") or not host:
-        raise ConfigError(
-            f"{what} {shown!r} must start with https:// (or http:// for loopback), "
-            "like https://project-api.zapehr.com/v1"
-        )
-    if "@" in parts.netloc:
-        raise ConfigError(
-            f"{what} must not hold credentials (user:pass@): give them in the environment "
-            "(OYSTEHR_ACCESS_TOKEN, or OYSTEHR_CLIENT_ID and OYSTEHR_CLIENT_SECRET)"
-        )
-    if parts.scheme == "http" and not _loopback(host):
-        raise ConfigError(
-            f"{what} {shown} must use https://: plain http:// is only for loopback "
-            "(localhost, 127.0.0.0/8, ::1), so a token never crosses a network in the clear"
-        )
-    return url
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def same_url(a: str, b: str) -> bool:
-    return a.rstrip("/") == b.rstrip("/")
 
 
 class ProjectApi:
@@ -203,7 +101,7 @@ class ProjectApi:
         self.retries = retries
         self._aborted = threading.Event()
         self.budget = budget or Budget(max_connections)
-        self._api_origin, self._auth_origin = _origin(self.api_url), _origin(self.auth_url)
+        self._api_origin, self._auth_origin = origin_of(self.api_url), origin_of(self.auth_url)
         # Backoff waits end early when the run is interrupted.
         self._sleep = sleep or self._aborted.wait
         # Requests go straight to the wire (standard library only; see wire.py), unless a
@@ -290,14 +188,14 @@ class ProjectApi:
         sizes: list[int] = []  # the answer's JSON values, which Pages bounds in all
         if not kind.paged:
             answer = self._call("GET", kind.list_path, project_id, credentials, sizes=sizes)
-            items = _objects(answer, what, kind.key_field, quoted=quoted)
+            items = expect_api_objects(answer, what, kind.key_field, quoted=quoted)
             return PageItems(items, sum(sizes)), None
         query = f"?limit={PAGE_SIZE}"
         if cursor:
             query += f"&cursor={quote(cursor, safe='')}"
         page = self._call("GET", kind.list_path + query, project_id, credentials, sizes=sizes)
         page = expect_object(page, what, required=("data",), quoted=quoted)
-        items = _objects(page["data"], f"{what}: data", kind.key_field, quoted=quoted)
+        items = expect_api_objects(page["data"], f"{what}: data", kind.key_field, quoted=quoted)
         metadata = expect(page.get("metadata") or {}, dict, f"{what}: metadata")
         cursor = expect(metadata.get("nextCursor"), (str, type(None)), f"{what}: nextCursor")
         return PageItems(items, sum(sizes)), cursor or None
@@ -306,7 +204,7 @@ class ProjectApi:
         self, kind: Kind, project_id: str, credentials: Credentials, object_id: str
     ) -> dict:
         answer = self._call("GET", kind.path_of(object_id), project_id, credentials)
-        return _object(answer, f"GET {self.api_url}{kind.item_path}")
+        return expect_api_object(answer, f"GET {self.api_url}{kind.item_path}")
 
     def create_object(
         self, kind: Kind, project_id: str, credentials: Credentials, body: Mapping[str, Any]
@@ -317,11 +215,11 @@ class ProjectApi:
         if kind.create_put:
             path = kind.path_of(body["name"])
             answer = self._call("PUT", path, project_id, credentials)
-            return _object(answer, f"PUT {self.api_url}{kind.item_path}", kind.key_field)
+            return expect_api_object(answer, f"PUT {self.api_url}{kind.item_path}", kind.key_field)
         answer = self._call(
             "POST", kind.create_path, project_id, credentials, body=dict(body), idempotent=False
         )
-        return _object(answer, f"POST {self.api_url}{kind.create_path}")
+        return expect_api_object(answer, f"POST {self.api_url}{kind.create_path}")
 
     def update_object(
         self,
@@ -334,7 +232,7 @@ class ProjectApi:
         answer = self._call(
             "PATCH", kind.path_of(object_id), project_id, credentials, body=dict(body)
         )
-        return _object(answer, f"PATCH {self.api_url}{kind.item_path}")
+        return expect_api_object(answer, f"PATCH {self.api_url}{kind.item_path}")
 
     def delete_object(
         self, kind: Kind, project_id: str, credentials: Credentials, object_id: str
@@ -436,7 +334,7 @@ class ProjectApi:
         if 300 <= status < 400:
             raise ApiError(f"{shown} answered {status}: redirects are not followed", status=status)
         if status >= 300:
-            doc = _error_json(response)
+            doc = error_json(response)
             said = doc.get("message") if isinstance(doc, dict) else None
             detail = f": {redact(said)}" if isinstance(said, str) else ""
             raise ApiError(f"{shown} answered {status}{detail}", status=status)
@@ -444,7 +342,7 @@ class ProjectApi:
     def m2m_me(self, project_id: str, credentials: Credentials) -> dict:
         """The M2M client these credentials belong to."""
         answer = self._call("GET", "/m2m/me", project_id, credentials)
-        return _object(answer, f"GET {self.api_url}/m2m/me")
+        return expect_api_object(answer, f"GET {self.api_url}/m2m/me")
 
     # Plumbing ---------------------------------------------------------------------
 
@@ -567,7 +465,7 @@ class ProjectApi:
                 if url == self.auth_url:
                     origin = self._auth_origin
                 else:
-                    origin = self._api_origin if api else _origin(url)
+                    origin = self._api_origin if api else origin_of(url)
                 with self.budget.slot(origin) as slot:
                     started = time.monotonic()
                     response = self._sender.send(
@@ -637,7 +535,7 @@ class ProjectApi:
         if 300 <= status < 400:
             raise ApiError(f"{what} answered {status}: redirects are not followed", status=status)
         try:
-            doc = _json_or_none(response)
+            doc = json_or_none(response)
         except UnusableJson as exc:
             raise UnusableJson(f"{what} answered {status} with JSON {exc}") from None
         if status >= 400:
@@ -690,7 +588,7 @@ class ProjectApi:
         return "; is the API URL right? (--api-url)"
 
     def _message(self, response: Answer) -> str:
-        doc = _error_json(response)
+        doc = error_json(response)
         if isinstance(doc, dict) and isinstance(doc.get("message"), str):
             return redact(doc["message"])
         return f"{response.status_code} with {self._content(response)}"
@@ -704,183 +602,6 @@ class ProjectApi:
         return redact(text)
 
 
-class NotJson(TransportError):
-    """A 2xx answer whose body is not JSON."""
-
-
-def expect_project(value: Any, what: str) -> dict[str, Any]:
-    """A Project as GET/PATCH /project answers it: an object whose known fields have
-    their types, roles as {id, name} objects or absent/null."""
-    project = expect_object(value, what)
-    for key, types in _PROJECT_TYPES.items():
-        if key in project:
-            expect(project[key], types, f"{what}: {key}")
-    for key in ("defaultPatientRole", "defaultSSOUserRole"):
-        role = project.get(key)
-        if role is not None:
-            expect_object(role, f"{what}: {key}", required=("id",))
-            expect(role["id"], str, f"{what}: {key}.id")
-            expect(role.get("name"), (str, type(None)), f"{what}: {key}.name")
-    return project
-
-
-_PROJECT_TYPES: dict[str, type | tuple[type, ...]] = {
-    "id": str,
-    "name": str,
-    "description": (str, type(None)),
-    "signupEnabled": bool,
-    "sandbox": bool,
-    "fhirVersion": str,
-}
-
-
-# Shape checks for JSON from outside (API answers, plan files) ------------------------
-# Each returns the value when it has the shape, and raises ShapeError("WHAT: expected …,
-# got …") otherwise, so a caller checks and uses in one line:
-#     project = expect_object(answer, "GET /project", required=("id",))
-
-_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
-_TYPE_NAMES |= {bool: "a boolean", float: "a number", type(None): "null"}
-
-
-def expect(value: Any, types: type | tuple[type, ...], what: str, *, quoted: bool = True) -> Any:
-    """`value` when it is one of `types` (a boolean is never taken for an integer). Not
-    `quoted`, a message names only the type of what it got (an answer that may hold
-    secret values)."""
-    if isinstance(value, types) and (value.__class__ is not bool or _admits_bool(types)):
-        return value
-    wanted = types if isinstance(types, tuple) else (types,)
-    names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in wanted)
-    got = describe_json(value) if quoted else _TYPE_NAMES.get(type(value), "something else")
-    raise ShapeError(f"{what}: expected {names}, got {got}")
-
-
-def _admits_bool(types: type | tuple[type, ...]) -> bool:
-    return types is bool or (isinstance(types, tuple) and bool in types)
-
-
-def expect_object(
-    value: Any,
-    what: str,
-    *,
-    required: tuple[str, ...] = (),
-    only: tuple[str, ...] | None = None,
-    quoted: bool = True,
-) -> dict[str, Any]:
-    """`value` when it is an object holding every `required` key (and, with `only`, no
-    other key)."""
-    expect(value, dict, what, quoted=quoted)
-    if only is not None:
-        unknown = [key for key in value if key not in only]
-        if unknown:
-            raise ShapeError(f"{what}: unknown key {describe_json(unknown[0])}")
-    missing = [key for key in required if key not in value]
-    if missing:
-        raise ShapeError(f"{what}: missing key {missing[0]!r}")
-    return value
-
-
-def expect_list_of_objects(value: Any, what: str, *, quoted: bool = True) -> list[dict[str, Any]]:
-    """`value` when it is a list whose every item is an object."""
-    for index, item in enumerate(expect(value, list, what, quoted=quoted)):
-        expect(item, dict, f"{what}[{index}]", quoted=quoted)
-    return value
-
-
-def describe_json(value: Any, limit: int = 80) -> str:
-    """A JSON value as a message shows it, shortened: the document may hold anything."""
-    text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _object(value: Any, what: str, key: str = "id", *, quoted: bool = True) -> dict:
-    """An API object: a JSON object with a string id (or the field that addresses it)."""
-    found = expect_object(value, what, required=(key,), quoted=quoted)[key]
-    expect(found, str, f"{what}.{key}", quoted=quoted)
-    return value
-
-
-def _objects(value: Any, what: str, key: str = "id", *, quoted: bool = True) -> list[dict]:
-    """An API list: objects each with a string id (or `key`) and a string name."""
-    for index, item in enumerate(expect_list_of_objects(value, what, quoted=quoted)):
-        _object(item, f"{what}[{index}]", key, quoted=quoted)
-        expect(item.get("name"), str, f"{what}[{index}].name", quoted=quoted)
-    return value
-
-
-# An answer nested deeper than this is refused (ours are a few levels deep): past it the
-# code that compares and shows values would recurse until Python gives up.
-MAX_ANSWER_DEPTH = 64
-# ... or holding more values than this: 10 MB of `[],` would take 200 MB once parsed.
-MAX_ANSWER_VALUES = 1_000_000
-_LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-class UnusableJson(ShapeError):
-    """An answer in JSON that no code past the client may see: nested deeper than
-    MAX_ANSWER_DEPTH, or holding a string that is not Unicode (a lone surrogate)."""
-
-
-def _json_or_none(response: Answer) -> Any:
-    """The answer's JSON; None when it is not JSON (a number of thousands of digits
-    included); UnusableJson for JSON the run must not carry on with."""
-    raw = response.content
-    if json_values(raw) > MAX_ANSWER_VALUES:  # before parsing: each costs memory once parsed
-        raise UnusableJson(f"holding more than {MAX_ANSWER_VALUES:,} values")
-    try:
-        doc = json.loads(raw)
-    except RecursionError:
-        raise UnusableJson(f"nested deeper than {MAX_ANSWER_DEPTH} levels") from None
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError, int digits over the limit
-        return None
-    if raw.count(b"[") + raw.count(b"{") > MAX_ANSWER_DEPTH and _deeper_than(doc, MAX_ANSWER_DEPTH):
-        raise UnusableJson(f"nested deeper than {MAX_ANSWER_DEPTH} levels")
-    if _LONE_SURROGATE_ESCAPE.search(raw):  # "\\ud83d\\ude00" is fine; a lone half is not
-        try:
-            json.dumps(doc, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise UnusableJson("holding a string that is not Unicode (a lone surrogate)") from None
-    return doc
-
-
-def json_values(raw: bytes) -> int:
-    """About how many values a JSON text holds (its commas and opening brackets, strings
-    not set apart: an overcount), in C: what parsing it would cost in memory."""
-    return raw.count(b",") + raw.count(b"[") + raw.count(b"{")
-
-
-class PageItems(list):
-    """A page's objects, and how many JSON values its answer held (what Pages bounds)."""
-
-    def __init__(self, items: list[dict], values: int = 0) -> None:
-        super().__init__(items)
-        self.values = values
-
-
-def _error_json(response: Answer) -> Any:
-    """An error answer's JSON, for its message: None when it is not usable JSON."""
-    try:
-        return _json_or_none(response)
-    except UnusableJson:
-        return None
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether arrays and objects nest more than `limit` levels in a parsed value (one
-    level at a time, never recursing)."""
-    level, depth = [value], 0
-    while level:
-        depth += 1
-        if depth > limit:
-            return True
-        below = []
-        for item in level:
-            if isinstance(item, (dict, list)):
-                below.extend(item.values() if isinstance(item, dict) else item)
-        level = [item for item in below if isinstance(item, (dict, list))]
-    return False
-
-
 def _request_id() -> str:
     """A random (version 4) UUID, without importing uuid (which imports platform)."""
     raw = bytearray(os.urandom(16))
@@ -888,82 +609,3 @@ def _request_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80
     text = raw.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-def check_upload_url(url: str, api_url: str, what: str) -> None:
-    """A signed URL code may be sent to: https (plain http only to this machine, while the
-    API itself is on it: the emulator), no user:pass@. The message never holds the URL."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        parts, host = None, None
-    if parts is not None and host and "@" not in parts.netloc:
-        if parts.scheme == "https":
-            return
-        if (
-            parts.scheme == "http"
-            and _loopback(host)
-            and _loopback(urlsplit(api_url).hostname or "")
-        ):
-            return
-    raise ShapeError(
-        f"{what}: the signed URL is not https:// (plain http:// only while the API is on "
-        "this machine); nothing was uploaded"
-    )
-
-
-def hide_signed_url(url: str) -> None:
-    """A signed URL's credential joins the redaction set: each long query value (an S3
-    signature, credential or session token) and a long last path segment (the
-    emulator's token), so the URL, or any part of it quoted alone, shows them as ***;
-    the whole URL when it has neither. (Its host and path say nothing secret, and a
-    short set keeps every later redaction fast: a plan may upload hundreds.)"""
-    parts = urlsplit(url)
-    pieces = [value for _, _, value in (p.partition("=") for p in parts.query.split("&"))]
-    pieces.append(parts.path.rsplit("/", 1)[-1])
-    secret = [piece for piece in pieces if len(piece) >= 16]
-    add_secrets(secret or [url])
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-class Pages:
-    """A kind's list as it is read, page after page: at most MAX_PAGES pages and
-    MAX_OBJECTS objects, and a cursor that repeats is an error, not a loop."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.items: list[dict] = []
-        self.pages = 0
-        self.values = 0
-        self._cursors: set[str] = set()
-
-    def add(self, items: list[dict], cursor: str | None) -> bool:
-        """Take in a page (its answer's values counted when it is `PageItems`); True when
-        there is a next one to read (at `cursor`)."""
-        self.pages += 1
-        self.items += items
-        self.values += getattr(items, "values", 0)
-        if len(self.items) > MAX_OBJECTS:
-            raise ShapeError(
-                f"{self.what}: more than {MAX_OBJECTS:,} objects; refusing to read further"
-            )
-        if self.values > MAX_LIST_VALUES:
-            raise ShapeError(
-                f"{self.what}: more than {MAX_LIST_VALUES:,} values in its pages; refusing to "
-                "read further"
-            )
-        if not cursor:
-            return False
-        if cursor in self._cursors:
-            raise ShapeError(f"{self.what}: nextCursor repeats; refusing to loop")
-        if self.pages >= MAX_PAGES:
-            raise ShapeError(
-                f"{self.what}: more than {MAX_PAGES:,} pages; refusing to read further"
-            )
-        self._cursors.add(cursor)
-        return True

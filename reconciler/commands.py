@@ -94,7 +94,7 @@ class Run:
     def credentials_ready(self, auths: Sequence) -> None:
         """Before any request that uses them: credentials unfit for a header are refused
         by name, and every credential value is kept out of all output."""
-        from reconciler.client import check_credentials
+        from reconciler.credentials import check_credentials
 
         names = self.redact_credentials(auths)
         check_credentials([name for name in names if name != "GITHUB_TOKEN"], self.env)
@@ -145,7 +145,7 @@ class Run:
     def read_plan(self, paths: Sequence[str], fmt: str = "text", copies: Any = None) -> Plan:
         """Plan while loading: a Project's reads start as soon as its file is valid.
         `copies` (an apply's): the zips plan hashes are kept as what apply uploads."""
-        from reconciler.client import auth_key
+        from reconciler.credentials import auth_key
         from reconciler.fleet import Planner
 
         planner = None
@@ -403,7 +403,7 @@ def export(run: Run, project_id: str, output: str | None, force: bool, include: 
     with the credentials the block names); any other existing file needs --force."""
     from pathlib import Path
 
-    from reconciler.client import resolve_credentials
+    from reconciler.credentials import resolve_credentials
     from reconciler.export import (
         existing_project,
         export_project,

@@ -20,12 +20,12 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from reconciler import objects
-from reconciler.client import (
+from reconciler.answers import Pages
+from reconciler.client import ProjectApi
+from reconciler.credentials import (
     AccessToken,
     ClientCredentials,
     Credentials,
-    Pages,
-    ProjectApi,
     auth_key,
     resolve_credentials,
 )

@@ -34,12 +34,12 @@ import click
 import yaml
 
 from reconciler import __version__, release
-from reconciler.client import DEFAULT_API_URL, DEFAULT_AUTH_URL, check_url
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.escape import term, without_userinfo
 from reconciler.options import api_options
 from reconciler.release import RELEASE_REPOSITORY
 from reconciler.slugs import env_prefix, slug_for
+from reconciler.urls import DEFAULT_API_URL, DEFAULT_AUTH_URL, check_url
 
 # The repository that publishes reconciler and its action (tags v<version>).
 CANONICAL_REPOSITORY = RELEASE_REPOSITORY
@@ -587,8 +587,8 @@ def write_projects(
         return []
     import os
 
-    from reconciler.client import resolve_credentials
     from reconciler.commands import Run
+    from reconciler.credentials import resolve_credentials
     from reconciler.export import export_project
 
     run = Run(options)  # -v logs the requests; tokens and secrets stay out of the output

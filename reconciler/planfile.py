@@ -27,7 +27,7 @@ from itertools import accumulate
 from typing import Any
 
 from reconciler import schema
-from reconciler.client import describe_json, expect, expect_list_of_objects, expect_object
+from reconciler.answers import describe_json, expect, expect_list_of_objects, expect_object
 from reconciler.errors import PlanFileError, RefusedError, ShapeError
 from reconciler.kinds import BY_KEY, BY_NAME, ROLE, Kind
 from reconciler.objects import body_of, is_ref

@@ -46,7 +46,9 @@ from functools import partial
 from typing import Any, NoReturn
 
 from reconciler import provenance
-from reconciler.client import ProjectApi, describe_json, resolve_credentials
+from reconciler.answers import describe_json
+from reconciler.client import ProjectApi
+from reconciler.credentials import resolve_credentials
 from reconciler.errors import ApiError, ConfigError, PlanFileError, ReconcilerError, RefusedError
 from reconciler.escape import plural, redact_values
 from reconciler.files import PROJECT_SUFFIXES, ProjectFile, load_projects

@@ -30,7 +30,7 @@ from secrets_e2e import (
     write_project,
 )
 
-from reconciler.client import describe_json
+from reconciler.answers import describe_json
 from reconciler.emulator import serve
 from reconciler.secretvalues import SecretValue
 

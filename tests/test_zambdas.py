@@ -26,9 +26,10 @@ from e2e import DEV_TOKEN, run, write
 from objects_e2e import counts
 
 from reconciler.cli import cli
-from reconciler.client import ProjectApi, check_upload_url
+from reconciler.client import ProjectApi
 from reconciler.emulator import serve
 from reconciler.errors import ApiError, ShapeError
+from reconciler.urls import check_upload_url
 from reconciler.zips import MAX_ZIP_BYTES, ZipError, read_code
 
 PID = "6e1f2a3b-4c5d-4e6f-8a7b-9c0d1e2f3a4b"

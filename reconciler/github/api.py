@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from reconciler import __version__
-from reconciler.client import check_credentials
+from reconciler.credentials import check_credentials
 from reconciler.errors import ApiError, CredentialsError, TransportError
 from reconciler.escape import add_secrets
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from reconciler.client import check_credentials
+from reconciler.credentials import check_credentials
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.escape import markdown, md_escape, term
 from reconciler.github.api import TOKEN_VARIABLE, api_from_env, branch_tip
