@@ -31,6 +31,7 @@ from functools import partial
 from typing import Any
 
 from reconciler.client import ClientCredentials, ProjectApi, resolve_credentials, same_url
+from reconciler.differ import unconverged
 from reconciler.errors import (
     ApiError,
     ReconcilerError,
@@ -49,7 +50,6 @@ from reconciler.plan import (
     ObjectChange,
     Plan,
     ProjectPlan,
-    unconverged,
 )
 from reconciler.render import (
     APPLIED,

@@ -47,6 +47,7 @@ from typing import Any, NoReturn
 
 from reconciler import provenance
 from reconciler.client import ProjectApi, describe_json, resolve_credentials
+from reconciler.differ import LiveObjects, diff, needs_role_lookup, normalise_live
 from reconciler.errors import ApiError, ConfigError, PlanFileError, ReconcilerError, RefusedError
 from reconciler.escape import plural, redact_values
 from reconciler.files import PROJECT_SUFFIXES, ProjectFile, load_projects
@@ -56,14 +57,10 @@ from reconciler.plan import (
     ERROR,
     ROLE_FIELDS,
     Change,
-    LiveObjects,
     ObjectChange,
     Plan,
     ProjectPlan,
-    diff,
     fingerprint,
-    needs_role_lookup,
-    normalise_live,
 )
 from reconciler.schedule import Pool, Tasks
 from reconciler.secretvalues import Source
