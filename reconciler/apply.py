@@ -11,19 +11,15 @@ was asked for. A Project's first failure stops it: no new write of it starts, th
 writes in flight finish and are reported, the rest are skipped; other Projects go
 on. Outcomes are reported in plan order whatever order the answers come in.
 
-Secrets (SPEC section 13): before any write of a Project, every value it writes
-is in hand (a literal from its file, a `RECONCILER_SECRET_…` variable, an M2M
-client's id), or it fails with nothing written. A `compare` reads the live value
-and writes only when it differs. A client secret is made by rotating the client
-(one this plan creates, or one --rotate names; never the run's own), once per
-client, and stored in every secret naming it; an interrupt waits for such a store
-to finish. A delete of a kind with a `delete_guard` (a bucket) is `blocked`
-unless apply is given that option; the Project's other writes still happen.
+A Project's secret values are its `SecretWriter`'s (``secretwrites.py``): all in
+hand before any write, compared, rotated and stored. A function's code is uploaded
+from the private copies checked before any write (``uploads.py``). A delete of a kind
+with a `delete_guard` (a bucket) is `blocked` unless apply is given that option; the
+Project's other writes still happen.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -32,26 +28,14 @@ from typing import Any
 
 from reconciler.client import ProjectApi
 from reconciler.credentials import ClientCredentials, resolve_credentials
-from reconciler.errors import (
-    ApiError,
-    ReconcilerError,
-    RefusedError,
-    ShapeError,
-    UncertainWriteError,
-)
+from reconciler.differ import unconverged
+from reconciler.errors import ReconcilerError, RefusedError, UncertainWriteError
 from reconciler.escape import credential_variables, plural
 from reconciler.includes import RepositoryRoots
 from reconciler.kinds import BY_NAME, M2M, ROLE, Kind
 from reconciler.levels import LEVELS, SETTINGS, Level
 from reconciler.objects import is_ref
-from reconciler.plan import (
-    COMPARE,
-    UNCHANGED,
-    ObjectChange,
-    Plan,
-    ProjectPlan,
-    unconverged,
-)
+from reconciler.plan import COMPARE, UNCHANGED, ObjectChange, Plan, ProjectPlan
 from reconciler.render import (
     APPLIED,
     BLOCKED,
@@ -62,19 +46,12 @@ from reconciler.render import (
     Outcome,
 )
 from reconciler.schedule import Pool, Stopper, Tasks, TasksState
-from reconciler.secretvalues import (
-    CLIENT_ID,
-    ENV,
-    LITERAL,
-    SecretValue,
-    Source,
-    ValueInputs,
-    credential_named,
-    from_env,
-)
+from reconciler.secretvalues import ValueInputs
+from reconciler.secretwrites import SecretWriter
+from reconciler.uploads import upload_code
 from reconciler.urls import same_url
-from reconciler.zambdas import CODE, ZIP, file_name, show_code
-from reconciler.zips import PrivateCopies, ZipError
+from reconciler.zambdas import CODE, show_code
+from reconciler.zips import PrivateCopies
 
 IN_FLIGHT_MESSAGE = (
     "the {what} was in flight when the apply was interrupted; plan again to see whether it "
@@ -114,42 +91,6 @@ def refusals(
         )
 
 
-def code_copies(
-    plan: Plan, roots: RepositoryRoots, copies: PrivateCopies | None = None
-) -> PrivateCopies | None:
-    """Private copies of the zips the plan uploads (in `copies`, which may hold some
-    already: what this run's plan read), each checked against the code hash the plan
-    holds; None when it uploads none. Any zip that is missing, unsafe or holds other code
-    refuses the whole apply, naming each, before any write: apply uploads exactly the
-    code that was planned, and never builds."""
-    uploads = [
-        (project, change)
-        for project in plan.changed
-        for change in project.objects
-        if change.extras.get(ZIP) and change.change_of(CODE) is not None
-    ]
-    if not uploads:
-        return None
-    from concurrent.futures import ThreadPoolExecutor
-
-    copies = copies if copies is not None else PrivateCopies()
-
-    def check(project: ProjectPlan, change: ObjectChange) -> str | None:
-        try:
-            root = roots.of(project.file)
-            copies.check(root, change.extras[ZIP], change.change_of(CODE).after)
-        except ZipError as exc:
-            return f"{project.file}: {change.kind} {change.name!r}: {exc}"
-        return None
-
-    # Reading and hashing is mostly I/O and C code (zlib, hashlib): a few threads help.
-    with ThreadPoolExecutor(max_workers=min(8, len(uploads))) as pool:
-        problems = [why for why in pool.map(lambda pair: check(*pair), uploads) if why]
-    if problems:
-        raise RefusedError("; ".join(problems) + "; nothing was applied")
-    return copies
-
-
 def apply_plan(
     plan: Plan,
     api: ProjectApi,
@@ -169,7 +110,7 @@ def apply_plan(
     A saved plan is verified first (``verify.py``): what it applies is what the files
     and the live values give, and it refuses, before any write, if any of it changed
     since the plan. `code` holds the checked copies of the zips the plan uploads
-    (:func:`code_copies`, with the same `roots`).
+    (``uploads.code_copies``, with the same `roots`).
     `values` gives the files' literal secret values and the rotations
     asked for; `allow` the options given that allow guarded deletes
     (`--allow-bucket-deletes`).
@@ -235,7 +176,7 @@ def apply_plan(
         # A client's new secret exists only in memory until it is stored: let a store
         # in flight finish before cutting anything.
         for writer in writers:
-            writer.wait_for_stores()
+            writer.secrets.wait_for_stores()
         for writer in writers:
             writer.freeze()
         api.abort()
@@ -258,10 +199,6 @@ SETTINGS_INDEX = -1  # the settings PATCH's place among a Project's writes (befo
 # The checks a Project's writes wait for (keys before any write's): /m2m/me, then the
 # M2M clients whose id or rotation a secret needs.
 ME_CHECK, CLIENT_CHECK = (-2,), (-1,)
-# A rotated client's new secret exists only in memory until stored: its store is tried
-# at least this many more times, and an interrupt waits this long for it to finish.
-STORE_RETRIES = 3
-STORE_GRACE_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -338,16 +275,9 @@ class ProjectWriter:
             ]
             if taken:
                 self.rounds.append((number, level, taken))
-        # Secret values: the ones in hand, the M2M clients they come from (name -> live
-        # id), each rotated client's new secret, and what each compare found.
-        self.values: dict[str, SecretValue] = {}
-        self.clients: dict[str, str] = {}
-        self.rotated: dict[str, SecretValue] = {}
-        self.compared: dict[str, bool] = {}  # secret name -> whether a value was written
-        self._rotation_locks: dict[str, threading.Lock] = {}
-        self._rotation_failed: set[str] = set()
-        self._storing = threading.Condition()
-        self._stores_in_flight = 0
+        self.secrets = SecretWriter(
+            project, api, env, self.context.values, self.context.credentials, self._made
+        )
         self._round = -1
         self._lock = threading.Lock()
         self._error: str | None = None  # a failure before any write (credentials, /m2m/me)
@@ -359,7 +289,7 @@ class ProjectWriter:
         self._started = True
         try:
             self.credentials = resolve_credentials(self.project.auth, self.env)
-            clients = self._take_values()
+            clients = self.secrets.take_values()
         except ReconcilerError as exc:
             self._error = str(exc)
             self._finish()
@@ -370,7 +300,9 @@ class ProjectWriter:
             # Plan and apply may run as different clients: check /m2m/me again first.
             checks.append((ME_CHECK, partial(self._refuse_deleting_self, deletes)))
         if clients:
-            checks.append((CLIENT_CHECK, partial(self._read_clients, clients)))
+            checks.append(
+                (CLIENT_CHECK, partial(self.secrets.read_clients, self.credentials, clients))
+            )
         if checks:
             self.tasks.spawn_all(checks)
         else:
@@ -433,8 +365,9 @@ class ProjectWriter:
                 status, message = SKIPPED, "not started: interrupted"
             if index in self.blocked:
                 status, message = BLOCKED, _blocked_message(change)
-            elif status == APPLIED and change.name in self.compared:
-                change = replace(change, action="update" if self.compared[change.name] else COMPARE)
+            elif status == APPLIED and change.name in self.secrets.compared:
+                written = self.secrets.compared[change.name]
+                change = replace(change, action="update" if written else COMPARE)
             results.append(_object_outcome(change, status, message, detail))
         if self._error is not None:
             return _outcome(project, FAILED, self._error, objects=results)
@@ -519,6 +452,14 @@ class ProjectWriter:
                     "deleted. Nothing was written to this Project."
                 )
 
+    def _made(self, kind: str, name: str) -> tuple[str | None, str | None]:
+        """The id and the clientId this apply's create of an object answered with."""
+        with self._lock:
+            return self.ids.get((kind, name)), self.client_ids.get((kind, name))
+
+    def _write_secret(self, credentials: Any, change: ObjectChange) -> None:
+        self.secrets.write(credentials, change)
+
     def _write_object(self, credentials: Any, change: ObjectChange) -> None:
         kind = BY_NAME[change.kind]
         body = self._resolve(change.body)
@@ -576,23 +517,16 @@ class ProjectWriter:
             )
 
     def _upload_code(self, credentials: Any, change: ObjectChange) -> None:
-        """The `code` phase: s3-upload, then a PUT of the checked private copy's bytes
-        (hashed again) to the signed URL, then a read that checks the function's code is
+        """The `code` phase (``uploads.py``), then a check that the function's code is
         the one uploaded ("did not converge" otherwise)."""
         kind = BY_NAME[change.kind]
         code_hash = change.change_of(CODE).after
-        pid = self.project.project_id
-        with self._lock:
-            object_id = change.id or self.ids.get((kind.name, change.name))
+        object_id = change.id or self._made(kind.name, change.name)[0]
         if object_id is None:
             raise RefusedError(f"{kind.name} {change.name!r} was to be created first, but was not")
-        if self.code is None:
-            raise RefusedError("its zip was not checked before the apply; nothing was uploaded")
-        root = self.code_roots.of(self.project.file)
-        with self.code.bytes_of(root, change.extras[ZIP], code_hash) as data:
-            url = self.api.start_upload(kind, pid, credentials, object_id, file_name(code_hash))
-            self.api.put_upload(url, data)
-        answer = self.api.get_object(kind, pid, credentials, object_id)
+        answer = upload_code(
+            self.api, credentials, self.project, object_id, change, self.code, self.code_roots
+        )
         live = kind.live_values[CODE](answer)
         if live != code_hash:
             raise ConvergenceError(
@@ -622,206 +556,6 @@ class ProjectWriter:
             return [self._resolve(item) for item in value]
         return value
 
-    # Secret values ----------------------------------------------------------------------
-
-    def _take_values(self) -> dict[str, bool]:
-        """Every value this Project's secrets need that is in hand before any request
-        (literals, RECONCILER_SECRET_ variables); a missing one, or one equal to a
-        credential, refuses the Project with nothing written. Returns the live M2M
-        clients to read first: name -> whether its rotation must not be the run's own."""
-        pid = self.project.project_id
-        new = {c.name for c in self.changes if c.kind == M2M.name and c.action == "create"}
-        asked = {name for project_id, name in self.context.values.rotate if project_id == pid}
-        missing: list[str] = []
-        problems: list[str] = []
-        clients: dict[str, bool] = {}
-        for change in self.changes:
-            if change.value_source is None or change.action == "delete":
-                continue
-            source = Source.parse(change.value_source)
-            if source.kind == LITERAL:
-                value = self.context.values.literal(pid, change.name)
-                if value is None:
-                    problems.append(
-                        f"secret {change.name!r}: its file gives no literal value for it now; "
-                        "make a new plan"
-                    )
-            elif source.kind == ENV:
-                value = from_env(source, self.env)
-                if value is None:
-                    missing.append(f"{source.variable} (secret {change.name})")
-            else:
-                value = None
-                if source.client not in new:
-                    rotation = source.rotates
-                    clients[source.client or ""] = clients.get(source.client or "") or rotation
-                    if rotation and not self._rotation_asked(source.client, asked):
-                        problems.append(
-                            f"secret {change.name!r}: its value is a new secret of M2M client "
-                            f"{source.client!r}, which exists; apply rotates it only when "
-                            f"given --rotate {pid}:{change.name}"
-                        )
-            if value is not None:
-                self._keep_value(change.name, value, source)
-        if missing:
-            problems.insert(
-                0, f"apply needs every value it writes, and {', '.join(missing)} is not set"
-            )
-        if problems:
-            raise RefusedError("; ".join(problems) + ". Nothing was written to this Project.")
-        return clients
-
-    def _rotation_asked(self, client: str | None, asked: set[str]) -> bool:
-        """Whether --rotate names a secret of this plan whose value is that client's secret."""
-        return any(
-            c.name in asked and Source.parse(c.value_source).client == client
-            for c in self.changes
-            if c.value_source is not None and Source.parse(c.value_source).rotates
-        )
-
-    def _keep_value(self, name: str, value: SecretValue, source: Source) -> None:
-        credential = credential_named(value, self.context.credentials, self.env)
-        if credential is not None:
-            raise RefusedError(
-                f"secret {name!r}: its value ({source.text}) is the value of {credential}, a "
-                "credential; it is never copied into Oystehr. Nothing was written to this "
-                "Project."
-            )
-        self.values[name] = value
-
-    def _read_clients(self, clients: dict[str, bool]) -> None:
-        """The live M2M clients secrets' values come from: their ids (the list), the
-        clientId of each whose id is a value, and, under M2M credentials, that none to
-        rotate is the client this apply runs as (`GET /m2m/{id}`)."""
-        pid = self.project.project_id
-        listed = self.api.list_objects(M2M, pid, self.credentials)
-        for name, rotated in sorted(clients.items()):
-            found = [str(item["id"]) for item in listed if item.get("name") == name]
-            if len(found) != 1:
-                how = "is not live" if not found else f"is the name of {len(found)} live clients"
-                raise RefusedError(
-                    f"M2M client {name!r} {how}: a secret's value comes from it. Nothing was "
-                    "written to this Project."
-                )
-            self.clients[name] = found[0]
-            ids = [c for c in self.changes if _client_field(c, name) == CLIENT_ID]
-            self_check = rotated and isinstance(self.credentials, ClientCredentials)
-            if not ids and not self_check:
-                continue
-            detail = self.api.get_object(M2M, pid, self.credentials, found[0])
-            client_id = detail.get("clientId")
-            if self_check and client_id == self.credentials.client_id:
-                raise RefusedError(
-                    f"M2M client {name!r} is the client this apply runs as; it is never "
-                    "rotated. Nothing was written to this Project."
-                )
-            for change in ids:
-                if not isinstance(client_id, str):
-                    raise ShapeError(f"GET /m2m/{{id}} of M2M client {name!r} has no clientId")
-                source = Source.parse(change.value_source)
-                self._keep_value(change.name, SecretValue(client_id).redact(), source)
-
-    def _write_secret(self, credentials: Any, change: ObjectChange) -> None:
-        """One secret: `POST /secret` with its value (a compare reads it first and
-        writes only if it differs; a client secret rotates the client first)."""
-        kind = BY_NAME[change.kind]
-        source = Source.parse(change.value_source)
-        if source.rotates:
-            self._rotate_and_store(credentials, change, source)
-            return
-        value = self._value(change, source)
-        pid = self.project.project_id
-        if change.action == COMPARE:
-            try:
-                live = self.api.read_value(kind, pid, credentials, change.name)
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
-                live = None  # gone since the plan: written again
-            if live == value:
-                self.compared[change.name] = False
-                return
-        self.api.write_value(kind, pid, credentials, change.name, value)
-        if change.action == COMPARE:
-            self.compared[change.name] = True
-
-    def _value(self, change: ObjectChange, source: Source) -> SecretValue:
-        if change.name in self.values:
-            return self.values[change.name]
-        with self._lock:  # a new M2M client's id, from its create's answer
-            client_id = self.client_ids.get((M2M.name, source.client or ""))
-        if not isinstance(client_id, str):
-            raise RefusedError(f"M2M client {source.client!r} was to be created first, but was not")
-        value = SecretValue(client_id).redact()
-        self._keep_value(change.name, value, source)
-        return value
-
-    def _client_id(self, client: str) -> str:
-        """The live id of an M2M client: created by this apply, or read before any write."""
-        with self._lock:
-            made = self.ids.get((M2M.name, client))
-        found = made or self.clients.get(client)
-        if not isinstance(found, str):
-            raise RefusedError(f"M2M client {client!r} was to be created first, but was not")
-        return found
-
-    def _rotate_and_store(self, credentials: Any, change: ObjectChange, source: Source) -> None:
-        """Rotate the client (once per client per run) and store its new secret here.
-        From the rotation on, an interrupt waits for the store: the new secret is
-        nowhere else."""
-        client = source.client or ""
-        pid = self.project.project_id
-        recover = f"reconciler apply --rotate {pid}:{change.name}"
-        with self._storing:
-            self._stores_in_flight += 1
-        try:
-            with self._lock:
-                lock = self._rotation_locks.setdefault(client, threading.Lock())
-            with lock:
-                if client in self._rotation_failed:
-                    raise RefusedError(f"not stored: the rotation of M2M client {client!r} failed")
-                value = self.rotated.get(client)
-                if value is None:
-                    client_id = self._client_id(client)
-                    try:
-                        value = self.api.rotate_secret(M2M, pid, credentials, client_id)
-                    except UncertainWriteError as exc:
-                        self._rotation_failed.add(client)
-                        raise RotationError(
-                            f"the rotation of M2M client {client!r} may have happened ({exc}): "
-                            "if it did, its old secret no longer works. Rotate it again and "
-                            f"store the new secret: {recover}"
-                        ) from None
-                    except ReconcilerError:
-                        self._rotation_failed.add(client)
-                        raise
-                    self.rotated[client] = value
-            kind = BY_NAME[change.kind]
-            retries = max(self.api.retries, STORE_RETRIES)
-            try:
-                self.api.write_value(kind, pid, credentials, change.name, value, retries=retries)
-            except ReconcilerError as exc:
-                raise RotationError(
-                    f"M2M client {client!r} was rotated, but its new secret could not be stored "
-                    f"in secret {change.name!r} ({exc}): the client's old secret no longer "
-                    f"works and the new one is lost. Rotate it again and store it: {recover}"
-                ) from None
-        finally:
-            with self._storing:
-                self._stores_in_flight -= 1
-                self._storing.notify_all()
-
-    def wait_for_stores(self, timeout: float = STORE_GRACE_SECONDS) -> None:
-        """Block until no rotated client's secret is waiting to be stored."""
-        with self._storing:
-            if self._stores_in_flight:
-                print(
-                    "Waiting for a rotated M2M client's new secret to be stored: it exists "
-                    "nowhere else.",
-                    file=sys.stderr,
-                )
-            self._storing.wait_for(lambda: self._stores_in_flight == 0, timeout)
-
 
 # The writer of each phase a kind may declare (kinds.Phase): a later kind's phase
 # registers its own here (see levels.py).
@@ -833,24 +567,12 @@ PHASE_WRITERS: dict[str, WriteStep] = {
 }
 
 
-def _client_field(change: ObjectChange, client: str) -> str | None:
-    """The field of `client` a secret's value is (clientId, clientSecret), or None."""
-    if change.value_source is None or change.action == "delete":
-        return None
-    source = Source.parse(change.value_source)
-    return source.field if source.client == client else None
-
-
 def _blocked_message(change: ObjectChange) -> str:
     kind = BY_NAME[change.kind]
     return (
         f"not deleted: deleting a {kind.name} destroys every object in it; apply deletes it "
         f"only when given {kind.delete_guard}"
     )
-
-
-class RotationError(ReconcilerError):
-    """An M2M client's rotation may have happened, or its new secret was not stored."""
 
 
 def _fields(change: ObjectChange) -> frozenset[str]:

@@ -313,7 +313,7 @@ def apply(
     allow: frozenset[str] = frozenset(),
 ) -> int:
     """Plan (or read and verify a saved plan), refuse or ask, write, report."""
-    from reconciler.apply import apply_plan, code_copies, refusals
+    from reconciler.apply import apply_plan, refusals
     from reconciler.includes import RepositoryRoots
     from reconciler.planfile import read_plan_file
     from reconciler.render import (
@@ -329,6 +329,7 @@ def apply(
     )
     from reconciler.schedule import Stopper
     from reconciler.secretvalues import ValueInputs
+    from reconciler.uploads import code_copies
     from reconciler.verify import load_plan_files, verify_saved_plan
     from reconciler.zips import PrivateCopies
 

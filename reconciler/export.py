@@ -24,9 +24,10 @@ from typing import Any
 
 import yaml
 
+from reconciler.differ import normalise_live
 from reconciler.errors import ConfigError
 from reconciler.kinds import KINDS, ROLE, Kind
-from reconciler.plan import MANAGED_KEYS, ROLE_FIELDS, normalise_live
+from reconciler.plan import MANAGED_KEYS, ROLE_FIELDS
 from reconciler.slugs import env_prefix, slug_for
 
 # A literal `${` in a live value must survive the file's ${VAR} substitution.

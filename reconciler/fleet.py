@@ -329,7 +329,7 @@ class ProjectReader:
         if not isinstance(live, dict):
             raise ConfigError("GET /project did not answer with an object")
         self.live = live
-        from reconciler.plan import needs_role_lookup, normalise_live
+        from reconciler.differ import needs_role_lookup, normalise_live
 
         if ROLE not in self.kinds and needs_role_lookup(self.desired, normalise_live(live)):
             with self._lock:
@@ -437,7 +437,7 @@ class ProjectReader:
 
     def _diff(self, tasks: Tasks) -> None:
         """Every read is in (or one failed): the Project's plan."""
-        from reconciler.plan import LiveObjects, diff
+        from reconciler.differ import LiveObjects, diff
 
         project = self.project
         failure = tasks.first_failure
@@ -493,5 +493,5 @@ def warm_up() -> None:
     followed only by the diff and the output."""
     import hashlib  # noqa: F401  (the plan's fingerprints)
 
-    import reconciler.plan
+    import reconciler.differ
     import reconciler.render  # noqa: F401

@@ -22,7 +22,7 @@ written, a saved plan is checked against what it was made from:
    that no longer resolves) makes it stale.
 3. **The planning code**: every entry of the plan — settings changes and object
    changes, with their `before`, `after`, `body` and `source`, the Project's `name` —
-   must be what ``plan.diff`` computes again from the files' effective document and
+   must be what ``differ.diff`` computes again from the files' effective document and
    those live values, restricted to the objects the plan names (its `focus`). It is
    the same code `plan` ran, so whatever a kind adds to its entries is verified with
    it. `liveFingerprint` is left aside (it only dates the read); a kind whose plan
@@ -49,6 +49,7 @@ from reconciler import provenance
 from reconciler.answers import describe_json
 from reconciler.client import ProjectApi
 from reconciler.credentials import resolve_credentials
+from reconciler.differ import LiveObjects, diff, needs_role_lookup, normalise_live
 from reconciler.errors import ApiError, ConfigError, PlanFileError, ReconcilerError, RefusedError
 from reconciler.escape import plural, redact_values
 from reconciler.files import PROJECT_SUFFIXES, ProjectFile, load_projects
@@ -58,14 +59,10 @@ from reconciler.plan import (
     ERROR,
     ROLE_FIELDS,
     Change,
-    LiveObjects,
     ObjectChange,
     Plan,
     ProjectPlan,
-    diff,
     fingerprint,
-    needs_role_lookup,
-    normalise_live,
 )
 from reconciler.schedule import Pool, Tasks
 from reconciler.secretvalues import Source

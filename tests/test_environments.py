@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from e2e import ALPHA, BETA, run, write
 
 from reconciler.cli import cli
+from reconciler.differ import diff
 from reconciler.errors import PlanFileError
-from reconciler.plan import Change, ObjectChange, Plan, ProjectPlan, diff
+from reconciler.plan import Change, ObjectChange, Plan, ProjectPlan
 from reconciler.planfile import plan_from_document
 from reconciler.render import render_text
 from reconciler.schema import fragment_schema, fragment_schema_text, load_schema
@@ -94,7 +95,7 @@ def test_diff_records_where_each_desired_value_is_written():
 
 
 def _no_objects():
-    from reconciler.plan import LiveObjects
+    from reconciler.differ import LiveObjects
 
     return LiveObjects(lists={"role": []}, roles=[])
 

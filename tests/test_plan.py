@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from reconciler.differ import diff, needs_role_lookup, normalise_live, unconverged
 from reconciler.plan import (
     CHANGED,
     ERROR,
@@ -11,11 +12,7 @@ from reconciler.plan import (
     Plan,
     ProjectPlan,
     checksum,
-    diff,
     fingerprint,
-    needs_role_lookup,
-    normalise_live,
-    unconverged,
 )
 
 PID = "fd9b1113-4bd2-4dad-8631-a95ba035dfda"

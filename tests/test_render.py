@@ -13,9 +13,10 @@ import gfm
 import pytest
 from e2e import ALPHA, run
 
+from reconciler.differ import LiveObjects, diff
 from reconciler.files import Problem
 from reconciler.kinds import KINDS
-from reconciler.plan import Change, LiveObjects, ObjectChange, Plan, ProjectPlan, diff
+from reconciler.plan import Change, ObjectChange, Plan, ProjectPlan
 from reconciler.render import (
     MARKDOWN_LIMIT,
     PLAN_MARKER,

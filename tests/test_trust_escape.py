@@ -16,10 +16,11 @@ from click.testing import CliRunner
 from e2e import ALPHA, BETA, DEV_TOKEN, GAMMA, SEED, live, run, write
 
 from reconciler.cli import cli
+from reconciler.differ import LiveObjects, diff
 from reconciler.emulator import serve
 from reconciler.escape import add_secrets, markdown, md_escape, redact, set_secrets, shorten, term
 from reconciler.files import Problem
-from reconciler.plan import LiveObjects, Plan, ProjectPlan, checksum, diff
+from reconciler.plan import Plan, ProjectPlan, checksum
 from reconciler.planfile import plan_from_document, read_plan_file
 from reconciler.render import (
     ObjectOutcome,
