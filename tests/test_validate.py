@@ -150,7 +150,13 @@ def test_every_broken_fixture_is_listed_here(in_repo):
 def test_each_broken_file_alone(in_repo, name):
     result = validate(f"{BROKEN}/{name}")
     assert result.exit_code == 1
-    assert result.stdout.splitlines() == [f"{BROKEN}/{name}:{line}" for line in EXPECTED[name]]
+    lines = [f"{BROKEN}/{name}:{line}" for line in EXPECTED[name]]
+    if name == "missing-id.yaml":  # named alone, outside projects/: maybe a fragment
+        lines = [
+            f"{lines[0]} (a fragment? fragments are checked through the project files that "
+            "include them: `reconciler validate`)"
+        ]
+    assert result.stdout.splitlines() == lines
     problems = len(EXPECTED[name])
     noun = "problem" if problems == 1 else "problems"
     assert result.stderr == f"{problems} {noun} in 1 file (1 file checked).\n"
