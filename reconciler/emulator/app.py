@@ -116,6 +116,11 @@ class Call:
         """The JSON body, or {} for none (the SDK sends none with PUT and DELETE)."""
         return json_body(self.environ, optional=True)
 
+    def no_body(self) -> None:
+        """400 unless the body is absent or `{}` (the SDK sends `{}` to body-less actions)."""
+        if self.optional_body() != {}:
+            raise HttpError(400, "this endpoint takes no request body")
+
     def query(self) -> dict[str, str]:
         fields = parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True)
         return {key: values[-1] for key, values in fields.items()}
@@ -358,8 +363,7 @@ class EmulatorApp:
     def _put(self, call: Call) -> Response:
         """PUT {path}/{name}: create by the name in the path (a Z3 bucket); no body."""
         kind = call.object_kind
-        if call.optional_body() != {}:
-            raise HttpError(400, "this endpoint takes no request body")
+        call.no_body()
         fields = _checked({"name": call.id}, kind.fields, kind.required)
         return self._created(kind, *self.store.create(kind, call.project_id, fields))
 
@@ -382,9 +386,7 @@ class EmulatorApp:
         return 204, None, []
 
     def _rotate_secret(self, call: Call) -> Response:
-        # A body-less action accepts no body or `{}` (the SDK sends `{}`).
-        if call.optional_body() != {}:
-            raise HttpError(400, "this endpoint takes no request body")
+        call.no_body()
         return 200, {"secret": self.store.rotate(call.object_kind, call.project_id, call.id)}, []
 
     # M2M clients
