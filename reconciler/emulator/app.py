@@ -205,7 +205,7 @@ class EmulatorApp:
             project = environ.get(_PROJECT_HEADERS[0]) or environ.get(_PROJECT_HEADERS[1]) or ""
             logged = self.log.begin(method, metered, project.strip())
         try:
-            status, body, headers = self._handle(environ, method, path)
+            status, body, headers = self._handle(environ, method, path, metered)
         except HttpError as exc:
             status, body, headers = exc.status, _error(exc.status, exc.message), exc.headers
         except Exception:  # a bug in the emulator: say so, keep serving
@@ -234,9 +234,10 @@ class EmulatorApp:
             sys.stderr.write(f"{term(method)} {term(_logged(path))} {status} {ms:.1f}ms\n")
         return [payload]
 
-    def _handle(self, environ: dict[str, Any], method: str, path: str) -> Response:
+    def _handle(
+        self, environ: dict[str, Any], method: str, path: str, metered: str | None
+    ) -> Response:
         self._check_host(environ)
-        metered = _metered(path)
         if metered:
             self.stats.count(method, metered)
             if path != "/v1/version" and self.faults.active:
