@@ -54,18 +54,15 @@ def new_secret() -> str:
     return secrets.token_urlsafe(48)
 
 
-def role_belongs(conn: sqlite3.Connection, project_id: str, role_id: str) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM role WHERE id = ? AND project_id = ?", (role_id, project_id)
-    ).fetchone()
-    return row is not None
-
-
 def check_role_ids(
     conn: sqlite3.Connection, project_id: str, role_ids: Iterable[str], field: str = "roles"
 ) -> None:
+    """Invalid unless every id is a role of this Project (`field` names them in the 400)."""
     for role_id in role_ids:
-        if not role_belongs(conn, project_id, role_id):
+        row = conn.execute(
+            "SELECT 1 FROM role WHERE id = ? AND project_id = ?", (role_id, project_id)
+        ).fetchone()
+        if row is None:
             raise Invalid(f"{field}: {role_id!r} is not a role of this Project")
 
 

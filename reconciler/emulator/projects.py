@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from reconciler.emulator.iam import role_belongs
+from reconciler.emulator.iam import check_role_ids
 from reconciler.emulator.objects import Document, Invalid, NotFound
 from reconciler.emulator.seed import SeedProject, resolve_role
 
@@ -70,9 +70,8 @@ def read(conn: sqlite3.Connection, project_id: str) -> Document | None:
 def update(conn: sqlite3.Connection, project_id: str, changes: Mapping[str, Any]) -> Document:
     """Check role ids belong to the Project, write the given columns, return the Project."""
     for field in _ROLE_ID_FIELDS:
-        role_id = changes.get(field)
-        if role_id is not None and not role_belongs(conn, project_id, role_id):
-            raise Invalid(f"{field}: {role_id!r} is not a role of this Project")
+        if changes.get(field) is not None:
+            check_role_ids(conn, project_id, [changes[field]], field)
     if changes:
         # Column names come from COLUMNS, never from the request.
         assignments = ", ".join(f"{COLUMNS[key]} = ?" for key in changes)
