@@ -356,10 +356,9 @@ def update(
     """
     table = kind.table
     rowid = key if isinstance(key, int) else find(conn, kind, project_id, key)
-    _split(kind, fields)  # unknown fields first
+    stored, rest = _split(kind, fields)  # unknown fields first
     doc = read(conn, kind, rowid)
     kind.hooks.check(conn, project_id, {**doc, **fields}, fields, rowid)
-    stored, rest = _split(kind, fields)
     if stored:
         assignments = ", ".join(f"{_column(kind, k)} = ?" for k in stored)
         values = [_encode(kind, k, v) for k, v in stored.items()]
