@@ -69,6 +69,7 @@ from reconciler.emulator.faults import (
     RequestStats,
     TokenBuckets,
 )
+from reconciler.emulator.iam import M2M_SORTS
 from reconciler.emulator.kinds import KINDS, M2M
 from reconciler.emulator.objects import Conflict, Kind
 from reconciler.emulator.policy import ENDPOINT_ACTIONS, allows
@@ -401,7 +402,7 @@ class EmulatorApp:
         if not limit.isdigit() or int(limit) < 1:
             raise HttpError(400, "limit must be a whole number >= 1")
         sort = query.get("sort") or "createdAt"
-        if sort not in ("createdAt", "name", "id"):
+        if sort not in M2M_SORTS:
             raise HttpError(400, "sort must be createdAt, name or id")
         order = query.get("sortOrder") or "asc"
         if order not in ("asc", "desc"):
