@@ -439,8 +439,9 @@ class Store:
     def start_upload(self, project_id: str, key: str, filename: str) -> str:
         """A single-use token for the function's code upload (POST .../s3-upload)."""
         with self._write() as conn:
-            doc = objects.read(conn, ZAMBDA, objects.find(conn, ZAMBDA, project_id, key))
-            return zambdas.start_upload(conn, doc["id"], filename, self.clock())
+            rowid = objects.find(conn, ZAMBDA, project_id, key)
+            row = conn.execute("SELECT id FROM zambda WHERE rowid = ?", (rowid,)).fetchone()
+            return zambdas.start_upload(conn, row[0], filename, self.clock())
 
     def finish_upload(self, token: str, data: bytes) -> str:
         """Store code PUT to a signed URL (zambdas.Denied if unknown, used or expired)."""
