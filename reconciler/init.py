@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -92,6 +92,18 @@ _SOURCE_INPUTS_LINE = re.compile(r"^( *)# @SOURCE_INPUTS@\n", re.MULTILINE)
 _ARTIFACT_LINE = re.compile(r"^( *)path: @ARTIFACT_PATHS@\n", re.MULTILINE)
 
 
+def _documents(files: Iterable[Path]) -> Iterator[dict[str, Any]]:
+    """Each file's YAML mapping; a file that does not read or parse, or holds no
+    mapping, is skipped (validate reports it)."""
+    for path in files:
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict):
+            yield doc
+
+
 @dataclass(frozen=True)
 class ZambdaFiles:
     """What the workflows need to know of the project files' Zambda functions: the globs
@@ -109,13 +121,9 @@ class ZambdaFiles:
 
         inputs: list[str] = []
         zips: list[str] = []
-        for path in files:
-            try:
-                doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, yaml.YAMLError):
-                continue
-            functions = doc.get("zambdas") if isinstance(doc, dict) else None
-            for fields in (functions or {}).values() if isinstance(functions, dict) else ():
+        for doc in _documents(files):
+            functions = doc.get("zambdas")
+            for fields in functions.values() if isinstance(functions, dict) else ():
                 if not isinstance(fields, dict):
                     continue
                 source = fields.get("source")
@@ -242,13 +250,7 @@ def credential_names(project_files: Iterable[Path]) -> list[str]:
     A file without `auth` uses the default M2M names; a file that does not parse is
     skipped here (validate reports it)."""
     names: list[str] = []
-    for path in project_files:
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue
-        if not isinstance(doc, dict):
-            continue
+    for doc in _documents(project_files):
         auth = doc.get("auth")
         if isinstance(auth, dict):
             found = [
