@@ -497,7 +497,7 @@ def init(
         written = (api_url.written, auth_url.written)  # refused before anything is read
         scaffold = Scaffold(directory)
         exported = write_projects(scaffold, project_ids, options)
-        zambdas = _write_rest(scaffold, action, *written, build)
+        names, secrets, zambdas = _write_rest(scaffold, action, *written, build)
     except ReconcilerError as exc:
         raise click.ClickException(str(exc)) from exc
     for relative in scaffold.written:
@@ -513,8 +513,7 @@ def init(
     if exported:
         flags = [f"{u.option} {u.value}" for u in (api_url, auth_url) if u.from_flag]
         click.echo(plan_here(exported, directory, flags))
-    files = project_files(directory / "projects")
-    click.echo(next_steps(credential_names(files), secret_variables(files)), nl=False)
+    click.echo(next_steps(names, secrets), nl=False)
     if zambdas.zips and not build:
         click.echo(
             "\nThe project files name Zambda zips: give the workflows the command that builds "
@@ -553,7 +552,9 @@ def _and(words: Sequence[str]) -> str:
 
 def _write_rest(
     scaffold: Scaffold, action: ActionRef, api_url: str, auth_url: str, build: str = ""
-) -> ZambdaFiles:
+) -> tuple[list[str], list[str], ZambdaFiles]:
+    """The schemas, workflows and pre-commit config; what the workflows follow of the
+    project files: their credential names, secret variables and Zambda files."""
     from reconciler.schema import fragment_schema_text, schema_text
 
     scaffold.write("schemas/project.schema.json", schema_text())
@@ -574,7 +575,7 @@ def _write_rest(
         )
         scaffold.write(f".github/workflows/{name}.yml", text)
     scaffold.write(".pre-commit-config.yaml", render_pre_commit(action))
-    return zambdas
+    return names, secrets, zambdas
 
 
 def write_projects(
