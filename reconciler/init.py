@@ -49,7 +49,6 @@ WORKFLOWS = ("plan", "apply", "drift")
 # Credentials a file without an `auth` block uses (an M2M client: the CI identity).
 DEFAULT_AUTH_NAMES = ("OYSTEHR_CLIENT_ID", "OYSTEHR_CLIENT_SECRET")
 READ_PREFIX = "READ_"
-EXAMPLE_ID = "00000000-0000-4000-8000-000000000000"
 
 # What the READ_ clients may do: read the Project, its roles, applications and M2M
 # clients, list its secrets (names only), buckets and Zambda functions. Nothing else: a
