@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -49,7 +49,6 @@ WORKFLOWS = ("plan", "apply", "drift")
 # Credentials a file without an `auth` block uses (an M2M client: the CI identity).
 DEFAULT_AUTH_NAMES = ("OYSTEHR_CLIENT_ID", "OYSTEHR_CLIENT_SECRET")
 READ_PREFIX = "READ_"
-EXAMPLE_ID = "00000000-0000-4000-8000-000000000000"
 
 # What the READ_ clients may do: read the Project, its roles, applications and M2M
 # clients, list its secrets (names only), buckets and Zambda functions. Nothing else: a
@@ -92,6 +91,18 @@ _SOURCE_INPUTS_LINE = re.compile(r"^( *)# @SOURCE_INPUTS@\n", re.MULTILINE)
 _ARTIFACT_LINE = re.compile(r"^( *)path: @ARTIFACT_PATHS@\n", re.MULTILINE)
 
 
+def _documents(files: Iterable[Path]) -> Iterator[dict[str, Any]]:
+    """Each file's YAML mapping; a file that does not read or parse, or holds no
+    mapping, is skipped (validate reports it)."""
+    for path in files:
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict):
+            yield doc
+
+
 @dataclass(frozen=True)
 class ZambdaFiles:
     """What the workflows need to know of the project files' Zambda functions: the globs
@@ -109,13 +120,9 @@ class ZambdaFiles:
 
         inputs: list[str] = []
         zips: list[str] = []
-        for path in files:
-            try:
-                doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, yaml.YAMLError):
-                continue
-            functions = doc.get("zambdas") if isinstance(doc, dict) else None
-            for fields in (functions or {}).values() if isinstance(functions, dict) else ():
+        for doc in _documents(files):
+            functions = doc.get("zambdas")
+            for fields in functions.values() if isinstance(functions, dict) else ():
                 if not isinstance(fields, dict):
                     continue
                 source = fields.get("source")
@@ -242,13 +249,7 @@ def credential_names(project_files: Iterable[Path]) -> list[str]:
     A file without `auth` uses the default M2M names; a file that does not parse is
     skipped here (validate reports it)."""
     names: list[str] = []
-    for path in project_files:
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue
-        if not isinstance(doc, dict):
-            continue
+    for doc in _documents(project_files):
         auth = doc.get("auth")
         if isinstance(auth, dict):
             found = [
@@ -495,7 +496,7 @@ def init(
         written = (api_url.written, auth_url.written)  # refused before anything is read
         scaffold = Scaffold(directory)
         exported = write_projects(scaffold, project_ids, options)
-        zambdas = _write_rest(scaffold, action, *written, build)
+        names, secrets, zambdas = _write_rest(scaffold, action, *written, build)
     except ReconcilerError as exc:
         raise click.ClickException(str(exc)) from exc
     for relative in scaffold.written:
@@ -511,8 +512,7 @@ def init(
     if exported:
         flags = [f"{u.option} {u.value}" for u in (api_url, auth_url) if u.from_flag]
         click.echo(plan_here(exported, directory, flags))
-    files = project_files(directory / "projects")
-    click.echo(next_steps(credential_names(files), secret_variables(files)), nl=False)
+    click.echo(next_steps(names, secrets), nl=False)
     if zambdas.zips and not build:
         click.echo(
             "\nThe project files name Zambda zips: give the workflows the command that builds "
@@ -551,7 +551,9 @@ def _and(words: Sequence[str]) -> str:
 
 def _write_rest(
     scaffold: Scaffold, action: ActionRef, api_url: str, auth_url: str, build: str = ""
-) -> ZambdaFiles:
+) -> tuple[list[str], list[str], ZambdaFiles]:
+    """The schemas, workflows and pre-commit config; what the workflows follow of the
+    project files: their credential names, secret variables and Zambda files."""
     from reconciler.schema import fragment_schema_text, schema_text
 
     scaffold.write("schemas/project.schema.json", schema_text())
@@ -572,7 +574,7 @@ def _write_rest(
         )
         scaffold.write(f".github/workflows/{name}.yml", text)
     scaffold.write(".pre-commit-config.yaml", render_pre_commit(action))
-    return zambdas
+    return names, secrets, zambdas
 
 
 def write_projects(

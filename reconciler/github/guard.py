@@ -63,6 +63,10 @@ _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\[bot\])?")
 
 
+# `git rev-list --first-parent --parents base..HEAD`: (commit, its parents), newest first.
+History = Sequence[tuple[str, tuple[str, ...]]]
+
+
 class GuardLookupError(ReconcilerError):
     """GitHub could not be asked, or answered something unusable: never "no base"."""
 
@@ -433,10 +437,11 @@ class GuardRun:
         if not self._descends_from(base):
             ask = f"Nothing was applied; {OVERRIDE_HINT}."
             return Verdict(False, [*notes, self._rewritten(base)], ask=ask)
-        if not self._on_branch(base):
+        history = self.repository.first_parent_history(base.sha, self.head)
+        if not _on_branch(base, history):
             ask = f"Nothing was applied; {OVERRIDE_HINT}."
             return Verdict(False, [*notes, self._off_branch(base)], ask=ask)
-        verdict = self._since(base, entries)
+        verdict = self._since(base, history, entries)
         verdict.lines[:0] = notes
         return verdict
 
@@ -472,15 +477,6 @@ class GuardRun:
             return False  # gone from the history: rewritten
         return self.repository.is_ancestor(base.sha, self.head)
 
-    def _on_branch(self, base: Base) -> bool:
-        """Whether the base is one of the commits the branch itself pointed at (its
-        first-parent history), as every run that applied on it was: a pull request's own
-        commits are ancestors too, through the second parent of its merge, and a run
-        that looks like it applied one (a tag named like the branch, a workflow changed
-        on a branch) would move the base to a commit no apply ever applied."""
-        shas = self.repository.first_parent_commits(base.sha, self.head)
-        return not shas or self.repository.commit(f"{shas[-1]}^1") == base.sha
-
     def _off_branch(self, base: Base) -> str:
         return (
             f"refused: the last apply's commit {base.sha[:12]} (run {base.run_id}) is not one "
@@ -495,9 +491,9 @@ class GuardRun:
             f"(run {base.run_id}) is not an ancestor of {self.head[:12]}."
         )
 
-    def _since(self, base: Base, entries: list[Entry]) -> Verdict:
-        shas = self.repository.first_parent_commits(base.sha, self.head)
-        merges = self.repository.merge_commits(base.sha, self.head)
+    def _since(self, base: Base, history: History, entries: list[Entry]) -> Verdict:
+        shas = [sha for sha, _ in history]
+        merges = {sha for sha, parents in history if len(parents) > 1}
         try:
             checks = check_commits(
                 self.api,
@@ -565,6 +561,15 @@ class GuardRun:
         if failed:
             ask += f" For a commit that was not reviewed, {OVERRIDE_HINT}."
         return Verdict(False, lines, ask)
+
+
+def _on_branch(base: Base, history: History) -> bool:
+    """Whether the base is one of the commits the branch itself pointed at (its
+    first-parent history), as every run that applied on it was: a pull request's own
+    commits are ancestors too, through the second parent of its merge, and a run
+    that looks like it applied one (a tag named like the branch, a workflow changed
+    on a branch) would move the base to a commit no apply ever applied."""
+    return not history or history[-1][1][:1] == (base.sha,)
 
 
 def _some(count: int, total: int, noun: str) -> tuple[str, str]:

@@ -80,16 +80,11 @@ class Repository:
             return done.returncode == 0
         raise GitError(_failed(("merge-base", "--is-ancestor", ancestor, descendant), done.stderr))
 
-    def first_parent_commits(self, base: str, head: str) -> list[str]:
-        """`git rev-list --first-parent base..head`: newest first."""
-        out = self.git("rev-list", "--first-parent", f"{base}..{head}", "--")
-        return out.decode().split()
-
-    def merge_commits(self, base: str, head: str) -> set[str]:
-        """The commits of `git rev-list --first-parent base..head` that have more than one
-        parent (true merges, not squashes or rebased commits)."""
+    def first_parent_history(self, base: str, head: str) -> list[tuple[str, tuple[str, ...]]]:
+        """`git rev-list --first-parent --parents base..head`: each commit, newest first,
+        with its parents (first parent first; more than one: a true merge)."""
         out = self.git("rev-list", "--first-parent", "--parents", f"{base}..{head}", "--")
-        return {line.split()[0] for line in out.decode().splitlines() if len(line.split()) > 2}
+        return [(line.split()[0], tuple(line.split()[1:])) for line in out.decode().splitlines()]
 
     def changed_paths(self, base: str, head: str) -> list[str]:
         """Every path that differs between the two commits (a rename: both paths)."""

@@ -60,8 +60,8 @@ from reconciler.render.outcomes import (
     ObjectOutcome,
     Outcome,
     apply_counts,
+    result_word,
 )
-from reconciler.render.text import DONE
 
 PLAN_MARKER = "<!-- reconciler-plan -->"
 DRIFT_MARKER = "<!-- reconciler-drift -->"
@@ -400,13 +400,9 @@ def _results_phrase(results: Sequence[ObjectOutcome]) -> str:
     """`200 created, 1 failed, 3 skipped`."""
     counts: dict[str, int] = {}
     for result in results:
-        word = _result_word(result)
+        word = result_word(result)
         counts[word] = counts.get(word, 0) + 1
     return ", ".join(f"{count} {word}" for word, count in counts.items())
-
-
-def _result_word(result: ObjectOutcome) -> str:
-    return DONE.get(result.action, result.action) if result.status == APPLIED else result.status
 
 
 def _outcome_sections(outcome: Outcome) -> list[Section]:
@@ -429,7 +425,7 @@ def _outcome_sections(outcome: Outcome) -> list[Section]:
         summary = f"{kind_label(kind_name)}: {_results_phrase(results)}"
         listed = [
             f"- {_MARKS[ACTION_MARKS.get(r.action, '=') if r.status == APPLIED else '=']} "
-            f"{_md(r.name)}: {_result_word(r)}" + (f" ({_md(r.detail)})" if r.detail else "")
+            f"{_md(r.name)}: {result_word(r)}" + (f" ({_md(r.detail)})" if r.detail else "")
             for r in results
         ]
         sections.append(

@@ -14,6 +14,14 @@ UNKNOWN = "unknown"
 # A delete apply would not do without an option saying so (a bucket's: it destroys every
 # object in it); the Project's other writes are done.
 BLOCKED = "blocked"
+# What an applied object's action did, in the words of apply's output.
+DONE = {
+    "create": "created",
+    "update": "updated",
+    "rename": "renamed",
+    "delete": "deleted",
+    "compare": "compared: the value was right",
+}
 
 
 @dataclass(frozen=True)
@@ -71,3 +79,8 @@ def apply_counts(outcomes: Sequence[Outcome]) -> str:
         if counts[status]:
             text += f", {counts[status]} {status}"
     return text
+
+
+def result_word(result: ObjectOutcome) -> str:
+    """`created` (what an applied object's action did), else its status: `failed`."""
+    return DONE.get(result.action, result.action) if result.status == APPLIED else result.status

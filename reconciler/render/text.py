@@ -39,6 +39,7 @@ from reconciler.render.outcomes import (
     ObjectOutcome,
     Outcome,
     apply_counts,
+    result_word,
 )
 
 _COLOURS = {"~": "33", "!": "31", "+": "32", "-": "31", "?": "31", "=": "2", "bold": "1"}
@@ -116,13 +117,6 @@ _MARKS = {
     BLOCKED: ("!", "!"),
     UNCHANGED: ("=", "="),
 }
-DONE = {
-    "create": "created",
-    "update": "updated",
-    "rename": "renamed",
-    "delete": "deleted",
-    "compare": "compared: the value was right",
-}
 
 
 def render_apply_text(outcomes: Sequence[Outcome], fh: TextIO, *, colour: bool = False) -> None:
@@ -151,6 +145,5 @@ def render_apply_text(outcomes: Sequence[Outcome], fh: TextIO, *, colour: bool =
 def object_result(result: ObjectOutcome) -> str:
     """`created`, or `failed: why` (escaped for a terminal)."""
     if result.status == APPLIED:
-        done = DONE.get(result.action, result.action)
-        return done + (f" ({term(result.detail)})" if result.detail else "")
+        return result_word(result) + (f" ({term(result.detail)})" if result.detail else "")
     return result.status + (f": {term(result.error)}" if result.error else "")
