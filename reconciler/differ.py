@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler import objects
-from reconciler.kinds import BY_KEY, BY_NAME, M2M
+from reconciler.kinds import BY_KEY, M2M
 from reconciler.plan import (
     CHANGED,
     ERROR,
@@ -354,12 +354,13 @@ def _prune_problems(
     defaults_after = {k: (v or {}).get("id") for k, v in defaults_after.items()}
     m2m_after: dict[str, set[str]] = {}
     released: dict[str, int] = {}
-    by_name = {c.name: c for c in changes if c.kind == "m2m"}
-    for item in live_objects.lists.get("m2m", ()):
+    by_name = {c.name: c for c in changes if c.kind == M2M.name}
+    declared = set(objects.desired_objects(desired, M2M))
+    for item in live_objects.lists.get(M2M.name, ()):
         detail = live_objects.details.get(str(item.get("id")), {})
         held = {str(r.get("id")) for r in detail.get("roles") or () if isinstance(r, Mapping)}
         name = str(item.get("name"))
-        if name not in objects.desired_objects(desired, BY_NAME["m2m"]):
+        if name not in declared:
             continue
         change = by_name.get(name)
         after = held
