@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler import objects
-from reconciler.kinds import BY_KEY, M2M
+from reconciler.kinds import BY_KEY, KINDS, M2M
 from reconciler.plan import (
     CHANGED,
     ERROR,
@@ -325,8 +325,6 @@ def _in_write_order(changes: Sequence[ObjectChange]) -> list[ObjectChange]:
     by name within a kind (the order is the same whatever order the reads came in)."""
     if not changes:
         return []
-    from reconciler.kinds import KINDS
-
     order = [kind.name for kind in KINDS]
     writes = [c for c in changes if c.action != "delete"]
     deletes = [c for c in changes if c.action == "delete"]
