@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler import objects
-from reconciler.kinds import BY_KEY, BY_NAME, M2M
+from reconciler.kinds import BY_KEY, KINDS, M2M
 from reconciler.plan import (
     CHANGED,
     ERROR,
@@ -325,8 +325,6 @@ def _in_write_order(changes: Sequence[ObjectChange]) -> list[ObjectChange]:
     by name within a kind (the order is the same whatever order the reads came in)."""
     if not changes:
         return []
-    from reconciler.kinds import KINDS
-
     order = [kind.name for kind in KINDS]
     writes = [c for c in changes if c.action != "delete"]
     deletes = [c for c in changes if c.action == "delete"]
@@ -354,12 +352,13 @@ def _prune_problems(
     defaults_after = {k: (v or {}).get("id") for k, v in defaults_after.items()}
     m2m_after: dict[str, set[str]] = {}
     released: dict[str, int] = {}
-    by_name = {c.name: c for c in changes if c.kind == "m2m"}
-    for item in live_objects.lists.get("m2m", ()):
+    by_name = {c.name: c for c in changes if c.kind == M2M.name}
+    declared = set(objects.desired_objects(desired, M2M))
+    for item in live_objects.lists.get(M2M.name, ()):
         detail = live_objects.details.get(str(item.get("id")), {})
         held = {str(r.get("id")) for r in detail.get("roles") or () if isinstance(r, Mapping)}
         name = str(item.get("name"))
-        if name not in objects.desired_objects(desired, BY_NAME["m2m"]):
+        if name not in declared:
             continue
         change = by_name.get(name)
         after = held

@@ -30,7 +30,7 @@ import yaml
 
 from reconciler.errors import ConfigError
 from reconciler.escape import plural, term
-from reconciler.kinds import KINDS, Kind, policy_rules
+from reconciler.kinds import BY_KEY, Kind, policy_rules
 from reconciler.render import format_value
 from reconciler.schema import field_name, load_schema
 from reconciler.substitution import as_written
@@ -47,14 +47,13 @@ CONSUMED = ("include", "vars")  # applied to the document, so not part of it
 # --- the effective document ------------------------------------------------------------
 
 
-def effective_document(data: Mapping[str, Any], kinds: Sequence[Kind] = KINDS) -> dict[str, Any]:
+def effective_document(data: Mapping[str, Any]) -> dict[str, Any]:
     """``data`` in canonical order, as render shows it (see the module docstring)."""
-    by_key = {kind.key: kind for kind in kinds}
     document: dict[str, Any] = {}
-    for key in _in_order(data, [*load_schema()["properties"], *by_key]):
+    for key in _in_order(data, [*load_schema()["properties"], *BY_KEY]):
         if key in CONSUMED:
             continue
-        value, kind = data[key], by_key.get(key)
+        value, kind = data[key], BY_KEY.get(key)
         if kind is not None and isinstance(value, Mapping):
             value = {name: _object(kind, value[name]) for name in sorted(value)}
         document[key] = value
@@ -96,10 +95,10 @@ def sources(project: ProjectFile, document: Mapping[str, Any]) -> dict[str, str]
     return found
 
 
-def render_yaml(project: ProjectFile, fh: TextIO, kinds: Sequence[Kind] = KINDS) -> None:
+def render_yaml(project: ProjectFile, fh: TextIO) -> None:
     """One Project's effective document as YAML, each top-level key under a comment
     naming where it is written (every file, for a kind merged from several)."""
-    document = effective_document(project.data, kinds)
+    document = effective_document(project.data)
     fh.write(f"# {term(project.path)}: the effective document (includes merged, vars applied)\n")
     for key, value in document.items():
         fh.write(f"# from {term(', '.join(project.sources_of(key)))}\n")
@@ -117,11 +116,11 @@ def render_yaml(project: ProjectFile, fh: TextIO, kinds: Sequence[Kind] = KINDS)
             fh.write(term(line) + "\n")
 
 
-def render_json(projects: Sequence[ProjectFile], fh: TextIO, kinds: Sequence[Kind] = KINDS) -> None:
+def render_json(projects: Sequence[ProjectFile], fh: TextIO) -> None:
     """``{"file", "document", "sources"}`` for one Project; a list of them for several."""
     docs = []
     for project in projects:
-        document = effective_document(project.data, kinds)
+        document = effective_document(project.data)
         docs.append(
             {"file": project.path, "document": document, "sources": sources(project, document)}
         )
@@ -169,17 +168,14 @@ class Difference:
         return [f"{self.mark} {path}: {format_value(value)}"]
 
 
-def differences(
-    a: Mapping[str, Any], b: Mapping[str, Any], kinds: Sequence[Kind] = KINDS
-) -> list[Difference]:
+def differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Difference]:
     """What differs between two documents, path by path (see the module docstring)."""
-    by_key = {kind.key: kind for kind in kinds}
     found: list[Difference] = []
-    order = [*load_schema()["properties"], *by_key]
+    order = [*load_schema()["properties"], *BY_KEY]
     for key in _in_order(set(a) | set(b), order):
         if key in NOT_COMPARED:
             continue
-        in_a, in_b, kind = key in a, key in b, by_key.get(key)
+        in_a, in_b, kind = key in a, key in b, BY_KEY.get(key)
         if in_a and in_b and kind and isinstance(a[key], Mapping) and isinstance(b[key], Mapping):
             found += _kind_differences(kind, a[key], b[key])
         elif key == "prune" and isinstance(a.get(key), list) and isinstance(b.get(key), list):

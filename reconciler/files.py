@@ -265,13 +265,6 @@ def _fragment_hint(problem: Problem, shown: str, named: Collection[str]) -> Prob
     )
 
 
-def find_project_files(paths: Sequence[str]) -> tuple[list[str], list[Problem]]:
-    """Files named directly, plus ``*.yaml``/``*.yml`` found recursively in folders,
-    as the user sees them (relative to the current folder when under it)."""
-    found, problems = _find(paths, os.getcwd())
-    return [shown for shown, _ in found], problems
-
-
 def _find(paths: Sequence[str], cwd: str) -> tuple[list[tuple[str, str]], list[Problem]]:
     """(shown, path) of each project file. Hidden folders (``.git``, editors' backups) are
     skipped; the same file named twice is read once; an unreadable folder is a problem,
@@ -437,22 +430,17 @@ def _build_project(
 # --- checks across files --------------------------------------------------------------
 
 
-def credential_problems(projects: Sequence[ProjectFile], env: Mapping[str, str]) -> list[Problem]:
-    """A problem for each substituted value that holds a credential the run can see (the
-    variables any file's auth names, and the global ones), naming the variables, never
-    the value: it would go into plans and PR comments. The final value is compared, so a
-    credential split across two variables (or a variable and the text around it) is
-    caught too."""
-    credentials = _credentials(projects, env)
-    return [problem for project in projects for problem in _leaks(project, credentials)]
-
-
 def _credentials(projects: Sequence[ProjectFile], env: Mapping[str, str]) -> list[tuple[str, str]]:
     names = credential_variables(project.auth for project in projects)
     return [(name, env[name]) for name in names if len(env.get(name) or "") >= MIN_COMPARED_CHARS]
 
 
 def _leaks(project: ProjectFile, credentials: Sequence[tuple[str, str]]) -> list[Problem]:
+    """A problem for each substituted value that holds a credential the run can see (the
+    variables any file's auth names, and the global ones), naming the variables, never
+    the value: it would go into plans and PR comments. The final value is compared, so a
+    credential split across two variables (or a variable and the text around it) is
+    caught too."""
     problems = []
     for path, value, reads in project.substituted:
         why = leaked_credential(value, reads, credentials)

@@ -41,6 +41,7 @@ from reconciler.plan import (
     OBJECT_COUNTS,
     ROLE_FIELDS,
     UNCHANGED,
+    VALUE_SOURCE,
     Plan,
     checksum,
 )
@@ -76,9 +77,9 @@ PROJECT_KEYS = (
 )
 OBJECT_KEYS = ("kind", "name", "id", "action", "changes", "body", "liveFingerprint")
 ACTIONS = ("create", "update", "rename", "delete")
-# A concealed kind's (a secret's) entries: where its value comes from, never a value; its
-# action may be `compare` (value compared at apply), and it changes no field.
-VALUE_SOURCE = "valueSource"
+# A concealed kind's (a secret's) entries: where its value comes from (VALUE_SOURCE),
+# never a value; its action may be `compare` (value compared at apply), and it changes
+# no field.
 CONCEALED_ACTIONS = ("create", "update", "compare", "delete")
 CHANGE_KEYS = ("field", "before", "after")
 # Where a desired value is written ("FILE:LINE" or null): on every change and object of a

@@ -268,9 +268,7 @@ class _Check:
                 raise _Stale(f"{kind.name} {change.name!r} is gone") from None
             raise
         self.objects[str(change.id)] = answer
-        changes = [c.to_dict() for c in change.changes]
-        if object_fingerprint(kind, changes, answer) != change.live_fingerprint:
-            raise _Stale(f"{kind.name} {change.name!r}")
+        _unchanged(kind, change, answer)
 
     def _read_list(self, kind: Kind, creates: set[str]) -> None:
         items = self.api.list_objects(kind, self.project.project_id, self.credentials)
@@ -289,9 +287,7 @@ class _Check:
             found = live.get(str(change.id))
             if found is None:
                 raise _Stale(f"{kind.name} {change.name!r} is gone")
-            changes = [c.to_dict() for c in change.changes]
-            if object_fingerprint(kind, changes, found) != change.live_fingerprint:
-                raise _Stale(f"{kind.name} {change.name!r}")
+            _unchanged(kind, change, found)
 
     def _read_roles(self) -> None:
         self.roles = self.api.list_objects(ROLE, self.project.project_id, self.credentials)
@@ -486,6 +482,13 @@ def verify_saved_plan(
         for p in plan.projects
     )
     return replace(plan, projects=projects)
+
+
+def _unchanged(kind: Kind, change: ObjectChange, live: Mapping[str, Any]) -> None:
+    """_Stale unless the live object is as the plan saw it (its `liveFingerprint`)."""
+    changes = [c.to_dict() for c in change.changes]
+    if object_fingerprint(kind, changes, live) != change.live_fingerprint:
+        raise _Stale(f"{kind.name} {change.name!r}")
 
 
 def _clients_named(project: ProjectPlan) -> set[str]:

@@ -12,7 +12,6 @@ from e2e import write
 from reconciler.cli import cli
 from reconciler.effective import differences, effective_document, render_yaml
 from reconciler.files import ProjectFile
-from reconciler.kinds import Kind, conceal_secret
 
 STAGING = "31f7e0b1-b7ae-439d-a141-27b4e09ba6a1"
 PRODUCTION = "ff328f9d-d5f2-425b-b8ff-80a03ce89573"
@@ -209,18 +208,6 @@ def test_compare_needs_two_valid_files(repo):
 
 # --- values never shown -------------------------------------------------------------------
 
-SECRETS = Kind(
-    name="secret",
-    key="secrets",
-    list_path="/secret",
-    item_path="/secret/{id}",
-    create_path="/secret",
-    write_fields=("name", "value", "valueFrom"),
-    list_fields=frozenset({"name"}),
-    read_only=(),
-    conceal=conceal_secret,
-)
-KINDS = (SECRETS,)
 DOC = {
     "secrets": {
         "WEBSITE_URL": {"value": "https://hunter2.example.com"},
@@ -231,7 +218,7 @@ DOC = {
 
 
 def test_render_never_shows_a_secret_value():
-    assert effective_document(DOC, KINDS) == {
+    assert effective_document(DOC) == {
         "secrets": {
             "AUTH0_SECRET": {"valueFrom": "(not shown: m2m Zambdas Admin clientSecret)"},
             "STRIPE_KEY": {"valueFrom": "(not shown: env RECONCILER_SECRET_STAGING_STRIPE_KEY)"},
@@ -239,7 +226,7 @@ def test_render_never_shows_a_secret_value():
         }
     }
     out = StringIO()
-    render_yaml(ProjectFile("projects/a.yaml", DOC), out, KINDS)
+    render_yaml(ProjectFile("projects/a.yaml", DOC), out)
     assert "hunter2" not in out.getvalue()
     assert "  WEBSITE_URL: {value: '(not shown: literal)'}\n" in out.getvalue()
 
@@ -251,7 +238,7 @@ def test_compare_says_only_that_a_secret_value_differs():
             "STRIPE_KEY": {"valueFrom": {"env": "STAGING_STRIPE_KEY"}},
         }
     }
-    found = differences(DOC, other, KINDS)
+    found = differences(DOC, other)
     assert [line for d in found for line in d.lines()] == [
         "- secrets.AUTH0_SECRET",
         "~ secrets.WEBSITE_URL.value: differs (not shown)",
