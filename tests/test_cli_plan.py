@@ -129,9 +129,11 @@ def test_auth_from_file_env_names_uses_m2m_and_one_token(repo, emu):
         f"id: {BETA}\nsignupEnabled: false\n"
         "auth: {clientIdEnv: BETA_ID, clientSecretEnv: BETA_SECRET}\n",
     )
-    write(repo, "projects/beta-copy/other.yml", f"id: {BETA}\n")
+    # Loaded after beta.yaml (whose credentials are not set in this run), so no read has
+    # started when the duplicate stops the run: none can reach the emulator after the reset.
+    write(repo, "projects/zz-copy/other.yml", f"id: {BETA}\n")
     assert run(["plan"], emu).exit_code == 1  # duplicate id: validation first
-    (repo / "projects/beta-copy/other.yml").unlink()
+    (repo / "projects/zz-copy/other.yml").unlink()
     emu.reset_stats()
     env = {"BETA_ID": BETA_CLIENT, "BETA_SECRET": BETA_SECRET, "OYSTEHR_ACCESS_TOKEN": None}
     result = run(["plan", "--format", "json"], emu, env)
