@@ -330,7 +330,6 @@ def apply(
     from reconciler.schedule import Stopper
     from reconciler.secretvalues import ValueInputs
     from reconciler.uploads import code_copies
-    from reconciler.verify import load_plan_files, verify_saved_plan
     from reconciler.zips import PrivateCopies
 
     options = run.options
