@@ -15,7 +15,7 @@ one-read-at-a-time run would meet first.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -59,17 +59,6 @@ def shard_of(project_id: str, count: int) -> int:
     import hashlib  # here, not at the top: start-up (--shard is rare)
 
     return int(hashlib.sha256(project_id.encode()).hexdigest(), 16) % count + 1
-
-
-def select(
-    projects: Sequence[ProjectFile],
-    filters: Iterable[str] = (),
-    shard: tuple[int, int] | None = None,
-) -> list[ProjectFile]:
-    """The Projects a run covers. A --project value matching no file is an error."""
-    filters = list(filters)
-    check_filters(projects, filters)
-    return [p for p in projects if chosen(p, filters, shard)]
 
 
 def chosen(project: ProjectFile, filters: Sequence[str], shard: tuple[int, int] | None) -> bool:
