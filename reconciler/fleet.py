@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,19 @@ def check_filters(projects: Sequence[ProjectFile], filters: Sequence[str]) -> No
         raise ConfigError(
             "--project matches no project file (by id or file stem): " + ", ".join(unmatched)
         )
+
+
+@dataclass
+class PlanReads:
+    """What one Project's plan read that its apply checks before any write, for an apply
+    in the same run (the same credentials), so that it is not read again: /m2m/me's id
+    (read when pruning M2M clients under M2M credentials), and the live M2M clients
+    secrets' values come from (their entries of the M2M list, and the `GET /m2m/{id}`
+    answers of those read)."""
+
+    me: str | None = None
+    clients: list[dict] = field(default_factory=list)
+    details: dict[str, dict] = field(default_factory=dict)
 
 
 class ValueReads:
@@ -155,6 +169,7 @@ class Planner:
         self.rotate = rotate
         self.value_reads = ValueReads()
         self.done = threading.Event()
+        self.reads: dict[str, PlanReads] = {}  # a Project's file -> what apply needs again
         self._plans: dict[str, ProjectPlan] = {}
         self._credentials: dict[tuple[tuple[str, str], ...], Credentials] = {}
         self._lock = threading.Lock()
@@ -184,9 +199,13 @@ class Planner:
             self._credentials[key] = resolve_credentials(auth, self.env)
         return self._credentials[key]
 
-    def finished(self, project: ProjectFile, plan: ProjectPlan) -> None:
+    def finished(
+        self, project: ProjectFile, plan: ProjectPlan, reads: PlanReads | None = None
+    ) -> None:
         with self._lock:
             self._plans[project.path] = plan
+            if reads is not None:
+                self.reads[project.path] = reads
             self._finished += 1
             done, total = self._finished, self._added
             if self._closed and done == total:
@@ -455,10 +474,21 @@ class ProjectReader:
                 )
             except ReconcilerError as exc:
                 plan = self._failed(str(exc))
-        self.planner.finished(project, plan)
+        self.planner.finished(project, plan, self._kept_for_apply())
         # The tasks hold this reader (their on_idle): without that cycle, what it read is
         # freed now, not by the cyclic collector, which a command runs without (cli.main).
         del self.tasks
+
+    def _kept_for_apply(self) -> PlanReads | None:
+        """What an apply of this plan would read again before any write, if anything."""
+        if self.me is None and not self.client_sources:
+            return None
+        names = {source.client for source in self.client_sources.values()}
+        return PlanReads(
+            me=self.me,
+            clients=[c for c in self.lists.get(M2M.name, ()) if c.get("name") in names],
+            details={i: self.details[i] for i in self._client_ids if i in self.details},
+        )
 
     def _own_client(self) -> str | None:
         """The id of a client read here that is the one the run authenticates as."""
