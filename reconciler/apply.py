@@ -45,7 +45,7 @@ from reconciler.render import (
     ObjectOutcome,
     Outcome,
 )
-from reconciler.schedule import Pool, Stopper, Tasks, TasksState
+from reconciler.schedule import Countdown, Pool, Stopper, Tasks, TasksState
 from reconciler.secretvalues import ValueInputs
 from reconciler.secretwrites import SecretWriter
 from reconciler.uploads import upload_code
@@ -129,19 +129,10 @@ def apply_plan(
         reads or {},
     )
 
-    done = threading.Event()
-    counts = {"started": 0, "finished": 0, "all started": False}
-    lock = threading.Lock()
-
-    def settled() -> None:
-        if counts["all started"] and counts["finished"] == counts["started"]:
-            done.set()
+    writing = Countdown()  # the Projects whose writes have started
 
     def one_done() -> None:
-        with lock:
-            counts["finished"] += 1
-            finished = counts["finished"]
-            settled()
+        finished, _ = writing.finish()
         if progress:
             progress(finished, len(to_write))
 
@@ -164,8 +155,7 @@ def apply_plan(
         for writer in writers:
             if stopper is not None and stopper.stopped:
                 break
-            with lock:
-                counts["started"] += 1
+            writing.start()
             writer.start()
     except KeyboardInterrupt:
         # Interrupted while Projects were still being started: those started get the
@@ -174,9 +164,7 @@ def apply_plan(
             api.abort()
             raise
         stopper.stop()
-    with lock:
-        counts["all started"] = True
-        settled()
+    writing.close()
 
     def abandon() -> None:
         # A client's new secret exists only in memory until it is stored: let a store
@@ -187,7 +175,7 @@ def apply_plan(
             writer.freeze()
         api.abort()
 
-    pool.wait(done, stopper=stopper, abandon=abandon)
+    pool.wait(writing.done, stopper=stopper, abandon=abandon)
     by_id = {w.project.project_id: w.outcome() for w in writers}
     outcomes = []
     for project in plan.projects:

@@ -34,7 +34,7 @@ from reconciler.errors import AuthError, ConfigError, ReconcilerError
 from reconciler.files import ProjectFile
 from reconciler.kinds import KINDS, M2M, ROLE, Kind
 from reconciler.logs import debug
-from reconciler.schedule import Pool, Tasks
+from reconciler.schedule import Countdown, Pool, Tasks
 from reconciler.secretvalues import CLIENT_ID, ENV, LITERAL, SecretValue, Source, from_env, literal
 
 if TYPE_CHECKING:
@@ -168,28 +168,15 @@ class Planner:
         self.roots = RepositoryRoots(root)  # where a Project's paths (a function's zip) start
         self.rotate = rotate
         self.value_reads = ValueReads()
-        self.done = threading.Event()
+        self.projects = Countdown()
         self.reads: dict[str, PlanReads] = {}  # a Project's file -> what apply needs again
         self._plans: dict[str, ProjectPlan] = {}
         self._credentials: dict[tuple[tuple[str, str], ...], Credentials] = {}
         self._lock = threading.Lock()
-        self._added = 0
-        self._finished = 0
-        self._closed = False
 
     def add(self, project: ProjectFile) -> None:
         """Start reading a Project (from the thread that loads the files)."""
-        with self._lock:
-            self._added += 1
-            order = self._added
-        ProjectReader(project, self, order).start()
-
-    def close(self) -> None:
-        """No more Projects will be added."""
-        with self._lock:
-            self._closed = True
-            if self._finished == self._added:
-                self.done.set()
+        ProjectReader(project, self, self.projects.start()).start()
 
     def credentials(self, auth: Mapping[str, str] | None) -> Credentials:
         """The credentials an auth block (or its absence) points at, looked up in the
@@ -206,20 +193,17 @@ class Planner:
             self._plans[project.path] = plan
             if reads is not None:
                 self.reads[project.path] = reads
-            self._finished += 1
-            done, total = self._finished, self._added
-            if self._closed and done == total:
-                self.done.set()
+        done, total = self.projects.finish()
         if self.progress:
             self.progress(done, total)
 
     def plan(self, projects: Sequence[ProjectFile]) -> Plan:
         """Wait for every Project added (an interrupt abandons their reads), then the
         plan of `projects`, in that order."""
-        self.close()
+        self.projects.close()
         # On a thread of its own: an interrupt never lands in the middle of an import.
         threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
-        self.pool.wait(self.done, abandon=self.api.abort)
+        self.pool.wait(self.projects.done, abandon=self.api.abort)
         from reconciler.plan import Plan, now_utc
 
         return Plan(
