@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.client import ProjectApi
 from reconciler.credentials import ClientCredentials, resolve_credentials
@@ -45,13 +45,16 @@ from reconciler.render import (
     ObjectOutcome,
     Outcome,
 )
-from reconciler.schedule import Pool, Stopper, Tasks, TasksState
+from reconciler.schedule import Countdown, Pool, Stopper, Tasks, TasksState
 from reconciler.secretvalues import ValueInputs
 from reconciler.secretwrites import SecretWriter
 from reconciler.uploads import upload_code
 from reconciler.urls import same_url
 from reconciler.zambdas import CODE, show_code
 from reconciler.zips import PrivateCopies
+
+if TYPE_CHECKING:
+    from reconciler.fleet import PlanReads
 
 IN_FLIGHT_MESSAGE = (
     "the {what} was in flight when the apply was interrupted; plan again to see whether it "
@@ -103,6 +106,7 @@ def apply_plan(
     roots: RepositoryRoots | None = None,
     values: ValueInputs | None = None,
     allow: frozenset[str] = frozenset(),
+    reads: Mapping[str, PlanReads] | None = None,
 ) -> list[Outcome]:
     """Write every changed Project (and compare the secret values of those that have
     some); one outcome per Project in the plan, in plan order.
@@ -113,7 +117,8 @@ def apply_plan(
     (``uploads.code_copies``, with the same `roots`).
     `values` gives the files' literal secret values and the rotations
     asked for; `allow` the options given that allow guarded deletes
-    (`--allow-bucket-deletes`).
+    (`--allow-bucket-deletes`). `reads`: what this run's plan read that the checks
+    before any write need (``fleet.PlanReads``, by file), so it is not read again.
     """
     pool = pool or Pool(api.budget.concurrency)
     to_write = plan.to_apply
@@ -121,21 +126,13 @@ def apply_plan(
         values or ValueInputs(),
         allow,
         tuple(credential_variables(p.auth for p in plan.projects)),
+        reads or {},
     )
 
-    done = threading.Event()
-    counts = {"started": 0, "finished": 0, "all started": False}
-    lock = threading.Lock()
-
-    def settled() -> None:
-        if counts["all started"] and counts["finished"] == counts["started"]:
-            done.set()
+    writing = Countdown()  # the Projects whose writes have started
 
     def one_done() -> None:
-        with lock:
-            counts["finished"] += 1
-            finished = counts["finished"]
-            settled()
+        finished, _ = writing.finish()
         if progress:
             progress(finished, len(to_write))
 
@@ -158,8 +155,7 @@ def apply_plan(
         for writer in writers:
             if stopper is not None and stopper.stopped:
                 break
-            with lock:
-                counts["started"] += 1
+            writing.start()
             writer.start()
     except KeyboardInterrupt:
         # Interrupted while Projects were still being started: those started get the
@@ -168,9 +164,7 @@ def apply_plan(
             api.abort()
             raise
         stopper.stop()
-    with lock:
-        counts["all started"] = True
-        settled()
+    writing.close()
 
     def abandon() -> None:
         # A client's new secret exists only in memory until it is stored: let a store
@@ -181,7 +175,7 @@ def apply_plan(
             writer.freeze()
         api.abort()
 
-    pool.wait(done, stopper=stopper, abandon=abandon)
+    pool.wait(writing.done, stopper=stopper, abandon=abandon)
     by_id = {w.project.project_id: w.outcome() for w in writers}
     outcomes = []
     for project in plan.projects:
@@ -204,12 +198,13 @@ ME_CHECK, CLIENT_CHECK = (-2,), (-1,)
 @dataclass(frozen=True)
 class WriteContext:
     """What every Project's writer shares: the secret values beside the plan, the
-    options allowing guarded deletes, and the credential variables of the run (no
-    secret may copy one)."""
+    options allowing guarded deletes, the credential variables of the run (no
+    secret may copy one), and what this run's plan read for the checks before any write."""
 
     values: ValueInputs
     allow: frozenset[str] = frozenset()
     credentials: tuple[str, ...] = ()
+    reads: Mapping[str, PlanReads] = field(default_factory=dict)
 
 
 class ProjectWriter:
@@ -275,8 +270,15 @@ class ProjectWriter:
             ]
             if taken:
                 self.rounds.append((number, level, taken))
+        self.planned = self.context.reads.get(project.file)
         self.secrets = SecretWriter(
-            project, api, env, self.context.values, self.context.credentials, self._made
+            project,
+            api,
+            env,
+            self.context.values,
+            self.context.credentials,
+            self._made,
+            planned=self.planned,
         )
         self._round = -1
         self._lock = threading.Lock()
@@ -297,7 +299,7 @@ class ProjectWriter:
         checks = []
         deletes = [c for c in self.changes if c.kind == M2M.name and c.action == "delete"]
         if deletes and isinstance(self.credentials, ClientCredentials):
-            # Plan and apply may run as different clients: check /m2m/me again first.
+            # A saved plan may have been made as another client: check /m2m/me first.
             checks.append((ME_CHECK, partial(self._refuse_deleting_self, deletes)))
         if clients:
             checks.append(
@@ -444,9 +446,11 @@ class ProjectWriter:
         )
 
     def _refuse_deleting_self(self, deletes: Sequence[ObjectChange]) -> None:
-        me = self.api.m2m_me(self.project.project_id, self.credentials)
+        me = self.planned.me if self.planned is not None else None
+        if me is None:
+            me = self.api.m2m_me(self.project.project_id, self.credentials).get("id")
         for change in deletes:
-            if change.id == me.get("id"):
+            if change.id == me:
                 raise RefusedError(
                     f"m2m {change.name!r} is the client this apply runs as; it is never "
                     "deleted. Nothing was written to this Project."

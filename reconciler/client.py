@@ -375,7 +375,7 @@ class ProjectApi:
                 method,
                 self.api_url + path,
                 headers=headers,
-                json=body,
+                doc=body,
                 idempotent=idempotent,
                 retries=retries,
             )
@@ -418,7 +418,7 @@ class ProjectApi:
             "audience": AUDIENCE,
         }
         response = self._send(
-            "POST", self.auth_url, headers={"content-type": "application/json"}, json=body
+            "POST", self.auth_url, headers={"content-type": "application/json"}, doc=body
         )
         if response.status_code in (400, 401, 403):
             message = self._message(response)
@@ -434,24 +434,33 @@ class ProjectApi:
         self._remember_secret(token)
         return token
 
-    def _send(self, method: str, url: str, **kwargs: Any) -> Answer:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        doc: Any = None,
+        content: bytes | None = None,
+        idempotent: bool = True,
+        retries: int | None = None,
+        shown: str | None = None,
+        timeout: float | None = None,
+        api: bool = True,
+    ) -> Answer:
         """Send with retries: backoff with jitter on 408/5xx and connection errors,
         Retry-After on 429 (not counted against --retries, at most 10 in a row; the
-        budget's shared pause does the waiting)."""
-        headers = kwargs.pop("headers")
-        idempotent = kwargs.pop("idempotent", True)
-        retries = kwargs.pop("retries", None)
+        budget's shared pause does the waiting). The body is `doc` as JSON, or
+        `content`; `shown` is what messages and the log say instead of the URL (a
+        signed URL is a credential); `api=False`: not the API (no request id; the URL's
+        own origin)."""
         retries = self.retries if retries is None else retries
-        doc = kwargs.pop("json", None)
-        body = kwargs.pop("content", None)
-        # What messages and the log say instead of the URL (a signed URL is a credential).
-        shown_url = kwargs.pop("shown", None)
-        timeout = kwargs.pop("timeout", self._timeout)
-        api = kwargs.pop("api", True)  # False: not the API (no request id; own origin)
+        timeout = self._timeout if timeout is None else timeout
+        body = content
         if doc is not None:
             body = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
             body = body.encode()
-        method_url = shown_url if shown_url is not None else f"{method} {url}"
+        method_url = shown if shown is not None else f"{method} {url}"
         attempt = 0
         rate_limited = 0
         while True:
@@ -486,14 +495,14 @@ class ProjectApi:
                     ) from None
                 if attempt >= retries:
                     raise TransportError(
-                        f"{method_url}: {self._redact(str(exc)) or type(exc).__name__} "
+                        f"{method_url}: {redact(str(exc)) or type(exc).__name__} "
                         f"(after {plural(attempt + 1, 'attempt')})"
                     ) from None
                 attempt += 1
                 self._backoff(attempt, retries, f"{method_url}: {type(exc).__name__}")
                 continue
             except WireError as exc:
-                raise TransportError(f"{method_url}: {self._redact(str(exc))}") from None
+                raise TransportError(f"{method_url}: {redact(str(exc))}") from None
             debug(
                 __name__,
                 "%s -> %s in %.0f ms (request %s)",
@@ -597,9 +606,6 @@ class ProjectApi:
         if secret not in self._remembered:  # once each: every request passes here
             add_secrets([secret])
             self._remembered.add(secret)
-
-    def _redact(self, text: str) -> str:
-        return redact(text)
 
 
 def _request_id() -> str:

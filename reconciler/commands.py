@@ -40,6 +40,7 @@ class Run:
         self.concurrency = options.get("concurrency", 8)
         self.auths: list = []  # the auth blocks of the Projects in this run
         self.loaded: list = []  # the files of the Projects in this run's plan
+        self.plan_reads: dict = {}  # what apply would read again (fleet.PlanReads by file)
         self.rotate = parse_rotations(options.get("rotate") or ())
         self._api = None
         self._pool = None
@@ -190,7 +191,9 @@ class Run:
             from reconciler.fleet import plan_projects
 
             return plan_projects([], self.api(), self.env, pool=self.pool())
-        return planner.plan(projects)
+        the_plan = planner.plan(projects)
+        self.plan_reads = planner.reads
+        return the_plan
 
     def with_provenance(self, the_plan: Plan, paths: Sequence[str]) -> Plan:
         """The plan with the files it was made from: the git commit they are committed
@@ -330,7 +333,6 @@ def apply(
     from reconciler.schedule import Stopper
     from reconciler.secretvalues import ValueInputs
     from reconciler.uploads import code_copies
-    from reconciler.verify import load_plan_files, verify_saved_plan
     from reconciler.zips import PrivateCopies
 
     options = run.options
@@ -388,6 +390,7 @@ def apply(
         roots=roots,
         values=ValueInputs(literals, run.rotate),
         allow=allow,
+        reads=run.plan_reads,  # a fresh plan's: a saved plan's were not made here
     )
     if fmt == "json":
         render_apply_json(outcomes, sys.stdout)

@@ -15,7 +15,8 @@ one-read-at-a-time run would meet first.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from reconciler.errors import AuthError, ConfigError, ReconcilerError
 from reconciler.files import ProjectFile
 from reconciler.kinds import KINDS, M2M, ROLE, Kind
 from reconciler.logs import debug
-from reconciler.schedule import Pool, Tasks
+from reconciler.schedule import Countdown, Pool, Tasks
 from reconciler.secretvalues import CLIENT_ID, ENV, LITERAL, SecretValue, Source, from_env, literal
 
 if TYPE_CHECKING:
@@ -61,17 +62,6 @@ def shard_of(project_id: str, count: int) -> int:
     return int(hashlib.sha256(project_id.encode()).hexdigest(), 16) % count + 1
 
 
-def select(
-    projects: Sequence[ProjectFile],
-    filters: Iterable[str] = (),
-    shard: tuple[int, int] | None = None,
-) -> list[ProjectFile]:
-    """The Projects a run covers. A --project value matching no file is an error."""
-    filters = list(filters)
-    check_filters(projects, filters)
-    return [p for p in projects if chosen(p, filters, shard)]
-
-
 def chosen(project: ProjectFile, filters: Sequence[str], shard: tuple[int, int] | None) -> bool:
     """Whether one Project is in the run (decided as its file is loaded)."""
     if filters and project.id not in filters and project.stem not in filters:
@@ -85,6 +75,19 @@ def check_filters(projects: Sequence[ProjectFile], filters: Sequence[str]) -> No
         raise ConfigError(
             "--project matches no project file (by id or file stem): " + ", ".join(unmatched)
         )
+
+
+@dataclass
+class PlanReads:
+    """What one Project's plan read that its apply checks before any write, for an apply
+    in the same run (the same credentials), so that it is not read again: /m2m/me's id
+    (read when pruning M2M clients under M2M credentials), and the live M2M clients
+    secrets' values come from (their entries of the M2M list, and the `GET /m2m/{id}`
+    answers of those read)."""
+
+    me: str | None = None
+    clients: list[dict] = field(default_factory=list)
+    details: dict[str, dict] = field(default_factory=dict)
 
 
 class ValueReads:
@@ -165,27 +168,15 @@ class Planner:
         self.roots = RepositoryRoots(root)  # where a Project's paths (a function's zip) start
         self.rotate = rotate
         self.value_reads = ValueReads()
-        self.done = threading.Event()
+        self.projects = Countdown()
+        self.reads: dict[str, PlanReads] = {}  # a Project's file -> what apply needs again
         self._plans: dict[str, ProjectPlan] = {}
         self._credentials: dict[tuple[tuple[str, str], ...], Credentials] = {}
         self._lock = threading.Lock()
-        self._added = 0
-        self._finished = 0
-        self._closed = False
 
     def add(self, project: ProjectFile) -> None:
         """Start reading a Project (from the thread that loads the files)."""
-        with self._lock:
-            self._added += 1
-            order = self._added
-        ProjectReader(project, self, order).start()
-
-    def close(self) -> None:
-        """No more Projects will be added."""
-        with self._lock:
-            self._closed = True
-            if self._finished == self._added:
-                self.done.set()
+        ProjectReader(project, self, self.projects.start()).start()
 
     def credentials(self, auth: Mapping[str, str] | None) -> Credentials:
         """The credentials an auth block (or its absence) points at, looked up in the
@@ -195,23 +186,24 @@ class Planner:
             self._credentials[key] = resolve_credentials(auth, self.env)
         return self._credentials[key]
 
-    def finished(self, project: ProjectFile, plan: ProjectPlan) -> None:
+    def finished(
+        self, project: ProjectFile, plan: ProjectPlan, reads: PlanReads | None = None
+    ) -> None:
         with self._lock:
             self._plans[project.path] = plan
-            self._finished += 1
-            done, total = self._finished, self._added
-            if self._closed and done == total:
-                self.done.set()
+            if reads is not None:
+                self.reads[project.path] = reads
+        done, total = self.projects.finish()
         if self.progress:
             self.progress(done, total)
 
     def plan(self, projects: Sequence[ProjectFile]) -> Plan:
         """Wait for every Project added (an interrupt abandons their reads), then the
         plan of `projects`, in that order."""
-        self.close()
+        self.projects.close()
         # On a thread of its own: an interrupt never lands in the middle of an import.
         threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
-        self.pool.wait(self.done, abandon=self.api.abort)
+        self.pool.wait(self.projects.done, abandon=self.api.abort)
         from reconciler.plan import Plan, now_utc
 
         return Plan(
@@ -466,10 +458,21 @@ class ProjectReader:
                 )
             except ReconcilerError as exc:
                 plan = self._failed(str(exc))
-        self.planner.finished(project, plan)
+        self.planner.finished(project, plan, self._kept_for_apply())
         # The tasks hold this reader (their on_idle): without that cycle, what it read is
         # freed now, not by the cyclic collector, which a command runs without (cli.main).
         del self.tasks
+
+    def _kept_for_apply(self) -> PlanReads | None:
+        """What an apply of this plan would read again before any write, if anything."""
+        if self.me is None and not self.client_sources:
+            return None
+        names = {source.client for source in self.client_sources.values()}
+        return PlanReads(
+            me=self.me,
+            clients=[c for c in self.lists.get(M2M.name, ()) if c.get("name") in names],
+            details={i: self.details[i] for i in self._client_ids if i in self.details},
+        )
 
     def _own_client(self) -> str | None:
         """The id of a client read here that is the one the run authenticates as."""

@@ -336,6 +336,41 @@ class Pool:
         return False
 
 
+class Countdown:
+    """Pieces of work started one at a time (a Project's plan or writes), and `done` set
+    once no more will start (:meth:`close`) and every one started has finished."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._started = 0
+        self._finished = 0
+        self._closed = False
+
+    def start(self) -> int:
+        """One more piece; its number (from 1)."""
+        with self._lock:
+            self._started += 1
+            return self._started
+
+    def finish(self) -> tuple[int, int]:
+        """One piece has finished: (how many have, how many started)."""
+        with self._lock:
+            self._finished += 1
+            self._settle()
+            return self._finished, self._started
+
+    def close(self) -> None:
+        """No more pieces will start."""
+        with self._lock:
+            self._closed = True
+            self._settle()
+
+    def _settle(self) -> None:
+        if self._closed and self._finished == self._started:
+            self.done.set()
+
+
 Key = tuple[Hashable, ...]
 
 

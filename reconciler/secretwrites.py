@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.client import ProjectApi
 from reconciler.credentials import ClientCredentials
@@ -37,6 +37,9 @@ from reconciler.secretvalues import (
     from_env,
 )
 
+if TYPE_CHECKING:
+    from reconciler.fleet import PlanReads
+
 # A rotated client's new secret exists only in memory until stored: its store is tried
 # at least this many more times, and an interrupt waits this long for it to finish.
 STORE_RETRIES = 3
@@ -54,7 +57,8 @@ class SecretWriter:
     `inputs` are the files' literal values and the rotations asked for; no value may be
     that of one of `credential_variables` (the run's credentials). `made(kind, name)` is
     the (id, clientId) the Project's writer's create of that object answered with, or
-    (None, None) before it.
+    (None, None) before it. `planned`: what this run's plan read of those clients (then
+    they are not read again).
     """
 
     def __init__(
@@ -65,6 +69,8 @@ class SecretWriter:
         inputs: ValueInputs,
         credential_variables: tuple[str, ...],
         made: Callable[[str, str], tuple[str | None, str | None]],
+        *,
+        planned: PlanReads | None = None,
     ) -> None:
         self.project = project
         self.api = api
@@ -72,6 +78,7 @@ class SecretWriter:
         self.inputs = inputs
         self.credential_variables = credential_variables
         self.made = made
+        self.planned = planned
         self.changes = project.objects
         # The values in hand, the M2M clients they come from (name -> live id), each
         # rotated client's new secret, and what each compare found.
@@ -153,9 +160,14 @@ class SecretWriter:
     def read_clients(self, credentials: Any, clients: dict[str, bool]) -> None:
         """The live M2M clients secrets' values come from: their ids (the list), the
         clientId of each whose id is a value, and, under M2M credentials, that none to
-        rotate is the client this apply runs as (`GET /m2m/{id}`)."""
+        rotate is the client this apply runs as (`GET /m2m/{id}`). What this run's plan
+        read of them is not read again."""
         pid = self.project.project_id
-        listed = self.api.list_objects(M2M, pid, credentials)
+        planned = self.planned
+        if planned is not None:
+            listed, details = planned.clients, planned.details
+        else:
+            listed, details = self.api.list_objects(M2M, pid, credentials), {}
         for name, rotated in sorted(clients.items()):
             found = [str(item["id"]) for item in listed if item.get("name") == name]
             if len(found) != 1:
@@ -169,7 +181,7 @@ class SecretWriter:
             self_check = rotated and isinstance(credentials, ClientCredentials)
             if not ids and not self_check:
                 continue
-            detail = self.api.get_object(M2M, pid, credentials, found[0])
+            detail = details.get(found[0]) or self.api.get_object(M2M, pid, credentials, found[0])
             client_id = detail.get("clientId")
             if self_check and client_id == credentials.client_id:
                 raise RefusedError(

@@ -32,7 +32,6 @@ __all__ = [
     "ClientTransport",
     "HttpxSender",
     "PooledTransport",
-    "default_transport",
 ]
 
 
@@ -232,10 +231,3 @@ class HttpxSender:
 
     def close(self) -> None:
         self.transport.close()
-
-
-def default_transport(*, max_connections: int = 16) -> httpx.BaseTransport:
-    """The pooled transport, unless a proxy is configured (then httpx's, which knows them)."""
-    if wire.proxies_configured():
-        return ClientTransport(max_connections=max_connections)
-    return PooledTransport()

@@ -6,6 +6,7 @@ import threading
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
+import secrets_e2e
 import yaml
 from e2e import (
     A_STAFF_1,
@@ -20,6 +21,8 @@ from e2e import (
     run,
     write,
 )
+from objects_e2e import M2M_ENV, counts, objects_emulator, project
+from secrets_e2e import EXISTING
 
 from reconciler.emulator import Faults, serve
 
@@ -297,3 +300,37 @@ def test_export_absent_role_as_null_and_literal_dollar_brace(repo, emu):
     (repo / "projects").mkdir()
     (repo / "projects/gamma.yaml").write_text(result.stdout)
     assert run(["plan", "--detailed-exitcode"], emu).exit_code == 0
+
+
+def test_apply_does_not_read_m2m_me_again_after_its_plan(repo):
+    # Apply checks /m2m/me, and the M2M clients secrets' values come from, before any
+    # write; a fresh plan of the same run, with the same credentials, read them already.
+    with objects_emulator() as emu:
+        project(repo, "m2mClients: {}\nprune: [m2mClients]\n")
+        emu.reset_stats()
+        assert run(["apply", "--yes"], emu, env=M2M_ENV).exit_code == 0
+        assert counts(emu) == {
+            "POST /oauth/token": 1,
+            "GET /v1/project": 1,
+            "GET /v1/m2m/v2/list": 1,
+            "GET /v1/m2m/me": 1,
+            "DELETE /v1/m2m/{id}": 1,
+        }
+
+
+def test_apply_does_not_read_again_the_clients_its_plan_read_for_secrets(repo):
+    with serve(secrets_e2e.seed()) as emu:
+        secrets_e2e.write_project(
+            repo,
+            f"id: {secrets_e2e.PID}\nsecrets:\n"
+            f"  ADMIN_ID: {{valueFrom: {{m2mClient: {EXISTING}, field: clientId}}}}\n"
+            f"  ADMIN_SECRET: {{valueFrom: {{m2mClient: {EXISTING}, field: clientSecret}}}}\n",
+        )
+        emu.reset_stats()
+        rotate = ["apply", "--yes", "--rotate", f"{secrets_e2e.PID}:ADMIN_SECRET"]
+        result = secrets_e2e.run(rotate, secrets_e2e.env_for(emu, "ci"))
+        assert result.exit_code == 0, result.output
+        # The list, and the client whose clientId is a value (and is rotated), once each.
+        reads = {k: n for k, n in emu.stats().items() if k.startswith("GET /v1/m2m")}
+        assert reads.pop("GET /v1/m2m/v2/list") == 1
+        assert list(reads.values()) == [1]
