@@ -116,6 +116,11 @@ class HostileServer:
 
     def close(self) -> None:
         self._closed.set()
+        # Closing alone leaves the socket listening while the accept thread blocks in it:
+        # the next connection to this port (a later test's emulator may be given it) would
+        # still be answered here. Shutting it down wakes the accept first.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             connections = list(self._connections)
