@@ -82,8 +82,8 @@ class PlanReads:
     """What one Project's plan read that its apply checks before any write, for an apply
     in the same run (the same credentials), so that it is not read again: /m2m/me's id
     (read when pruning M2M clients under M2M credentials), and the live M2M clients
-    secrets' values come from (their entries of the M2M list, and the `GET /m2m/{id}`
-    answers of those read)."""
+    secrets' values come from (the M2M list, and the `GET /m2m/{id}` answers of those
+    read)."""
 
     me: str | None = None
     clients: list[dict] = field(default_factory=list)
@@ -467,10 +467,10 @@ class ProjectReader:
         """What an apply of this plan would read again before any write, if anything."""
         if self.me is None and not self.client_sources:
             return None
-        names = {source.client for source in self.client_sources.values()}
         return PlanReads(
             me=self.me,
-            clients=[c for c in self.lists.get(M2M.name, ()) if c.get("name") in names],
+            # The whole list: a client this plan renames is found under its live name.
+            clients=list(self.lists.get(M2M.name, ())),
             details={i: self.details[i] for i in self._client_ids if i in self.details},
         )
 

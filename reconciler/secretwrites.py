@@ -168,8 +168,13 @@ class SecretWriter:
             listed, details = planned.clients, planned.details
         else:
             listed, details = self.api.list_objects(M2M, pid, credentials), {}
+        # A client this plan renames is live under its old name until its write.
+        renamed = {
+            c.name: c.renamed_from for c in self.changes if c.kind == M2M.name and c.renamed_from
+        }
         for name, rotated in sorted(clients.items()):
-            found = [str(item["id"]) for item in listed if item.get("name") == name]
+            live_name = renamed.get(name, name)
+            found = [str(item["id"]) for item in listed if item.get("name") == live_name]
             if len(found) != 1:
                 how = "is not live" if not found else f"is the name of {len(found)} live clients"
                 raise RefusedError(

@@ -588,3 +588,27 @@ def test_a_forged_secret_entry_is_refused_before_any_write(repo, emu):
     applied = run(["apply", "--plan", "plan.json", "--yes"], env_for(emu, "ci"))
     assert applied.exit_code == 0, applied.output
     assert secret_value(emu, "STRIPE_KEY") == NEW_STRIPE
+
+
+@pytest.mark.parametrize("saved", [False, True], ids=["apply", "apply --plan"])
+def test_a_secret_from_a_client_the_same_plan_renames_applies(repo, emu, saved):
+    # The plan renames Existing Admin and takes its clientId into a secret: apply finds
+    # the client by the id the plan read, not by the new name, which is not live yet.
+    write_project(
+        repo,
+        f"""\
+id: {PID}
+secrets:
+  ADMIN_CLIENT: {{valueFrom: {{m2mClient: Zambdas Admin, field: clientId}}}}
+m2mClients:
+  Zambdas Admin: {{renamedFrom: {EXISTING}, roles: [Zambdas Runner]}}
+""",
+    )
+    env = env_for(emu, "ci")
+    planned = run(["plan", "--out", "plan.json"], env)
+    assert planned.exit_code == 0, planned.output
+    applied = run(["apply", "--yes", *(["--plan", "plan.json"] if saved else [])], env)
+    assert applied.exit_code == 0, applied.output
+    assert "    + secret ADMIN_CLIENT: created\n" in applied.stdout
+    assert secret_value(emu, "ADMIN_CLIENT") == EXISTING_ID
+    assert run(["plan", "--detailed-exitcode"], env).exit_code == 0
