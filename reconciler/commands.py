@@ -362,6 +362,7 @@ def apply(
             copies=copies,
             roots=roots,
             rotate=run.rotate,
+            kept=run.plan_reads,
         )
         literals = file_literals(files.values())
     else:
@@ -390,7 +391,7 @@ def apply(
         roots=roots,
         values=ValueInputs(literals, run.rotate),
         allow=allow,
-        reads=run.plan_reads,  # a fresh plan's: a saved plan's were not made here
+        reads=run.plan_reads,  # what this run read already, by plan or by verification
     )
     if fmt == "json":
         render_apply_json(outcomes, sys.stdout)

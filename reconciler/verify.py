@@ -53,6 +53,7 @@ from reconciler.differ import LiveObjects, diff, needs_role_lookup, normalise_li
 from reconciler.errors import ApiError, ConfigError, PlanFileError, ReconcilerError, RefusedError
 from reconciler.escape import plural, redact_values
 from reconciler.files import PROJECT_SUFFIXES, ProjectFile, load_projects
+from reconciler.fleet import PlanReads
 from reconciler.kinds import BY_NAME, M2M, ROLE, Kind, policy_rules
 from reconciler.objects import desired_objects, managed_kinds, object_fingerprint
 from reconciler.plan import (
@@ -292,6 +293,14 @@ class _Check:
     def _read_roles(self) -> None:
         self.roles = self.api.list_objects(ROLE, self.project.project_id, self.credentials)
 
+    def kept_for_apply(self) -> PlanReads:
+        """What apply's checks would read again: the M2M list, and the clients read."""
+        m2m_ids = {str(c.id) for c in self.project.objects if c.kind == M2M.name and c.id}
+        return PlanReads(
+            clients=list(self.lists[M2M.name]),
+            details={i: answer for i, answer in self.objects.items() if i in m2m_ids},
+        )
+
     # --- 3. the planning code ----------------------------------------------------------
 
     def recomputed(self) -> ProjectPlan:
@@ -408,13 +417,16 @@ def verify_saved_plan(
     copies: Any = None,
     roots: Any = None,
     rotate: Collection[tuple[str, str]] = (),
+    kept: dict[str, PlanReads] | None = None,
 ) -> Plan:
     """The plan to show and apply: each Project apply works on (changed, or with secret
     values to compare) recomputed from its files and what apply read live, once it holds
     exactly the saved entries. `copies` and `roots` give what the planning code reads
     beside the files (a function's zip: the private copy apply uploads, under each
     Project's repository root); `rotate` the (Project id, secret name) pairs given to
-    --rotate. A forged entry refuses the whole apply (PlanFileError), so does a stale one
+    --rotate. `kept`, given, is filled with what apply's checks before any write would
+    read again (``fleet.PlanReads`` by file: the M2M list read here with the same
+    credentials). A forged entry refuses the whole apply (PlanFileError), so does a stale one
     (RefusedError); a Project that cannot be read fails on its own (an error in the plan
     returned: nothing is written to it), so the others still apply."""
     changed = plan.to_apply
@@ -468,8 +480,12 @@ def verify_saved_plan(
             verified[project.project_id] = check.verified()
         except _Forged as exc:
             forged.append(str(exc))
+            continue
         except _Stale as exc:
             stale.append(f"{project.file} ({project.project_id}): {exc}")
+            continue
+        if kept is not None and M2M.name in check.lists:
+            kept[project.file] = check.kept_for_apply()
     if forged:
         _invalid(path, "; ".join(forged) + "; nothing was applied")
     if stale:

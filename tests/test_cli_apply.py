@@ -334,3 +334,20 @@ def test_apply_does_not_read_again_the_clients_its_plan_read_for_secrets(repo):
         reads = {k: n for k, n in emu.stats().items() if k.startswith("GET /v1/m2m")}
         assert reads.pop("GET /v1/m2m/v2/list") == 1
         assert list(reads.values()) == [1]
+
+
+def test_apply_plan_does_not_list_again_the_clients_its_verification_listed(repo):
+    # A saved plan is verified with apply's own reads: the M2M list it reads there is
+    # the one the secrets' checks use.
+    with serve(secrets_e2e.seed()) as emu:
+        secrets_e2e.write_project(
+            repo,
+            f"id: {secrets_e2e.PID}\nsecrets:\n"
+            f"  ADMIN_ID: {{valueFrom: {{m2mClient: {EXISTING}, field: clientId}}}}\n",
+        )
+        env = secrets_e2e.env_for(emu, "ci")
+        assert secrets_e2e.run(["plan", "--out", "plan.json"], env).exit_code == 0
+        emu.reset_stats()
+        result = secrets_e2e.run(["apply", "--plan", "plan.json", "--yes"], env)
+        assert result.exit_code == 0, result.output
+        assert emu.stats()["GET /v1/m2m/v2/list"] == 1
